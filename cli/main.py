@@ -1,0 +1,475 @@
+"""The ``ddpm-codec`` command: click commands, thin over the library."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_DATA_HELP = "an .npz (e.g. ../shared/data/cifar10-subset.npz), a CIFAR-10 archive/folder, or an image folder"
+
+
+class CliError(click.ClickException):
+    pass
+
+
+def _fail_on(*exc_types):
+    """Turn library errors into one clear line and exit code 1 (no traceback)."""
+    def deco(fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            try:
+                return fn(*a, **k)
+            except exc_types as e:  # noqa: PERF203
+                raise CliError(str(e)) from None
+        return wrapper
+    return deco
+
+
+def _library_errors():
+    from ddpm_codec.data import DatasetError
+    errs = [DatasetError, FileNotFoundError, ValueError]
+    return tuple(errs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ddpm-codec")
+def main():
+    """ddpm-codec: a progressive, lossless-capable image codec built on a DDPM (Ho et al. 2020).
+
+    Train a model, sample from it, measure its likelihood, and encode/decode images with real
+    bits (reverse channel coding of x_T..x_tau, then x_0 losslessly).
+    """
+
+
+# --------------------------------------------------------------------------- train
+@main.command()
+@click.option("--data", "data", required=True, help=f"Training images: {DEFAULT_DATA_HELP}, or 'cifar10'.")
+@click.option("--split", default="train", show_default=True, help="Split to read from .npz / CIFAR data.")
+@click.option("--eval-data", default=None, help="Held-out images for the periodic bound (default: the test split of --data).")
+@click.option("--download", is_flag=True, help="Download the official CIFAR-10 archive (with --data cifar10).")
+@click.option("--preset", default="cpu-small", show_default=True, help="U-Net size (see `ddpm-codec presets`).")
+@click.option("--dropout", type=float, default=None, help="Override the preset's dropout.")
+@click.option("--run-dir", type=click.Path(file_okay=False), required=True, help="Checkpoints, samples and exported weights go here.")
+@click.option("--steps", type=int, default=800_000, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch (split across torchrun processes).")
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--warmup", type=int, default=5000, show_default=True)
+@click.option("--ema", "ema_decay", type=float, default=0.9999, show_default=True)
+@click.option("--loss", type=click.Choice(["simple", "vlb"]), default="simple", show_default=True,
+              help="L_simple (Eq. 14) or the true bound L.")
+@click.option("--no-flip", is_flag=True, help="Disable random horizontal flips.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ckpt-every", type=int, default=1000, show_default=True)
+@click.option("--eval-every", type=int, default=0, show_default=True, help="Held-out MC bound every N steps (0: never).")
+@click.option("--eval-images", type=int, default=500, show_default=True)
+@click.option("--sample-every", type=int, default=0, show_default=True, help="Write a sample grid every N steps (0: never).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--no-resume", is_flag=True, help="Start fresh even if RUN_DIR has a checkpoint.")
+def train(data, split, eval_data, download, preset, dropout, run_dir, steps, batch_size, lr, warmup, ema_decay,
+          loss, no_flip, seed, ckpt_every, eval_every, eval_images, sample_every, device, threads, no_resume):
+    """Train a DDPM (Algorithm 1). Resumes RUN_DIR/checkpoint.pt exactly; run under
+    `torchrun --nproc_per_node N` for several GPUs (NCCL) or CPU processes (gloo)."""
+    import torch
+
+    from ddpm_codec.data import DatasetError, load_images
+    from ddpm_codec.models.presets import get_preset
+    from ddpm_codec.train import TrainConfig, Trainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        images = load_images(data, split, download=download)
+        held = None
+        if eval_every:
+            held = load_images(eval_data, "test") if eval_data else load_images(data, "test", download=download)
+        ucfg = get_preset(preset, dropout=dropout)
+    except (DatasetError, ValueError) as e:
+        raise CliError(str(e)) from None
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay, loss=loss,
+                      hflip=not no_flip, seed=seed, ckpt_every=ckpt_every, eval_every=eval_every,
+                      eval_images=eval_images, sample_every=sample_every)
+    trainer = Trainer(ucfg, images, run_dir, cfg, device=device, eval_images=held,
+                      card={"preset": preset, "data": str(data), "num_train_images": int(len(images))})
+    if not no_resume and trainer.load_checkpoint():
+        click.echo(f"resumed from {trainer.ckpt_path} at step {trainer.step}", err=True)
+    click.echo(f"training {preset} on {len(images)} images, device {trainer.device}, "
+               f"{trainer.world} process(es)", err=True)
+    result = trainer.run()
+    if trainer.rank == 0:
+        click.echo(f"done at step {result['step']}; EMA weights: {Path(run_dir) / 'ema.safetensors'}")
+    if trainer.distributed:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+@main.command()
+def presets():
+    """List the U-Net presets with their parameter counts."""
+    from ddpm_codec.models.presets import PRESETS
+    from ddpm_codec.models.unet import UNet, count_parameters
+
+    for name, cfg in PRESETS.items():
+        n = count_parameters(UNet(cfg))
+        click.echo(f"{name:14s} {n / 1e6:7.2f}M  ch={cfg.ch} mult={','.join(map(str, cfg.ch_mult))} "
+                   f"blocks={cfg.num_res_blocks} attn={','.join(map(str, cfg.attn_resolutions))} dropout={cfg.dropout}")
+
+
+
+# --------------------------------------------------------------------------- models, sampling, likelihood
+def _model_option(fn):
+    return click.option("--model", "model_spec", default=None,
+                        help="A shipped model name (see `ddpm-codec models`) or a path to a trained model "
+                             "(.safetensors with its .json). Default: the shipped default model.")(fn)
+
+
+def _device_option(fn):
+    return click.option("--device", default="cpu", show_default=True,
+                        help="Where the network runs (cpu, cuda, mps, auto).")(fn)
+
+
+def _load(model_spec, device="cpu"):
+    from ddpm_codec.models.registry import resolve_model
+    from ddpm_codec.train import select_device
+
+    try:
+        return resolve_model(model_spec, device=select_device(device))
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+
+
+@main.command()
+def models():
+    """List the shipped models with their test bits/dim."""
+    from ddpm_codec.models.registry import DEFAULT_MODEL, shipped_models
+
+    ms = shipped_models()
+    if not ms:
+        click.echo("no shipped models found")
+    for m in ms:
+        bpd = f"{m.test_bpd:.3f} bits/dim" if m.test_bpd is not None else "n/a"
+        star = "*" if m.name == DEFAULT_MODEL else " "
+        click.echo(f"{star} {m.name:22s} preset={m.preset:12s} test NLL {bpd:16s} fp={m.fingerprint[:8]}  {m.description}")
+
+
+@main.command()
+@_model_option
+@click.option("-n", "num", type=int, default=64, show_default=True, help="Number of samples.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="samples.png", show_default=True)
+@click.option("--steps", type=int, default=None, help="Sample on K respaced steps (default: all T).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progressive", is_flag=True, help="Also write x_hat_0 over time (rows = samples, columns = time), "
+                                                  "as the paper's Fig. 6, to OUTPUT with suffix -progressive.")
+@click.option("--columns", type=int, default=10, show_default=True, help="Time points in the progressive strip.")
+@click.option("--variance", type=click.Choice(["fixedlarge", "fixedsmall"]), default="fixedlarge", show_default=True)
+@_device_option
+def sample(model_spec, num, output, steps, seed, progressive, columns, variance, device):
+    """Draw samples (Algorithm 2) and write them as a grid PNG."""
+    import math as _m
+
+    from ddpm_codec.eval.plots import save_image_grid
+    from ddpm_codec.sample import sample_images
+
+    model = _load(model_spec, device)
+    res = sample_images(model.net, model.diffusion, num, image_size=model.image_size, steps=steps, seed=seed,
+                        device=model.device, variance=variance, progressive=columns if progressive else 0,
+                        progress=True)
+    imgs = res[0] if progressive else res
+    cols = int(_m.ceil(_m.sqrt(num)))
+    rows = -(-num // cols)
+    pad = rows * cols - num
+    import numpy as np
+    grid = np.concatenate([imgs, np.full((pad, *imgs.shape[1:]), 255, np.uint8)]) if pad else imgs
+    save_image_grid(grid.reshape(rows, cols, *imgs.shape[1:]), output)
+    click.echo(f"wrote {output}")
+    if progressive:
+        out2 = str(Path(output).with_name(Path(output).stem + "-progressive" + Path(output).suffix))
+        save_image_grid(res[1], out2)
+        click.echo(f"wrote {out2}")
+
+
+@main.command()
+@click.argument("data")
+@click.option("--split", default="test", show_default=True)
+@_model_option
+@click.option("-n", "num", type=int, default=None, help="Use the first N images.")
+@click.option("--steps", type=int, default=None, help="Bound of a respaced chain of S Gaussian steps (the codec's rate).")
+@click.option("--t-end", type=int, default=1, show_default=True, help="Last time of the respaced chain (x_0 decoded from it).")
+@click.option("--spacing", type=click.Choice(["quadratic", "uniform"]), default="quadratic", show_default=True)
+@click.option("--variance", type=click.Choice(["fixedlarge", "fixedsmall", "fitted"]), default="fixedlarge", show_default=True)
+@click.option("--mc", type=int, default=None, help="Unbiased Monte-Carlo estimate with this many terms per image.")
+@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--download", is_flag=True)
+@_device_option
+def nll(data, split, model_spec, num, steps, t_end, spacing, variance, mc, batch_size, seed, download, device):
+    """Variational bound in bits/dim on DATA: L_T, rate (sum of the KL terms), distortion L_0, total.
+
+    DATA: an .npz, CIFAR-10 archive/folder, image folder, or 'cifar10'."""
+    import torch
+
+    from ddpm_codec.data import DatasetError, load_images, to_model_range
+    from ddpm_codec.diffusion import respaced_timesteps
+    from ddpm_codec.likelihood import nll_bound
+
+    model = _load(model_spec, device)
+    try:
+        images = load_images(data, split, download=download)
+        ts = None if steps is None else respaced_timesteps(steps, model.diffusion.num_timesteps, kind=spacing, t_end=t_end)
+        if steps is None and t_end != 1:
+            raise ValueError("--t-end needs --steps")
+        images = images[:num] if num else images
+        if images.shape[1:3] != (model.image_size, model.image_size):
+            raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}, the model is {model.image_size}x{model.image_size}")
+        rep = nll_bound(model.eps, model.diffusion, to_model_range(images), timesteps=ts, variance=variance,
+                        mc_samples=mc, batch_size=batch_size, generator=torch.Generator().manual_seed(seed), progress=True)
+    except (DatasetError, ValueError) as e:
+        raise CliError(str(e)) from None
+    s = rep.summary()
+    how = f"MC {mc} terms/image" if mc else "exact over all terms"
+    click.echo(f"model {model.name} ({model.fingerprint[:8]}), {s['num_images']} images, chain of {s['num_steps']} "
+               f"steps ending at t={rep.timesteps[-1]}, variance {variance}, {how}")
+    click.echo("| L_T | rate (sum L_t) | L_0 | total (bits/dim) |\n|---|---|---|---|")
+    click.echo(f"| {s['L_T']:.5f} | {s['rate']:.4f} | {s['L_0']:.4f} | {s['total']:.4f} |")
+
+
+@main.command()
+@click.option("--data", required=True, help=f"Training images: {DEFAULT_DATA_HELP}.")
+@click.option("--split", default="train", show_default=True)
+@_model_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the calibrated model (.safetensors; its .json beside it).")
+@click.option("-n", "num", type=int, default=1000, show_default=True, help="Images used for the fit.")
+@_device_option
+def calibrate(data, split, model_spec, output, num, device):
+    """Fit the per-time error of x_hat_0 on training images and save the model with it.
+
+    The statistics give the codec's KL-optimal ('fitted') variances, the scale of the direct x_0
+    decoder, and the expected chunk counts; they change the model's fingerprint."""
+    import torch
+
+    from ddpm_codec.data import DatasetError, load_images, to_model_range
+    from ddpm_codec.likelihood import fit_x0_mse
+    from ddpm_codec.models.checkpoint import save_model, with_stats
+
+    model = _load(model_spec, device)
+    try:
+        images = load_images(data, split)[:num]
+    except DatasetError as e:
+        raise CliError(str(e)) from None
+    mse = fit_x0_mse(model.eps, model.diffusion, to_model_range(images), progress=True)
+    cal = with_stats(model, mse)
+    dtype = torch.float16 if model.config.get("weights_dtype") == "float16" else torch.float32
+    path = save_model(output, cal.net, cal.config, dtype=dtype)
+    click.echo(f"wrote {path} (x0 RMSE at t=1: {mse[1] ** 0.5 * 127.5:.3f}/255, t=10: {mse[10] ** 0.5 * 127.5:.3f}/255)")
+
+
+
+# --------------------------------------------------------------------------- the codec
+def _codec_errors():
+    from ddpm_codec.codec import DecodeError
+    from ddpm_codec.coding.container import DdpmFormatError
+    from ddpm_codec.imageio import ImageFormatError
+    return (DecodeError, DdpmFormatError, ImageFormatError, FileNotFoundError, ValueError)
+
+
+def _fmt_row(cols, widths):
+    return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cols, widths)) + " |"
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output .ddpm file (default: IMAGE with suffix .ddpm).")
+@_model_option
+@click.option("--steps", "max_steps", type=int, default=None,
+              help="Lossy: stop after reverse-process time N (T - t + 1 <= N; the paper's Table 4 axis).")
+@click.option("--bpd", "max_bpd", type=float, default=None, help="Lossy: stop once the rate reaches R bits/dim.")
+@click.option("--coding-steps", type=int, default=None, help="Gaussian coding steps in the chain (default: the profile's).")
+@click.option("--t-end", type=int, default=None, help="Last time of the chain; x_0 is coded from x_t_end.")
+@click.option("--chunk-bits", type=int, default=None, help="KL bits per reverse-channel-coding chunk.")
+@click.option("--candidates", "log2_candidates", type=int, default=None, help="log2 of the candidates per chunk.")
+@click.option("--variance", type=click.Choice(["fitted", "fixedsmall", "fixedlarge"]), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No per-step table.")
+@_device_option
+def encode(image, output, model_spec, max_steps, max_bpd, coding_steps, t_end, chunk_bits, log2_candidates, variance,
+           seed, quiet, device):
+    """Encode IMAGE (PNG etc.) to a .ddpm file: lossless by default, lossy with --steps or --bpd.
+
+    Prints the paper's Table 4 with real bits: per coding step the reverse time T-t+1, the KL bound,
+    the bits actually written, the cumulative bits/dim, and RMSE/PSNR of x_hat_0."""
+    from dataclasses import replace
+
+    from ddpm_codec import codec
+    from ddpm_codec.imageio import read_image
+
+    errors = _codec_errors()
+    model = _load(model_spec, device)
+    try:
+        img, notes = read_image(image)
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
+        settings = codec.PROFILES[1]
+        over = {k: v for k, v in dict(num_steps=coding_steps, t_end=t_end, chunk_bits=chunk_bits,
+                                      log2_candidates=log2_candidates, variance=variance).items() if v is not None}
+        settings = replace(settings, **over)
+        widths = (8, 6, 10, 10, 10, 8, 7, 6)
+        if not quiet:
+            click.echo(_fmt_row(("T-t+1", "t", "KL bits", "actual", "bits/dim", "RMSE", "PSNR", "chunks"), widths))
+            click.echo("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+        def show(r):
+            if not quiet:
+                click.echo(_fmt_row((r.reverse_time, r.t, f"{r.kl_bits:.1f}", f"{r.actual_bits:.0f}", f"{r.cum_bpd:.4f}",
+                                     f"{r.rmse:.2f}", f"{r.psnr:.2f}", r.chunks), widths))
+
+        res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd, seed=seed,
+                           progress=show)
+    except errors as e:
+        raise CliError(str(e)) from None
+    out = Path(output) if output else Path(image).with_suffix(".ddpm")
+    out.write_bytes(res.data)
+    kind = "lossless" if res.lossless else f"lossy (to reverse time {res.steps[-1].reverse_time})"
+    click.echo(f"wrote {out}: {len(res.data)} bytes, {res.bits_per_dim:.4f} bits/dim, {kind}; "
+               f"bound {res.kl_bound_bpd:.4f} bits/dim; {res.seconds:.2f} s "
+               f"({res.network_seconds:.2f} s in the network)")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output image (default: FILE with suffix .png).")
+@_model_option
+@click.option("--steps", type=int, default=None, help="Use only the first N reverse-process steps (T - t + 1 <= N).")
+@click.option("--reconstruct", type=click.Choice(["denoise", "ancestral", "flow"]), default="denoise", show_default=True,
+              help="From the last decoded x_t: x_hat_0, a sample of p(x_0|x_t), or the deterministic DDIM/flow decode.")
+@click.option("--progressive", "progressive_dir", type=click.Path(file_okay=False), default=None,
+              help="Write the reconstruction after every decoded step into this folder.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of 'ancestral' reconstructions.")
+@_device_option
+def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, device):
+    """Decode a .ddpm FILE to an image (exact for lossless files)."""
+    from ddpm_codec import codec
+    from ddpm_codec.coding.container import unpack
+    from ddpm_codec.imageio import write_image
+
+    errors = _codec_errors()
+    data = Path(file).read_bytes()
+    try:
+        if model_spec is None:
+            from ddpm_codec.models.registry import find_by_fingerprint
+            fp = unpack(data).file.header.fingerprint.hex()
+            model = find_by_fingerprint(fp) or _load(None, device)
+        else:
+            model = _load(model_spec, device)
+        res = codec.decode(data, model, steps=steps, reconstruct=reconstruct, progressive=progressive_dir is not None,
+                           seed=seed)
+    except errors as e:
+        raise CliError(str(e)) from None
+    out = Path(output) if output else Path(file).with_suffix(".png")
+    write_image(out, res.image)
+    if progressive_dir:
+        for rt, im in res.progressive:
+            write_image(Path(progressive_dir) / f"step-{rt:04d}.png", im)
+    if res.truncated:
+        click.echo(f"warning: {file} is truncated; decoded its {res.steps_decoded} complete steps", err=True)
+    kind = "lossless (checksum verified)" if res.lossless else f"from reverse time {res.reverse_time} ({reconstruct})"
+    click.echo(f"wrote {out}: {res.image.shape[1]}x{res.image.shape[0]}, {kind}; {res.seconds:.2f} s")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+def info(file):
+    """Show a .ddpm file's header and per-segment sizes."""
+    from ddpm_codec import codec
+
+    data = Path(file).read_bytes()
+    try:
+        parsed, settings = codec.read_header(data)
+    except _codec_errors() as e:
+        raise CliError(str(e)) from None
+    h = parsed.file.header
+    f = parsed.file
+    dims = h.height * h.width * 3
+    click.echo(f"{file}: {len(data)} bytes, {8 * len(data) / dims:.4f} bits/dim, {h.width}x{h.height} RGB")
+    click.echo(f"model fingerprint {h.fingerprint.hex()}, seed {h.seed}, "
+               f"{'lossless' if h.lossless else 'lossy'}{', TRUNCATED' if parsed.truncated else ''}")
+    prof = f"profile {h.profile}" if h.profile else "explicit schedule"
+    click.echo(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
+               f"t_end {settings.t_end}, chunk {settings.chunk_bits} bits, 2^{settings.log2_candidates} candidates, "
+               f"variance {settings.variance}")
+    payload = sum(len(s.payload) for s in f.segments) + (len(f.x0) if f.x0 else 0)
+    click.echo(f"header and framing: {len(data) - payload} bytes")
+    step = 0
+    for i, s in enumerate(f.segments):
+        click.echo(f"  segment {i}: steps {step + 1}-{step + s.num_steps}, {len(s.payload)} bytes")
+        step += s.num_steps
+    if f.x0 is not None:
+        click.echo(f"  x0 (lossless): {len(f.x0)} bytes, pixel crc32 {f.pixel_crc:08x}")
+
+
+
+# --------------------------------------------------------------------------- rd-curve
+@main.command("rd-curve")
+@click.argument("dataset", required=False)
+@click.option("--data", "data_path", default=None,
+              help="Where DATASET lives: for 'cifar10' the official archive/folder; else the dataset itself.")
+@click.option("--split", default="test", show_default=True)
+@click.option("-n", "num", type=int, default=100, show_default=True, help="Number of images (the first N).")
+@_model_option
+@click.option("-o", "--output", default="rd.h5", show_default=True, type=click.Path(dir_okay=False),
+              help="HDF5 results (resumed if it exists).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Write the plots here (PNG).")
+@click.option("--reconstruct", default="", help="Also measure these reconstructions at the table rows: flow,ancestral.")
+@click.option("--theoretical", is_flag=True, help="KL-only mode (no candidate search), like the paper's evaluation.")
+@click.option("--no-baselines", is_flag=True, help="Skip the classical codecs.")
+@click.option("--from", "from_h5", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Redraw the table and plots from an existing HDF5 without computing.")
+@click.option("--download", is_flag=True)
+@_device_option
+def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, reconstruct, theoretical, no_baselines,
+             from_h5, download, device):
+    """The paper's rate-distortion study (Fig. 5 / Table 4) with real bits, beside PNG, WebP,
+    JPEG XL, JPEG, AVIF and JPEG 2000 on the same images.
+
+    DATASET: 'cifar10' (test split; --data or --download) or a path (.npz, image folder)."""
+    from ddpm_codec.data import DatasetError, load_images
+    from ddpm_codec.eval import rd
+
+    if from_h5:
+        try:
+            click.echo(rd.write_report(from_h5, plot_path))
+        except (ValueError, KeyError) as e:
+            raise CliError(str(e)) from None
+        return
+    if not dataset:
+        raise CliError("give a DATASET (cifar10, an .npz or a folder) or --from rd.h5")
+    spec = dataset
+    if dataset == "cifar10" and data_path:
+        spec = "cifar10:" + data_path
+    elif data_path:
+        spec = data_path
+    modes = tuple(m for m in reconstruct.split(",") if m)
+    for m in modes:
+        if m not in ("flow", "ancestral", "denoise"):
+            raise CliError(f"unknown reconstruction {m!r}; expected flow, ancestral")
+    model = _load(model_spec, device)
+    try:
+        images = load_images(spec, split, download=download)[:num]
+        if images.shape[1:3] != (model.image_size, model.image_size):
+            raise ValueError(f"rd-curve expects {model.image_size}x{model.image_size} images, got "
+                             f"{images.shape[2]}x{images.shape[1]}")
+        rd.run(images, model, output, theoretical=theoretical, reconstruct=modes, dataset=str(spec))
+        if not no_baselines:
+            rd.run_baselines(images, output)
+        click.echo(rd.write_report(output, plot_path, images.shape[1:]))
+    except (DatasetError, ValueError) as e:
+        raise CliError(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,539 @@
+"""Progressive coding with a DDPM: Algorithms 3 and 4 of Ho et al. (2020) with real bits.
+
+The sender transmits x_T, x_{t_2}, ..., x_tau along a (strided) chain by reverse channel coding
+(``coding.rcc``): each x_s ~ q(x_s | x_t, x_0) is sent using p_theta(x_s | x_t). Then x_0 is
+entropy-coded exactly with the discretized Gaussian p(x_0 | x_tau) (Eq. 13; ``coding.entropy``).
+The receiver can stop after any step and show x_hat_0 (Eq. 15), a sample, or a deterministic
+probability-flow decode. Both sides compute every network output with the same batch layout and
+a fixed thread count, so the decoder reproduces the encoder's floats bit for bit on the same
+hardware; a pixel checksum turns any divergence into a clear error.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import torch
+
+from .coding import container, entropy, rcc
+from .data import to_uint8
+from .diffusion import GaussianDiffusion, respaced_timesteps
+from .models.checkpoint import LoadedModel
+
+Reconstruct = Literal["denoise", "ancestral", "flow"]
+RECONSTRUCT_MODES = ("denoise", "ancestral", "flow")
+SCHEDULE_KINDS = ("quadratic", "uniform")
+VARIANCE_IDS = ("fixedsmall", "fitted", "fixedlarge")
+CODEC_THREADS = 1   # network evaluations run single-threaded: thread count changes float sums
+
+
+class DecodeError(ValueError):
+    """A file cannot be decoded with this model (fingerprint or checksum mismatch)."""
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """How an image is coded. Everything here is written to the file (as a profile id or explicitly)."""
+
+    num_steps: int = 64                     # Gaussian coding steps T = t_1 > ... > t_S = t_end
+    t_end: int = 2                          # tau: x_0 is coded from x_tau
+    schedule_kind: str = "quadratic"        # spacing of the chain (dense near tau)
+    chunk_bits: int = 12
+    log2_candidates: int = 14
+    variance: str = "fitted"                # p_theta's variance on the coding steps
+
+    def __post_init__(self):
+        if self.schedule_kind not in SCHEDULE_KINDS:
+            raise ValueError(f"unknown schedule kind {self.schedule_kind!r}; expected one of {SCHEDULE_KINDS}")
+        if self.variance not in VARIANCE_IDS:
+            raise ValueError(f"unknown variance {self.variance!r}; expected one of {VARIANCE_IDS}")
+        if not 1 <= self.chunk_bits <= 24 or not 1 <= self.log2_candidates <= 24:
+            raise ValueError("chunk_bits and log2_candidates must be in [1, 24]")
+
+    def timesteps(self, num_timesteps: int) -> list[int]:
+        return respaced_timesteps(self.num_steps, num_timesteps, kind=self.schedule_kind, t_end=self.t_end)
+
+    def rcc_config(self) -> "rcc.RCCConfig":
+        return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates)
+
+    def to_schedule(self) -> container.Schedule:
+        return container.Schedule(kind=SCHEDULE_KINDS.index(self.schedule_kind), num_steps=self.num_steps,
+                                  t_end=self.t_end, chunk_bits=self.chunk_bits,
+                                  log2_candidates=self.log2_candidates, variance_kind=VARIANCE_IDS.index(self.variance))
+
+    @classmethod
+    def from_schedule(cls, s: container.Schedule) -> "CodecSettings":
+        if s.kind >= len(SCHEDULE_KINDS) or s.variance_kind >= len(VARIANCE_IDS):
+            raise container.CorruptFileError("file names an unknown schedule or variance kind")
+        return cls(num_steps=s.num_steps, t_end=s.t_end, schedule_kind=SCHEDULE_KINDS[s.kind],
+                   chunk_bits=s.chunk_bits, log2_candidates=s.log2_candidates, variance=VARIANCE_IDS[s.variance_kind])
+
+
+# Built-in settings, referenced from files by one byte. Never renumber: append.
+PROFILES: dict[int, CodecSettings] = {
+    1: CodecSettings(),
+}
+
+
+def _profile_of(settings: CodecSettings) -> int | None:
+    for pid, s in PROFILES.items():
+        if s == settings:
+            return pid
+    return None
+
+
+# ----------------------------------------------------------------------------- tiles
+def to_tiles(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 tiles [B, 3, size, size] in [-1, 1], edge-padded, raster order."""
+    h, w, _ = image.shape
+    ph, pw = -h % size, -w % size
+    padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    H, W = padded.shape[:2]
+    tiles = padded.reshape(H // size, size, W // size, size, 3).transpose(0, 2, 4, 1, 3).reshape(-1, 3, size, size)
+    return torch.from_numpy(np.ascontiguousarray(tiles)).float() / 127.5 - 1.0
+
+
+def from_tiles(tiles_uint8: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 tiles [B, size, size, 3] -> uint8 [height, width, 3] (crop of the padded mosaic)."""
+    size = tiles_uint8.shape[1]
+    gh, gw = -(-height // size), -(-width // size)
+    mosaic = tiles_uint8.reshape(gh, gw, size, size, 3).transpose(0, 2, 1, 3, 4).reshape(gh * size, gw * size, 3)
+    return np.ascontiguousarray(mosaic[:height, :width])
+
+
+def _inside_mask(height: int, width: int, size: int) -> np.ndarray:
+    """Boolean [B, 3, size, size]: which tile pixels lie inside the image (the ones coded losslessly)."""
+    gh, gw = -(-height // size), -(-width // size)
+    yy = (np.arange(gh)[:, None, None, None] * size + np.arange(size)[None, None, :, None])
+    xx = (np.arange(gw)[None, :, None, None] * size + np.arange(size)[None, None, None, :])
+    inside = (yy < height) & (xx < width)                      # [gh, gw, size, size]
+    inside = np.broadcast_to(inside[:, :, None], (gh, gw, 3, size, size))
+    return inside.reshape(-1, 3, size, size)
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Accept uint8 RGB [H, W, 3]; convert gray/RGBA/16-bit with clear rules or refuse."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {arr.shape}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4:
+        if np.any(arr[:, :, 3] != arr.dtype.type(np.iinfo(arr.dtype).max if arr.dtype.kind == "u" else 1)):
+            raise ValueError("the image has transparency (alpha < opaque): ddpm-codec codes RGB only; flatten it first")
+        arr = arr[:, :, :3]
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected 8-bit pixels, got {arr.dtype}: convert 16-bit/float images to 8-bit first")
+    if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[0] > 65535 or arr.shape[1] > 65535:
+        raise ValueError(f"image size {arr.shape[1]}x{arr.shape[0]} is outside 1..65535")
+    return np.ascontiguousarray(arr)
+
+
+# ----------------------------------------------------------------------------- reports
+@dataclass
+class StepRecord:
+    """One row of the progressive report (the paper's Table 4 with real bits)."""
+
+    reverse_time: int        # T - t + 1 for the x_t reached
+    t: int
+    kl_bits: float           # KL(q || p) of this step, summed over tiles
+    actual_bits: float       # bits this step added to the file (coder's count)
+    cum_kl_bpd: float        # cumulative KL bound (incl. L_T), bits/dim
+    cum_bpd: float           # cumulative actual bits/dim (header + segments so far)
+    rmse: float              # of x_hat_0 from x_t, 0-255
+    psnr: float
+    chunks: int
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    steps: list[StepRecord]
+    lossless: bool
+    x0_bits: float = 0.0            # actual bits of the x_0 segment
+    x0_ideal_bits: float = 0.0      # -log2 p(x_0 | x_tau)
+    seconds: float = 0.0
+    network_seconds: float = 0.0
+    num_dims: int = 0
+
+    @property
+    def bits_per_dim(self) -> float:
+        return 8 * len(self.data) / self.num_dims
+
+    @property
+    def kl_bound_bpd(self) -> float:
+        """The ideal size of this file: sum of KLs + -log2 p(x_0 | x_tau), per dim."""
+        kl = self.steps[-1].cum_kl_bpd if self.steps else 0.0
+        return kl + self.x0_ideal_bits / self.num_dims
+
+
+def _metrics(x0_hat: torch.Tensor, ref_uint8: np.ndarray, height: int, width: int) -> tuple[float, float]:
+    img = from_tiles(to_uint8(x0_hat), height, width).astype(np.float64)
+    mse = float(np.mean((img - ref_uint8.astype(np.float64)) ** 2))
+    return math.sqrt(mse), (float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse))
+
+
+@contextlib.contextmanager
+def _deterministic_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(CODEC_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class _Net:
+    """The network as both sides call it: one batch of all tiles, float32, timed."""
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.seconds = 0.0
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.model.eps(x.float(), t).double()
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def _predicted_chunks(diffusion: GaussianDiffusion, t: int, s: int, var_q: float, var_p: float, dims: int,
+                      cfg) -> float | None:
+    """Expected chunk count of a step from the model's x0_mse statistics (None without them)."""
+    if diffusion.x0_mse is None:
+        return None
+    c0, _, _ = diffusion.posterior_coefs(t, s, torch.zeros(1))
+    mean_sq = float(c0) ** 2 * float(diffusion.x0_mse[t])
+    kl_nats = 0.5 * dims * (var_q / var_p - 1 - math.log(var_q / var_p)) + 0.5 * dims * mean_sq / var_p
+    return rcc.expected_chunks(kl_nats / math.log(2), dims, cfg)
+
+
+# ----------------------------------------------------------------------------- encode
+def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
+           max_reverse_time: int | None = None, max_bpd: float | None = None, lossless: bool | None = None,
+           seed: int = 0, min_segment_bytes: int = 48, progress: Callable[[StepRecord], None] | None = None,
+           metrics: bool = True) -> EncodeResult:
+    """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
+
+    Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
+    after the coding steps with T - t + 1 <= N (the x-axis of the paper's Table 4), ``max_bpd``
+    after the cumulative rate reaches it; either makes the file lossy unless ``lossless=True``.
+    """
+    settings = settings or PROFILES[1]
+    image = check_image(image)
+    height, width = image.shape[:2]
+    diffusion = model.diffusion
+    T = diffusion.num_timesteps
+    size = model.image_size
+    x0 = to_tiles(image, size).double()
+    B, dims_tile = x0.shape[0], int(np.prod(x0.shape[1:]))
+    num_dims = height * width * 3
+    if lossless is None:
+        lossless = max_reverse_time is None and max_bpd is None
+    if settings.variance == "fitted" and diffusion.x0_mse is None:
+        raise ValueError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
+    ts = settings.timesteps(T)
+    cfg = settings.rcc_config()
+    net = _Net(model)
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    start = time.perf_counter()
+
+    profile = _profile_of(settings)
+    header = container.Header(fingerprint=bytes.fromhex(model.fingerprint[:8]), height=height, width=width, seed=seed,
+                              schedule=None if profile is not None else settings.to_schedule(), profile=profile, lossless=lossless)
+    header_bytes = len(container.pack(container.DdpmFile(header=replace(header, lossless=False))))
+
+    import constriction
+
+    segments: list[container.Segment] = []
+    enc = constriction.stream.queue.RangeEncoder()
+    seg_steps = 0
+    closed_bits = 8.0 * header_bytes
+    records: list[StepRecord] = []
+    cum_kl = 0.0
+
+    def close_segment():
+        nonlocal enc, seg_steps, closed_bits
+        if seg_steps == 0:
+            return
+        payload = enc.get_compressed().tobytes()
+        segments.append(container.Segment(num_steps=seg_steps, payload=payload))
+        closed_bits += 8.0 * (len(payload) + _uv_len(seg_steps) + _uv_len(len(payload)))
+        enc = constriction.stream.queue.RangeEncoder()
+        seg_steps = 0
+
+    with _deterministic_threads():
+        # Step T: x_T ~ q(x_T | x_0) sent using p(x_T) = N(0, I) (L_T; usually free).
+        a_T = float(diffusion.sqrt_alphas_cumprod[T])
+        mu_q, var_q = a_T * x0, 1.0 - a_T ** 2
+        mu_p, var_p = torch.zeros_like(x0), 1.0
+        chain = [(T + 1, T)] + list(zip(ts[:-1], ts[1:]))   # (T+1, T) is the prior step
+        x = None
+        eps_next = None
+        for i, (t, s) in enumerate(chain):
+            if i > 0:
+                eps = eps_next
+                p = diffusion.p_mean_variance(x, t, eps, s, settings.variance)
+                q = diffusion.q_posterior(x0, x, t, s)
+                mu_p, var_p = p.mean, float(p.variance)
+                mu_q, var_q = q.mean, float(q.variance)
+            code, e, rep = rcc.encode_step(mu_q.reshape(B, -1), mu_p.reshape(B, -1), var_q, var_p, seed=seed,
+                                           step=s, cfg=cfg, generator=gen)
+            before = enc.num_bits()
+            pred = None if i == 0 else _predicted_chunks(diffusion, t, s, var_q, var_p, dims_tile, cfg)
+            rcc.write_step(enc, code, cfg, pred)
+            step_bits = float(enc.num_bits() - before)
+            seg_steps += 1
+            x = (mu_p + math.sqrt(var_p) * e.double().reshape(x0.shape)).float().double()
+            eps_next = net(x, s)
+            kl = float(rep.kl_bits.sum())
+            cum_kl += kl
+            rmse = psnr = float("nan")
+            if metrics:
+                rmse, psnr = _metrics(diffusion.predict_x0(x, s, eps_next, clip=True), image, height, width)
+            rec = StepRecord(reverse_time=T - s + 1, t=s, kl_bits=kl, actual_bits=step_bits,
+                             cum_kl_bpd=cum_kl / num_dims, cum_bpd=(closed_bits + enc.num_bits()) / num_dims,
+                             rmse=rmse, psnr=psnr, chunks=int(np.sum(code.num_chunks)))
+            records.append(rec)
+            if progress:
+                progress(rec)
+            if enc.num_bits() >= 8 * min_segment_bytes:
+                close_segment()
+            if (max_reverse_time is not None and i + 1 < len(chain) and T - chain[i + 1][1] + 1 > max_reverse_time) \
+                    or (max_bpd is not None and rec.cum_bpd >= max_bpd):
+                break
+        close_segment()
+        completed_all = len(records) == len(chain)
+        x0_payload, crc, x0_bits, x0_ideal = None, None, 0.0, 0.0
+        if lossless:
+            if not completed_all:
+                raise ValueError("a lossless file needs the whole chain: drop max_reverse_time/max_bpd")
+            tau = ts[-1]
+            means, scales = _x0_model(diffusion, x, tau, eps_next, settings.variance)
+            mask = _inside_mask(height, width, size)
+            pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy()
+            x0_payload = entropy.encode_pixels(pix[mask].astype(np.uint8), means[mask], scales[mask])
+            x0_ideal = float(entropy.ideal_bits(pix[mask].astype(np.uint8), means[mask], scales[mask]))
+            x0_bits = 8.0 * len(x0_payload)
+            crc = zlib.crc32(image.tobytes())
+    data = container.pack(container.DdpmFile(header=header, segments=segments, x0=x0_payload, pixel_crc=crc))
+    return EncodeResult(data=data, steps=records, lossless=lossless, x0_bits=x0_bits, x0_ideal_bits=x0_ideal,
+                        seconds=time.perf_counter() - start, network_seconds=net.seconds, num_dims=num_dims)
+
+
+def _uv_len(v: int) -> int:
+    n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+def _x0_model(diffusion: GaussianDiffusion, x: torch.Tensor, tau: int, eps: torch.Tensor, variance: str):
+    """Means and scales (float64 numpy, [B, C, H, W]) of p(x_0 | x_tau): ONE function for both sides."""
+    means = diffusion.predict_x0(x, tau, eps).numpy()
+    kind = variance if variance != "fixedlarge" or tau == 1 else "fitted"
+    scale = float(diffusion.decoder_scale(tau, kind, x))
+    return means, np.full_like(means, scale)
+
+
+# ----------------------------------------------------------------------------- decode
+@dataclass
+class DecodeResult:
+    image: np.ndarray                   # uint8 [H, W, 3]
+    lossless: bool                      # True when the exact pixels were decoded (checksum verified)
+    reverse_time: int                   # the last decoded step's T - t + 1
+    truncated: bool
+    steps_decoded: int
+    progressive: list[tuple[int, np.ndarray]] = field(default_factory=list)   # (reverse time, image)
+    seconds: float = 0.0
+    network_seconds: float = 0.0
+
+
+def read_header(data: bytes) -> tuple[container.ParsedFile, CodecSettings]:
+    parsed = container.unpack(data)
+    h = parsed.file.header
+    if h.profile is not None:
+        if h.profile not in PROFILES:
+            raise container.UnsupportedVersionError(f"file uses codec profile {h.profile}, unknown to this version")
+        settings = PROFILES[h.profile]
+    else:
+        settings = CodecSettings.from_schedule(h.schedule)
+    return parsed, settings
+
+
+def check_model(parsed: container.ParsedFile, model: LoadedModel) -> None:
+    fp = parsed.file.header.fingerprint.hex()
+    if not model.fingerprint.startswith(fp):
+        raise DecodeError(f"the file was encoded with model {fp}, but the model given is {model.name} "
+                          f"({model.fingerprint[:8]}): decode with the same model (--model)")
+
+
+def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconstruct: Reconstruct = "denoise",
+           progressive: bool = False, reconstruct_steps: int = 50, seed: int = 0,
+           on_step: Callable[[int, int], None] | None = None) -> DecodeResult:
+    """Decode ``.ddpm`` bytes. ``steps=N`` uses only the coding steps with T - t + 1 <= N and
+    reconstructs from the last one with ``reconstruct``; without ``steps`` a lossless file decodes
+    exactly (checksum verified) and a lossy or truncated one from its last complete step."""
+    if reconstruct not in RECONSTRUCT_MODES:
+        raise ValueError(f"unknown reconstruction {reconstruct!r}; expected one of {RECONSTRUCT_MODES}")
+    parsed, settings = read_header(data)
+    check_model(parsed, model)
+    h = parsed.file.header
+    diffusion = model.diffusion
+    T = diffusion.num_timesteps
+    size = model.image_size
+    height, width = h.height, h.width
+    B = (-(-height // size)) * (-(-width // size))
+    shape = (B, 3, size, size)
+    dims_tile = 3 * size * size
+    ts = settings.timesteps(T)
+    chain = [(T + 1, T)] + list(zip(ts[:-1], ts[1:]))
+    cfg = settings.rcc_config()
+    net = _Net(model)
+    start = time.perf_counter()
+    import constriction
+
+    def step_iter() -> Iterator[tuple[int, "rcc.StepCode | None", object]]:
+        i = 0
+        for seg in parsed.file.segments:
+            dec = constriction.stream.queue.RangeDecoder(np.frombuffer(_pad4(seg.payload), dtype=np.uint32).copy())
+            for _ in range(seg.num_steps):
+                if i >= len(chain):
+                    raise container.CorruptFileError("the file holds more coding steps than its schedule")
+                yield i, dec
+                i += 1
+
+    x, eps = None, None
+    last_s, decoded = T + 1, 0
+    shots: list[tuple[int, np.ndarray]] = []
+    with _deterministic_threads():
+        for i, dec in step_iter():
+            t, s = chain[i]
+            if steps is not None and T - s + 1 > steps:
+                break
+            if i == 0:
+                mu_p, var_p, pred = torch.zeros(shape, dtype=torch.float64), 1.0, None
+            else:
+                p = diffusion.p_mean_variance(x, t, eps, s, settings.variance)
+                q_var = float(diffusion.posterior_coefs(t, s, x)[2])
+                mu_p, var_p = p.mean, float(p.variance)
+                pred = _predicted_chunks(diffusion, t, s, q_var, var_p, dims_tile, cfg)
+            try:
+                code = rcc.read_step(dec, B, dims_tile, cfg, pred)
+            except (ValueError, RuntimeError) as e:
+                raise container.CorruptFileError(f"coding step {i} cannot be read: {e}") from None
+            e_ = rcc.decode_step(code, dim=dims_tile, seed=h.seed, step=s, cfg=cfg)
+            x = (mu_p + math.sqrt(var_p) * e_.double().reshape(shape)).float().double()
+            eps = net(x, s)
+            last_s, decoded = s, decoded + 1
+            if progressive:
+                shots.append((T - s + 1, from_tiles(to_uint8(_reconstruct(diffusion, net, x, s, eps, reconstruct,
+                                                                         reconstruct_steps, seed)), height, width)))
+            if on_step:
+                on_step(decoded, len(chain))
+        if decoded == 0:
+            raise DecodeError("the file holds no complete coding step (truncated inside its first segment?)")
+        exact = None
+        full_chain = decoded == len(chain) and steps is None
+        if full_chain and parsed.file.x0 is not None:
+            means, scales = _x0_model(diffusion, x, ts[-1], eps, settings.variance)
+            mask = _inside_mask(height, width, size)
+            try:
+                pix = entropy.decode_pixels(parsed.file.x0, means[mask], scales[mask])
+            except ValueError:
+                pix = None
+            tiles = np.zeros(shape, dtype=np.uint8)
+            if pix is not None:
+                tiles[mask] = pix
+                exact = from_tiles(tiles.transpose(0, 2, 3, 1), height, width)
+            if pix is None or zlib.crc32(exact.tobytes()) != parsed.file.pixel_crc:
+                raise DecodeError("decoded pixels fail the file's checksum: this machine's network outputs differ "
+                                  "from the encoder's (other hardware or library version?), or the file is damaged")
+        if exact is not None:
+            image = exact
+        else:
+            image = from_tiles(to_uint8(_reconstruct(diffusion, net, x, last_s, eps, reconstruct, reconstruct_steps,
+                                                     seed)), height, width)
+    return DecodeResult(image=image, lossless=exact is not None, reverse_time=T - last_s + 1,
+                        truncated=parsed.truncated, steps_decoded=decoded, progressive=shots,
+                        seconds=time.perf_counter() - start, network_seconds=net.seconds)
+
+
+def _pad4(b: bytes) -> bytes:
+    return b + b"\0" * (-len(b) % 4)
+
+
+def _reconstruct(diffusion: GaussianDiffusion, net: _Net, x: torch.Tensor, t: int, eps: torch.Tensor,
+                 mode: str, num_steps: int, seed: int) -> torch.Tensor:
+    """An image estimate from x_t: x_hat_0 (denoise), a sample of p_theta(x_0 | x_t) (ancestral,
+    Algorithm 2 on a respaced chain), or the deterministic DDIM/probability-flow decode (flow)."""
+    if mode == "denoise" or t <= 1:
+        return diffusion.predict_x0(x, t, eps, clip=True)
+    n = min(num_steps, t)
+    ts = [int(v) for v in np.unique(np.linspace(t, 1, n).round().astype(int))[::-1]] + [0]
+    gen = torch.Generator().manual_seed(seed)
+    cur, e = x, eps
+    for j, (a, b) in enumerate(zip(ts[:-1], ts[1:])):
+        if j > 0:
+            e = net(cur, a)
+        x0_hat = diffusion.predict_x0(cur, a, e, clip=True)
+        if b == 0:
+            return x0_hat
+        if mode == "ancestral":
+            p = diffusion.p_mean_variance(cur, a, e, b, "fixedsmall", clip=True)
+            cur = p.mean + torch.sqrt(p.variance) * torch.randn(cur.shape, generator=gen, dtype=torch.float64)
+        else:  # DDIM, eta = 0: x_b = sqrt(abar_b) x0_hat + sqrt(1 - abar_b) eps_hat
+            ab = float(diffusion.alphas_cumprod[b])
+            e_hat = (cur - math.sqrt(float(diffusion.alphas_cumprod[a])) * x0_hat) / math.sqrt(1 - float(diffusion.alphas_cumprod[a]))
+            cur = math.sqrt(ab) * x0_hat + math.sqrt(1 - ab) * e_hat
+    return diffusion.predict_x0(cur, ts[-2], net(cur, ts[-2]), clip=True)
+
+
+# ----------------------------------------------------------------------------- KL-only trace
+def trace_theoretical(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
+                      seed: int = 0) -> EncodeResult:
+    """The paper's own evaluation (Sec. 4.3): the same chain and report as :func:`encode`, but each
+    x_s is drawn exactly from q(x_s | x_t, x_0) and only the KLs are counted (no bits written)."""
+    settings = settings or PROFILES[1]
+    image = check_image(image)
+    height, width = image.shape[:2]
+    diffusion = model.diffusion
+    T = diffusion.num_timesteps
+    x0 = to_tiles(image, model.image_size).double()
+    num_dims = height * width * 3
+    ts = settings.timesteps(T)
+    gen = torch.Generator().manual_seed(seed)
+    net = _Net(model)
+    start = time.perf_counter()
+    records, cum_kl = [], 0.0
+    with _deterministic_threads():
+        q = diffusion.q_mean_variance(x0, T)
+        kl = float(diffusion.prior_kl(x0).sum()) / math.log(2)
+        x = q.mean + torch.sqrt(q.variance) * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        chain = [(T + 1, T)] + list(zip(ts[:-1], ts[1:]))
+        eps = None
+        for i, (t, s) in enumerate(chain):
+            if i > 0:
+                kl = float(diffusion.step_kl(x0, x, t, eps, s, settings.variance).sum()) / math.log(2)
+                q = diffusion.q_posterior(x0, x, t, s)
+                x = q.mean + torch.sqrt(q.variance) * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+            x = x.float().double()
+            eps = net(x, s)
+            cum_kl += kl
+            rmse, psnr = _metrics(diffusion.predict_x0(x, s, eps, clip=True), image, height, width)
+            records.append(StepRecord(reverse_time=T - s + 1, t=s, kl_bits=kl, actual_bits=float("nan"),
+                                      cum_kl_bpd=cum_kl / num_dims, cum_bpd=float("nan"), rmse=rmse, psnr=psnr, chunks=0))
+        means, scales = _x0_model(diffusion, x, ts[-1], eps, settings.variance)
+        mask = _inside_mask(height, width, model.image_size)
+        pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy().astype(np.uint8)
+        x0_ideal = float(entropy.ideal_bits(pix[mask], means[mask], scales[mask]))
+    return EncodeResult(data=b"", steps=records, lossless=True, x0_bits=float("nan"), x0_ideal_bits=x0_ideal,
+                        seconds=time.perf_counter() - start, network_seconds=net.seconds, num_dims=num_dims)

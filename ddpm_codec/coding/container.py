@@ -1,0 +1,478 @@
+"""The ``.ddpm`` file format: a few bytes of header around the entropy-coded payloads.
+
+Full specification with a worked byte-by-byte example: ``docs/FORMAT.md``. Summary
+(all integers little-endian; "uv" = unsigned LEB128 varint, canonical, at most 10 bytes):
+
+    magic          2 bytes   8D DD
+    ver_flags      u8        high nibble: version (1); bit0: lossless x0 present,
+                             bit1: explicit schedule (else profile id), bits 2-3: 0
+    fingerprint    4 bytes   model fingerprint (first 4 bytes of a hash)
+    height, width  uv, uv    1..65535 each, height * width <= 2**28
+    schedule       explicit: kind u8, num_steps uv, t_end uv, chunk_bits u8,
+                             log2_candidates u8, variance_kind u8
+                   else:     profile u8
+    seed           uv
+    num_segments   uv
+    segment table  num_segments x (num_steps uv >= 1, length uv)
+    x0_length      uv        only if lossless
+    header_crc8    u8        CRC-8 (poly 0x07) of all header bytes before it
+    payloads       the segment payloads, back to back
+    x0 payload     x0_length bytes, then pixel_crc32 u32 (only if lossless)
+    file_crc16     u16       CRC-16/CCITT-FALSE of every byte before it
+
+The lengths sit in the header, under their own checksum, so that a reader knows the exact
+size of the complete file before it reads any payload: a file shorter than that was
+truncated (a progressive prefix: the complete segments are returned, ``truncated=True``),
+a file of exactly that size must pass the file checksum, and a longer one is corrupt.
+With the lengths interleaved with the payloads instead, a damaged length field would read
+as a truncation and go undetected.
+"""
+
+from __future__ import annotations
+
+import binascii
+import operator
+from dataclasses import dataclass, field
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "MAX_DIM",
+    "MAX_PIXELS",
+    "MAX_STEPS",
+    "MAX_SEGMENTS",
+    "MAX_PAYLOAD",
+    "DdpmFormatError",
+    "ForeignFileError",
+    "UnsupportedVersionError",
+    "CorruptFileError",
+    "TruncatedFileError",
+    "Schedule",
+    "Header",
+    "Segment",
+    "DdpmFile",
+    "ParsedFile",
+    "pack",
+    "unpack",
+    "varint_encode",
+    "varint_decode",
+    "crc8",
+    "crc16",
+]
+
+MAGIC = b"\x8d\xdd"
+"""0x8D is not printable in Latin-1/cp1252 and cannot start a UTF-8 character; "DD" for DDPM."""
+FORMAT_VERSION = 1
+
+FLAG_LOSSLESS = 0x1
+FLAG_EXPLICIT_SCHEDULE = 0x2
+_RESERVED_FLAGS = 0xC
+
+MAX_DIM = 65535
+MAX_PIXELS = 1 << 28
+MAX_STEPS = 1 << 20
+"""Bound on a schedule's num_steps and on the total steps of all segments."""
+MAX_SEGMENTS = MAX_STEPS
+MAX_PAYLOAD = 1 << 40
+"""Bound on any one payload length (1 TiB)."""
+MAX_SEED = (1 << 64) - 1
+_MAX_VARINT_BYTES = 10
+_TRAILER_BYTES = 2  # file_crc16
+_PIXEL_CRC_BYTES = 4
+
+
+# ---------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------
+
+
+class DdpmFormatError(ValueError):
+    """Base class: the bytes are not a readable .ddpm file."""
+
+
+class ForeignFileError(DdpmFormatError):
+    """Wrong magic: not a .ddpm file."""
+
+
+class UnsupportedVersionError(DdpmFormatError):
+    """A .ddpm file of a format version (or with flags) this reader does not know."""
+
+
+class CorruptFileError(DdpmFormatError):
+    """Checksum mismatch or an impossible value: the file is corrupted."""
+
+
+class TruncatedFileError(CorruptFileError):
+    """The file ends inside its header, so nothing in it can be decoded."""
+
+
+# ---------------------------------------------------------------------------------------
+# Primitives
+# ---------------------------------------------------------------------------------------
+
+
+def varint_encode(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, least significant group first, 0x80 = more."""
+    value = operator.index(value)
+    if value < 0 or value > (1 << 64) - 1:
+        raise ValueError(f"varint value must be in [0, 2**64), got {value}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def varint_decode(data: bytes, pos: int = 0, *, name: str = "varint") -> tuple[int, int]:
+    """Reads one canonical unsigned LEB128 varint at ``data[pos]``.
+
+    Returns ``(value, next_pos)``. Raises :class:`TruncatedFileError` if the data ends
+    inside it, :class:`CorruptFileError` if it is longer than 10 bytes, not canonical
+    (a redundant final zero group), or not below 2**64.
+    """
+    value = 0
+    for i in range(_MAX_VARINT_BYTES):
+        if pos + i >= len(data):
+            raise TruncatedFileError(
+                f"the file ends inside its header (while reading {name} at byte {pos}): "
+                "it is truncated or corrupted"
+            )
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            if byte == 0 and i > 0:
+                raise CorruptFileError(f"{name} at byte {pos} is not a canonical varint: corrupted")
+            if value > (1 << 64) - 1:
+                raise CorruptFileError(f"{name} at byte {pos} does not fit in 64 bits: corrupted")
+            return value, pos + i + 1
+    raise CorruptFileError(f"{name} at byte {pos} is a varint longer than 10 bytes: corrupted")
+
+
+def _make_crc8_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC8_TABLE = _make_crc8_table()
+
+
+def crc8(data: bytes) -> int:
+    """CRC-8/SMBUS: poly 0x07, init 0, not reflected, no final xor (check 0xF4).
+
+    Detects every error burst of up to 8 bits, so every single-byte change.
+    """
+    crc = 0
+    for byte in data:
+        crc = _CRC8_TABLE[crc ^ byte]
+    return crc
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, not reflected (check 0x29B1).
+
+    ``binascii.crc_hqx`` is this CRC with a caller-given initial value. Detects every
+    error burst of up to 16 bits.
+    """
+    return binascii.crc_hqx(bytes(data), 0xFFFF)
+
+
+# ---------------------------------------------------------------------------------------
+# Data model
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Schedule:
+    """An explicit schedule. The codec gives the u8 fields their meaning (enums)."""
+
+    kind: int  # u8
+    num_steps: int  # T, 1..MAX_STEPS
+    t_end: int  # tau, the last diffusion time of the chain, 0..MAX_STEPS
+    chunk_bits: int  # u8
+    log2_candidates: int  # u8
+    variance_kind: int  # u8
+
+
+@dataclass
+class Header:
+    fingerprint: bytes  # 4 bytes
+    height: int
+    width: int
+    seed: int  # 0..2**64-1
+    schedule: Schedule | None = None  # exactly one of schedule / profile
+    profile: int | None = None  # u8, an id the codec maps to a Schedule
+    lossless: bool = False  # an x0 segment follows the steps
+
+
+@dataclass
+class Segment:
+    num_steps: int  # >= 1 reverse steps coded in this payload
+    payload: bytes
+
+
+@dataclass
+class DdpmFile:
+    header: Header
+    segments: list[Segment] = field(default_factory=list)
+    x0: bytes | None = None  # lossless x0 payload; present iff header.lossless
+    pixel_crc: int | None = None  # CRC-32 (zlib) of the raw HWC uint8 pixels, iff x0
+
+
+@dataclass
+class ParsedFile:
+    file: DdpmFile  # only the complete segments; x0 only if complete
+    truncated: bool  # the file ended before its declared end (no checksum verified)
+    complete_segments: int  # == len(file.segments)
+    declared_segments: int  # what the header announces
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+
+def _int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def pack(f: DdpmFile) -> bytes:
+    """Serializes a :class:`DdpmFile`; raises ``ValueError`` on any field out of range."""
+    h = f.header
+    fingerprint = bytes(h.fingerprint)
+    if len(fingerprint) != 4:
+        raise ValueError(f"fingerprint must be 4 bytes, got {len(fingerprint)}")
+    height = _int("height", h.height, 1, MAX_DIM)
+    width = _int("width", h.width, 1, MAX_DIM)
+    if height * width > MAX_PIXELS:
+        raise ValueError(f"height * width = {height * width} exceeds {MAX_PIXELS}")
+    seed = _int("seed", h.seed, 0, MAX_SEED)
+    if (h.schedule is None) == (h.profile is None):
+        raise ValueError("exactly one of header.schedule and header.profile must be given")
+    if bool(h.lossless) != (f.x0 is not None):
+        raise ValueError("header.lossless must be True exactly when x0 is given")
+    if (f.x0 is None) != (f.pixel_crc is None):
+        raise ValueError("pixel_crc must be given exactly when x0 is given")
+    if len(f.segments) > MAX_SEGMENTS:
+        raise ValueError(f"at most {MAX_SEGMENTS} segments, got {len(f.segments)}")
+
+    flags = (FLAG_LOSSLESS if h.lossless else 0) | (
+        FLAG_EXPLICIT_SCHEDULE if h.schedule is not None else 0
+    )
+    out = bytearray(MAGIC)
+    out.append((FORMAT_VERSION << 4) | flags)
+    out += fingerprint
+    out += varint_encode(height) + varint_encode(width)
+    if h.schedule is not None:
+        s = h.schedule
+        num_steps = _int("schedule.num_steps", s.num_steps, 1, MAX_STEPS)
+        out.append(_int("schedule.kind", s.kind, 0, 255))
+        out += varint_encode(num_steps)
+        out += varint_encode(_int("schedule.t_end", s.t_end, 0, MAX_STEPS))
+        out.append(_int("schedule.chunk_bits", s.chunk_bits, 0, 255))
+        out.append(_int("schedule.log2_candidates", s.log2_candidates, 0, 255))
+        out.append(_int("schedule.variance_kind", s.variance_kind, 0, 255))
+    else:
+        out.append(_int("profile", h.profile, 0, 255))
+    out += varint_encode(seed)
+    out += varint_encode(len(f.segments))
+    total_steps = 0
+    for i, seg in enumerate(f.segments):
+        steps = _int(f"segments[{i}].num_steps", seg.num_steps, 1, MAX_STEPS)
+        total_steps += steps
+        if total_steps > MAX_STEPS:
+            raise ValueError(f"segments hold more than {MAX_STEPS} steps in total")
+        _int(f"len(segments[{i}].payload)", len(seg.payload), 0, MAX_PAYLOAD)
+        out += varint_encode(steps) + varint_encode(len(seg.payload))
+    if f.x0 is not None:
+        out += varint_encode(_int("len(x0)", len(f.x0), 0, MAX_PAYLOAD))
+        pixel_crc = _int("pixel_crc", f.pixel_crc, 0, 0xFFFFFFFF)
+    out.append(crc8(out))
+    for seg in f.segments:
+        out += seg.payload
+    if f.x0 is not None:
+        out += f.x0
+        out += pixel_crc.to_bytes(4, "little")
+    out += crc16(out).to_bytes(2, "little")
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+class _HeaderReader:
+    def __init__(self, data: bytes, pos: int):
+        self.data = data
+        self.pos = pos
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int, name: str) -> bytes:
+        if self.remaining() < n:
+            raise TruncatedFileError(
+                f"the file ends inside its header (while reading {name} at byte {self.pos}): "
+                "it is truncated or corrupted"
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self, name: str) -> int:
+        return self.take(1, name)[0]
+
+    def uv(self, name: str, lo: int, hi: int) -> int:
+        start = self.pos
+        value, self.pos = varint_decode(self.data, self.pos, name=name)
+        if not lo <= value <= hi:
+            raise CorruptFileError(
+                f"{name} = {value} at byte {start} is outside [{lo}, {hi}]: the file is corrupted"
+            )
+        return value
+
+
+def unpack(data: bytes) -> ParsedFile:
+    """Parses a .ddpm file, or the prefix of one.
+
+    A file cut anywhere after its header returns the segments whose payloads are
+    complete, ``truncated=True`` (no checksum can be verified then; the x0 payload is
+    returned if it and its pixel CRC are complete). A complete file must pass its CRC-16.
+
+    Raises:
+        ForeignFileError: wrong magic.
+        UnsupportedVersionError: unknown version or reserved flag bits set.
+        TruncatedFileError: the file ends inside its header.
+        CorruptFileError: a checksum fails, a value is out of range, or the file is
+            longer than its header declares.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < len(MAGIC):
+        if MAGIC.startswith(data):
+            raise TruncatedFileError(
+                "the file is empty" if not data else "the file ends inside its magic number"
+            )
+        raise ForeignFileError("not a .ddpm file (wrong magic number)")
+    if data[: len(MAGIC)] != MAGIC:
+        raise ForeignFileError("not a .ddpm file (wrong magic number)")
+
+    r = _HeaderReader(data, len(MAGIC))
+    ver_flags = r.u8("version")
+    version, flags = ver_flags >> 4, ver_flags & 0x0F
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f".ddpm format version {version} is not supported (this reader knows version "
+            f"{FORMAT_VERSION})"
+        )
+    if flags & _RESERVED_FLAGS:
+        raise UnsupportedVersionError(
+            f"reserved flag bits set (0x{flags:x}): written by a newer format revision"
+        )
+    lossless = bool(flags & FLAG_LOSSLESS)
+    fingerprint = r.take(4, "fingerprint")
+    height = r.uv("height", 1, MAX_DIM)
+    width = r.uv("width", 1, MAX_DIM)
+    if height * width > MAX_PIXELS:
+        raise CorruptFileError(
+            f"image size {height}x{width} exceeds {MAX_PIXELS} pixels: the file is corrupted"
+        )
+    schedule = profile = None
+    if flags & FLAG_EXPLICIT_SCHEDULE:
+        kind = r.u8("schedule.kind")
+        num_steps = r.uv("schedule.num_steps", 1, MAX_STEPS)
+        t_end = r.uv("schedule.t_end", 0, MAX_STEPS)
+        schedule = Schedule(
+            kind=kind,
+            num_steps=num_steps,
+            t_end=t_end,
+            chunk_bits=r.u8("schedule.chunk_bits"),
+            log2_candidates=r.u8("schedule.log2_candidates"),
+            variance_kind=r.u8("schedule.variance_kind"),
+        )
+    else:
+        profile = r.u8("profile")
+    seed = r.uv("seed", 0, MAX_SEED)
+    num_segments = r.uv("num_segments", 0, MAX_SEGMENTS)
+    # Each table entry takes >= 2 bytes: refuse an impossible count before looping.
+    if 2 * num_segments > r.remaining():
+        raise TruncatedFileError(
+            f"the file ends inside its header (it declares {num_segments} segments, "
+            f"only {r.remaining()} bytes follow): it is truncated or corrupted"
+        )
+    table = []
+    total_steps = 0
+    for i in range(num_segments):
+        steps = r.uv(f"segments[{i}].num_steps", 1, MAX_STEPS)
+        total_steps += steps
+        if total_steps > MAX_STEPS:
+            raise CorruptFileError(
+                f"segments declare more than {MAX_STEPS} steps in total: the file is corrupted"
+            )
+        table.append((steps, r.uv(f"segments[{i}].length", 0, MAX_PAYLOAD)))
+    x0_length = r.uv("x0_length", 0, MAX_PAYLOAD) if lossless else None
+    header_end = r.pos
+    if r.u8("header checksum") != crc8(data[:header_end]):
+        raise CorruptFileError("header checksum mismatch: the file is corrupted")
+
+    body = r.pos
+    expected = body + sum(length for _, length in table) + _TRAILER_BYTES
+    if lossless:
+        expected += x0_length + _PIXEL_CRC_BYTES
+    if len(data) > expected:
+        raise CorruptFileError(
+            f"the file is {len(data)} bytes, its header declares {expected}: it is corrupted"
+        )
+    truncated = len(data) < expected
+    if not truncated:
+        stored = int.from_bytes(data[-_TRAILER_BYTES:], "little")
+        if stored != crc16(data[:-_TRAILER_BYTES]):
+            raise CorruptFileError("checksum mismatch: the file is corrupted")
+
+    segments = []
+    pos = body
+    for steps, length in table:
+        if pos + length > len(data):
+            break
+        segments.append(Segment(num_steps=steps, payload=data[pos : pos + length]))
+        pos += length
+    x0 = pixel_crc = None
+    if lossless and len(segments) == num_segments:
+        end = pos + x0_length + _PIXEL_CRC_BYTES
+        if end <= len(data):
+            x0 = data[pos : pos + x0_length]
+            pixel_crc = int.from_bytes(data[pos + x0_length : end], "little")
+
+    header = Header(
+        fingerprint=fingerprint,
+        height=height,
+        width=width,
+        seed=seed,
+        schedule=schedule,
+        profile=profile,
+        lossless=lossless,
+    )
+    return ParsedFile(
+        file=DdpmFile(header=header, segments=segments, x0=x0, pixel_crc=pixel_crc),
+        truncated=truncated,
+        complete_segments=len(segments),
+        declared_segments=num_segments,
+    )

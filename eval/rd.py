@@ -1,0 +1,269 @@
+"""Rate-distortion study (the paper's Fig. 5 / Table 4) with the bits the codec actually writes.
+
+Per image: one progressive lossless encode, recording at every coding step the reverse time,
+cumulative actual bits and KL bound (bits/dim), RMSE/PSNR of x_hat_0 (optionally of ancestral
+and flow reconstructions at the table's rows), and the lossless total. Results go to HDF5
+(resumable, one row per image), then aggregate into a markdown table and plots, beside
+classical codecs on the same images.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Ho et al. (2020), Table 4: reverse time, rate (bits/dim), distortion (RMSE, 0-255).
+PAPER_TABLE4 = np.array([
+    [1000, 1.77581, 0.95136], [900, 0.11994, 12.02277], [800, 0.05415, 18.47482], [700, 0.02866, 24.43656],
+    [600, 0.01507, 30.80948], [500, 0.00716, 38.03236], [400, 0.00282, 46.12765], [300, 0.00081, 54.18826],
+    [200, 0.00013, 60.97170], [100, 0.00000, 67.60125]])
+TABLE_ROWS = tuple(range(100, 1001, 100))
+GROUP = "ddpm"
+PER_STEP = ("cum_bpd", "cum_kl_bpd", "rmse", "psnr", "actual_bits", "kl_bits")
+
+
+def _psnr(rmse):
+    rmse = np.asarray(rmse, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(rmse > 0, 20 * np.log10(255.0 / np.maximum(rmse, 1e-300)), np.inf)
+
+
+def row_index(reverse_times: np.ndarray, row: int) -> int | None:
+    """The last coding step with reverse time <= ``row`` (what ``decode --steps row`` uses)."""
+    ok = np.nonzero(np.asarray(reverse_times) <= row)[0]
+    return int(ok[-1]) if len(ok) else None
+
+
+def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, theoretical: bool = False,
+        reconstruct: tuple[str, ...] = (), indices: np.ndarray | None = None, dataset: str = "",
+        progress: bool = True, seed: int = 0) -> int:
+    """Encode each image (resuming after the rows already in ``store_path``); returns rows done."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .. import codec
+    from .store import ResultStore
+
+    settings = settings or codec.PROFILES[1]
+    store = ResultStore(store_path)
+    indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+    attrs = store.get_attrs(GROUP)
+    mode = "theoretical" if theoretical else "actual"
+    if attrs:
+        if attrs.get("fingerprint") != model.fingerprint or attrs.get("mode") != mode \
+                or attrs.get("settings") != repr(settings):
+            raise ValueError(f"{store_path} holds results of another model/mode/settings: use a new -o file")
+    else:
+        import constriction
+        import PIL
+
+        store.set_attrs(GROUP, fingerprint=model.fingerprint, model=model.name, mode=mode, settings=repr(settings),
+                        dataset=dataset, torch=torch.__version__, constriction=getattr(constriction, "__version__", "?"),
+                        pillow=PIL.__version__, reconstruct=",".join(reconstruct), seed=seed)
+    done = store.num_rows(GROUP, "image_index")
+    bar = tqdm(total=len(images), initial=done, disable=not progress, unit="img", desc=f"rd-curve ({mode})")
+    for i in range(done, len(images)):
+        img = images[i]
+        if theoretical:
+            res = codec.trace_theoretical(img, model, settings=settings, seed=seed + i)
+        else:
+            res = codec.encode(img, model, settings=settings, seed=seed)
+        steps = res.steps
+        rt = np.array([r.reverse_time for r in steps], dtype=np.int32)
+        if not store.has(GROUP, "reverse_time"):
+            store.write_array(GROUP, "reverse_time", rt)
+            store.write_array(GROUP, "t", np.array([r.t for r in steps], dtype=np.int32))
+        cols = {k: np.array([[getattr(r, k) for r in steps]], dtype=np.float64) for k in PER_STEP}
+        if not theoretical:
+            # the last row of each step is the file itself: the total includes x_0, framing and checksums
+            pass
+        for k, v in cols.items():
+            store.append_rows(GROUP, k, v)
+        for mode_name in reconstruct:
+            store.append_rows(GROUP, f"rmse_{mode_name}", _reconstruction_rmse(img, model, settings, res, mode_name,
+                                                                               rt, seed)[None])
+        store.append_rows(GROUP, "lossless_bpd", np.array([res.bits_per_dim if not theoretical else np.nan]))
+        store.append_rows(GROUP, "lossless_bound_bpd", np.array([res.kl_bound_bpd]))
+        store.append_rows(GROUP, "seconds", np.array([res.seconds]))
+        store.append_rows(GROUP, "image_index", np.array([indices[i]], dtype=np.int64))
+        bar.update(1)
+    bar.close()
+    return len(images)
+
+
+def _reconstruction_rmse(img, model, settings, res, mode, rt, seed) -> np.ndarray:
+    """RMSE of ``mode`` reconstructions decoded from the file at each table row (NaN elsewhere)."""
+    from .. import codec
+
+    out = np.full(len(TABLE_ROWS), np.nan)
+    if not res.data:
+        return out
+    for j, row in enumerate(TABLE_ROWS):
+        k = row_index(rt, row)
+        if k is None:
+            continue
+        dec = codec.decode(res.data, model, steps=row, reconstruct=mode, seed=seed)
+        out[j] = math.sqrt(float(np.mean((dec.image.astype(np.float64) - img.astype(np.float64)) ** 2)))
+    return out
+
+
+@dataclass
+class Aggregate:
+    reverse_time: np.ndarray     # [S]
+    kl_bpd: np.ndarray           # [S] mean cumulative KL bound
+    actual_bpd: np.ndarray       # [S] mean cumulative actual rate
+    rmse: np.ndarray             # [S] RMSE of the mean MSE
+    psnr: np.ndarray             # [S] mean per-image PSNR
+    lossless_bpd: float
+    lossless_bound_bpd: float
+    num_images: int
+    rmse_by_mode: dict[str, np.ndarray]   # mode -> [len(TABLE_ROWS)]
+
+
+def aggregate(store_path: str | Path) -> Aggregate:
+    from .store import ResultStore
+
+    st = ResultStore(store_path)
+    if not st.has(GROUP, "image_index"):
+        raise ValueError(f"{store_path} holds no rd-curve results")
+    rmse = st.read(GROUP, "rmse")
+    modes = {}
+    for k in st.keys(GROUP):
+        if k.startswith("rmse_"):
+            modes[k[5:]] = np.sqrt(np.nanmean(st.read(GROUP, k) ** 2, axis=0))
+    return Aggregate(reverse_time=st.read(GROUP, "reverse_time"), kl_bpd=st.read(GROUP, "cum_kl_bpd").mean(0),
+                     actual_bpd=st.read(GROUP, "cum_bpd").mean(0), rmse=np.sqrt((rmse ** 2).mean(0)),
+                     psnr=np.mean(np.minimum(st.read(GROUP, "psnr"), 100.0), axis=0),
+                     lossless_bpd=float(np.mean(st.read(GROUP, "lossless_bpd"))),
+                     lossless_bound_bpd=float(np.mean(st.read(GROUP, "lossless_bound_bpd"))),
+                     num_images=int(st.num_rows(GROUP, "image_index")), rmse_by_mode=modes)
+
+
+def markdown_table(agg: Aggregate) -> str:
+    """The paper's Table 4 with real bits: rows at reverse time 100..1000 and lossless."""
+    modes = list(agg.rmse_by_mode)
+    head = "| T-t+1 | KL rate (bits/dim) | actual rate (bits/dim) | actual/KL | RMSE | PSNR (dB) |" + \
+        "".join(f" RMSE {m} |" for m in modes) + " paper rate | paper RMSE |"
+    lines = [head, "|" + "---|" * (8 + len(modes))]
+    for j, row in enumerate(TABLE_ROWS):
+        k = row_index(agg.reverse_time, row)
+        paper = PAPER_TABLE4[PAPER_TABLE4[:, 0] == row][0]
+        if k is None:
+            lines.append(f"| {row} | 0 | 0 | – | – | – |" + " – |" * len(modes) + f" {paper[1]:.5f} | {paper[2]:.2f} |")
+            continue
+        ratio = agg.actual_bpd[k] / agg.kl_bpd[k] if agg.kl_bpd[k] > 0 else float("nan")
+        extra = "".join(f" {agg.rmse_by_mode[m][j]:.2f} |" for m in modes)
+        lines.append(f"| {row} | {agg.kl_bpd[k]:.5f} | {agg.actual_bpd[k]:.5f} | {ratio:.3f} | {agg.rmse[k]:.2f} | "
+                     f"{agg.psnr[k]:.2f} |{extra} {paper[1]:.5f} | {paper[2]:.2f} |")
+    lines.append(f"| lossless | {agg.lossless_bound_bpd:.4f} | {agg.lossless_bpd:.4f} | "
+                 f"{agg.lossless_bpd / agg.lossless_bound_bpd:.3f} | 0 | inf |" + " – |" * len(modes) + " 3.75 | 0 |")
+    return "\n".join(lines)
+
+
+BASE_GROUP = "baselines"
+
+
+def run_baselines(images: np.ndarray, store_path: str | Path, progress: bool = True) -> None:
+    """Classical codecs on the same images (skipped when already stored)."""
+    from . import baselines
+    from .store import ResultStore
+
+    st = ResultStore(store_path)
+    if st.has(BASE_GROUP):
+        return
+    sizes = baselines.lossless_sizes(images, progress=progress)
+    for name, arr in sizes.items():
+        st.write_array(f"{BASE_GROUP}/lossless", name, np.asarray(arr))
+    for name, res in baselines.lossy_sweep(images, progress=progress).items():
+        g = f"{BASE_GROUP}/lossy/{name}"
+        st.write_array(g, "bytes", res.bytes)
+        st.write_array(g, "rmse", res.rmse)
+        st.write_array(g, "psnr", res.psnr)
+        st.write_array(g, "quality", np.asarray(res.quality, dtype=np.float64))
+    st.set_attrs(BASE_GROUP, num_images=len(images))
+
+
+def baseline_summary(store_path: str | Path) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(lossless bits/dim per codec, lossy (mean bits/dim, PSNR of mean MSE) curves per codec)."""
+    from .store import ResultStore
+
+    st = ResultStore(store_path)
+    if not st.has(BASE_GROUP):
+        return {}, {}
+    dims = None
+    lossless = {}
+    n = st.get_attrs(BASE_GROUP).get("num_images")
+    for name in st.keys(f"{BASE_GROUP}/lossless"):
+        b = st.read(f"{BASE_GROUP}/lossless", name)
+        lossless[name] = b
+    lossy = {}
+    for name in st.keys(f"{BASE_GROUP}/lossy"):
+        g = f"{BASE_GROUP}/lossy/{name}"
+        by, rm = st.read(g, "bytes"), st.read(g, "rmse")
+        lossy[name] = (by, rm)
+    return lossless, lossy
+
+
+def write_report(store_path: str | Path, plot_path: str | Path | None, image_shape=(32, 32, 3)) -> str:
+    """Markdown: the Table-4 table, baselines, and DDPM vs WebP/AVIF at equal PSNR; draws the plots."""
+    from . import baselines as bl
+
+    agg = aggregate(store_path)
+    dims = int(np.prod(image_shape))
+    out = [f"{agg.num_images} images", "", markdown_table(agg), ""]
+    lossless, lossy = baseline_summary(store_path)
+    if lossless:
+        out.append("| lossless codec | bits/dim |\n|---|---|")
+        out.append(f"| ddpm-codec (actual file) | {agg.lossless_bpd:.4f} |")
+        out.append(f"| ddpm-codec (bound) | {agg.lossless_bound_bpd:.4f} |")
+        for name, b in sorted(lossless.items(), key=lambda kv: kv[1].mean()):
+            out.append(f"| {name} | {8 * b.mean() / dims:.4f} |")
+        out.append("")
+    ddpm_rate, ddpm_psnr = agg.actual_bpd, _psnr(agg.rmse)
+    keep = np.isfinite(ddpm_psnr) & (ddpm_rate > 0)
+    if lossy:
+        out.append("| codec | bits ratio codec/DDPM at equal PSNR (overlap) | PSNR range |\n|---|---|---|")
+        for name, (by, rm) in lossy.items():
+            rate = 8 * by.mean(0) / dims
+            ps = _psnr(np.sqrt((rm ** 2).mean(0)))
+            try:
+                ratio = bl.rate_ratio_at_equal_psnr(rate, ps, ddpm_rate[keep], ddpm_psnr[keep])
+                lo, hi = max(ps.min(), ddpm_psnr[keep].min()), min(ps.max(), ddpm_psnr[keep].max())
+                out.append(f"| {name} | {ratio:.3f} | {lo:.1f}–{hi:.1f} dB |")
+            except ValueError as e:
+                out.append(f"| {name} | no overlap ({e}) | |")
+        out.append("")
+    if plot_path:
+        draw(store_path, plot_path, image_shape)
+        out.append(f"plots: {plot_path} (+ -time.png)")
+    return "\n".join(out)
+
+
+def draw(store_path: str | Path, plot_path: str | Path, image_shape=(32, 32, 3)) -> list[str]:
+    from . import plots
+
+    agg = aggregate(store_path)
+    dims = int(np.prod(image_shape))
+    series = [{"label": "DDPM actual bits", "x": agg.actual_bpd, "y": _psnr(agg.rmse), "style": "-"},
+              {"label": "DDPM KL bound", "x": agg.kl_bpd, "y": _psnr(agg.rmse), "style": "--"},
+              {"label": "Ho et al. Table 4 (KL)", "x": PAPER_TABLE4[:, 1], "y": _psnr(PAPER_TABLE4[:, 2]), "style": "k:"}]
+    _, lossy = baseline_summary(store_path)
+    for name, (by, rm) in lossy.items():
+        series.append({"label": name, "x": 8 * by.mean(0) / dims, "y": _psnr(np.sqrt((rm ** 2).mean(0))), "style": ".-"})
+    p = Path(plot_path)
+    a = plots.plot_rd([s for s in series], p, x="bits/dim (log)", y="PSNR (dB)", log_x=True,
+                      title=f"rate-distortion, {agg.num_images} images", xlim=(1e-3, 8))
+    t = agg.reverse_time
+    b = plots.plot_vs_time([
+        {"y": "rate (bits/dim)", "log_y": True, "series": [
+            {"label": "actual", "x": 1000 - t + 1, "y": np.maximum(agg.actual_bpd, 1e-6)},
+            {"label": "KL bound", "x": 1000 - t + 1, "y": np.maximum(agg.kl_bpd, 1e-6), "style": "--"},
+            {"label": "paper", "x": 1000 - PAPER_TABLE4[:, 0] + 1, "y": np.maximum(PAPER_TABLE4[:, 1], 1e-6), "style": "k:"}]},
+        {"y": "RMSE (0-255)", "series": [
+            {"label": "x_hat_0", "x": 1000 - t + 1, "y": agg.rmse},
+            {"label": "paper", "x": 1000 - PAPER_TABLE4[:, 0] + 1, "y": PAPER_TABLE4[:, 2], "style": "k:"}]},
+    ], p.with_name(p.stem + "-time" + p.suffix), x="t (reverse process runs right to left)")
+    return [a, b]

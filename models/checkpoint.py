@@ -1,0 +1,141 @@
+"""Model files: weights as safetensors, config as JSON beside them, and a fingerprint.
+
+A model is ``<stem>.safetensors`` + ``<stem>.json``. The JSON holds ``unet`` (the U-Net
+config), ``diffusion`` (the beta schedule), optional ``stats`` (``x0_mse``: per-time mean squared
+error of x_hat_0, fitted on training images) and free-form ``card`` information. Files are never
+unpickled. The fingerprint is a SHA-256 over the canonical JSON of ``unet`` + ``diffusion`` +
+``stats`` and the raw weight bytes in name order, so any change to what decoding depends on
+changes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..diffusion import GaussianDiffusion
+from .unet import UNet, UNetConfig
+
+DEFAULT_DIFFUSION = {"schedule": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+
+
+@dataclass
+class LoadedModel:
+    """A network with everything needed to use it: diffusion, config and fingerprint."""
+
+    net: UNet
+    diffusion: GaussianDiffusion
+    config: dict
+    fingerprint: str
+    name: str = ""
+    path: Path | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.net.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @torch.no_grad()
+    def eps(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """The network's epsilon prediction for x_t ([N, C, H, W], any float dtype) at time t."""
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((xt.shape[0],), int(t), dtype=torch.int64)
+        return self.net(xt.to(self.device, torch.float32), t.to(self.device)).to(xt.device)
+
+
+def fingerprint(config: dict, state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    decode_relevant = {k: config.get(k) for k in ("unet", "diffusion", "stats")}
+    h.update(json.dumps(decode_relevant, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if p.suffix == ".json":
+        p = p.with_suffix(".safetensors")
+    if p.suffix != ".safetensors":
+        p = p.with_suffix(p.suffix + ".safetensors") if p.suffix else p.with_suffix(".safetensors")
+    return p, p.with_suffix(".json")
+
+
+def save_model(path: str | Path, net: UNet, config: dict, *, dtype: torch.dtype = torch.float32,
+               state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``<stem>.safetensors`` (weights in ``dtype``) and ``<stem>.json``; return the weights path."""
+    from safetensors.torch import save_file
+
+    wpath, jpath = _paths(path)
+    wpath.parent.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else net.state_dict()
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
+    config = dict(config)
+    config["unet"] = net.config.to_dict()
+    config.setdefault("diffusion", dict(DEFAULT_DIFFUSION))
+    config["weights_dtype"] = str(dtype).replace("torch.", "")
+    save_file(state, str(wpath), metadata={"format": "ddpm-codec-model-v1"})
+    # the fingerprint covers the weights as stored (so fp16 files fingerprint as fp16)
+    config["fingerprint"] = fingerprint(config, state)
+    jpath.write_text(json.dumps(config, indent=1) + "\n")
+    return wpath
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", name: str = "") -> LoadedModel:
+    """Load a model saved by :func:`save_model`. Weights are cast to float32 for computation."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    wpath, jpath = _paths(path)
+    if not wpath.exists():
+        raise FileNotFoundError(f"no model weights at {wpath}")
+    if not jpath.exists():
+        raise FileNotFoundError(f"model config {jpath} is missing (it must sit beside {wpath.name})")
+    try:
+        config = json.loads(jpath.read_text())
+        ucfg = UNetConfig.from_dict(config["unet"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{jpath} is not a valid ddpm-codec model config: {e}") from None
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{wpath} is not a valid safetensors file: {e}") from None
+    fp = fingerprint(config, state)
+    net = UNet(ucfg)
+    try:
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as e:
+        raise ValueError(f"weights in {wpath} do not match the config in {jpath.name}: {str(e)[:300]}") from None
+    net.eval().to(device)
+    stats = config.get("stats") or {}
+    diffusion = GaussianDiffusion.from_config(config.get("diffusion", DEFAULT_DIFFUSION), x0_mse=stats.get("x0_mse"))
+    return LoadedModel(net=net, diffusion=diffusion, config=config, fingerprint=fp, name=name or wpath.stem, path=wpath)
+
+
+def fresh_model(unet_config: UNetConfig, diffusion_config: dict | None = None) -> LoadedModel:
+    """An untrained model (for tests and as the start of training)."""
+    net = UNet(unet_config).eval()
+    config = {"unet": unet_config.to_dict(), "diffusion": dict(diffusion_config or DEFAULT_DIFFUSION)}
+    return LoadedModel(net=net, diffusion=GaussianDiffusion.from_config(config["diffusion"]), config=config,
+                       fingerprint=fingerprint(config, net.state_dict()), name="untrained")
+
+
+def with_stats(model: LoadedModel, x0_mse: np.ndarray) -> LoadedModel:
+    """The same model with fitted ``x0_mse`` statistics (changes the fingerprint)."""
+    config = dict(model.config)
+    config["stats"] = {"x0_mse": [float(v) for v in np.asarray(x0_mse, dtype=np.float64)]}
+    diffusion = GaussianDiffusion.from_config(config["diffusion"], x0_mse=config["stats"]["x0_mse"])
+    return LoadedModel(net=model.net, diffusion=diffusion, config=config,
+                       fingerprint=fingerprint(config, model.net.state_dict()), name=model.name, path=model.path)

@@ -1,0 +1,62 @@
+"""Shipped models by name, and ``--model NAME|PATH`` resolution.
+
+Shipped weights live in this package's ``weights/`` folder as ``<name>.safetensors`` +
+``<name>.json``; names are stable strings (never list positions). The default model is
+``DEFAULT_MODEL``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import LoadedModel, load_model
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "cifar10-cpu-small"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: Path
+    preset: str
+    test_bpd: float | None
+    description: str
+    fingerprint: str
+
+
+def shipped_models() -> list[ModelInfo]:
+    out = []
+    for j in sorted(WEIGHTS_DIR.glob("*.json")):
+        if not j.with_suffix(".safetensors").exists():
+            continue
+        cfg = json.loads(j.read_text())
+        card = cfg.get("card", {})
+        out.append(ModelInfo(name=j.stem, path=j.with_suffix(".safetensors"), preset=card.get("preset", "?"),
+                             test_bpd=card.get("test_bpd"), description=card.get("description", ""),
+                             fingerprint=cfg.get("fingerprint", "")))
+    return out
+
+
+def resolve_model(spec: str | None = None, *, device="cpu") -> LoadedModel:
+    """A shipped model's name (default: ``DEFAULT_MODEL``) or a path to a saved model."""
+    spec = spec or DEFAULT_MODEL
+    names = {m.name: m for m in shipped_models()}
+    if spec in names:
+        return load_model(names[spec].path, device=device, name=spec)
+    p = Path(spec).expanduser()
+    if p.exists() or p.with_suffix(".safetensors").exists():
+        return load_model(p, device=device)
+    known = ", ".join(names) or "none shipped"
+    raise FileNotFoundError(f"no model {spec!r}: not a shipped name ({known}) nor an existing path")
+
+
+def find_by_fingerprint(prefix_hex: str, *, device="cpu") -> LoadedModel | None:
+    """The shipped model whose fingerprint starts with ``prefix_hex`` (as written in .ddpm files)."""
+    for m in shipped_models():
+        if m.fingerprint.startswith(prefix_hex):
+            model = load_model(m.path, device=device, name=m.name)
+            if model.fingerprint.startswith(prefix_hex):
+                return model
+    return None

@@ -1,0 +1,187 @@
+"""The codec end to end on a tiny model: exact lossless round trips, progressive decoding,
+truncation, model/ checksum mismatches, tiling, and the CLI in separate processes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_codec import codec
+from ddpm_codec.coding import container
+from ddpm_codec.models.checkpoint import fresh_model, save_model, with_stats
+from ddpm_codec.models.presets import get_preset
+
+SETTINGS = codec.CodecSettings(num_steps=12, t_end=2, chunk_bits=6, log2_candidates=8)
+
+
+def smooth_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Made-up natural-ish images: low-pass random fields plus a little pixel noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        low = rng.normal(size=(4, 4, 3))
+        up = np.kron(low, np.ones((size // 4, size // 4, 1)))
+        img = 128 + 50 * up + rng.normal(scale=6, size=(size, size, 3))
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = fresh_model(get_preset("tiny"))
+    # stand-in statistics: x_hat_0 error grows with t (what a trained model's calibration gives)
+    mse = np.concatenate([[0.0], np.geomspace(3e-4, 0.3, 1000)])
+    return with_stats(m, mse)
+
+
+def test_lossless_round_trip_is_bit_exact(model):
+    for img in smooth_images(2):
+        res = codec.encode(img, model, settings=SETTINGS)
+        assert res.lossless
+        dec = codec.decode(res.data, model)
+        assert dec.lossless and np.array_equal(dec.image, img)
+        # the report's cumulative actual rate is the file's, and the file is what we hold
+        assert res.bits_per_dim == pytest.approx(8 * len(res.data) / img.size)
+
+
+def test_odd_sized_image_is_tiled_and_restored(model):
+    img = smooth_images(1, size=48)[0][:37, :45]
+    res = codec.encode(img, model, settings=SETTINGS)
+    dec = codec.decode(res.data, model)
+    assert dec.image.shape == img.shape and np.array_equal(dec.image, img)
+
+
+def test_tiles_round_trip_geometry():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, size=(37, 70, 3), dtype=np.uint8)
+    tiles = codec.to_tiles(img, 16)
+    assert tiles.shape == (3 * 5, 3, 16, 16)
+    back = ((tiles + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(codec.from_tiles(back, 37, 70), img)
+    # tile (row 1, col 2) holds pixels [16:32, 32:48]
+    assert np.array_equal(back[1 * 5 + 2], img[16:32, 32:48])
+
+
+def test_progressive_distortion_falls_and_prefixes_decode(model):
+    imgs = smooth_images(2, seed=5)
+    files = [codec.encode(img, model, settings=SETTINGS).data for img in imgs]
+    rmse = []
+    for steps in (100, 600, 990):
+        errs = []
+        for img, data in zip(imgs, files):
+            dec = codec.decode(data, model, steps=steps)
+            assert not dec.lossless and dec.reverse_time <= steps
+            errs.append(np.mean((dec.image.astype(float) - img) ** 2))
+        rmse.append(np.sqrt(np.mean(errs)))
+    assert rmse[0] > rmse[1] > rmse[2]
+
+
+def test_lossy_encode_stops_early_and_is_smaller(model):
+    img = smooth_images(1, seed=7)[0]
+    full = codec.encode(img, model, settings=SETTINGS)
+    lossy = codec.encode(img, model, settings=SETTINGS, max_reverse_time=900)
+    assert not lossy.lossless and len(lossy.data) < len(full.data)
+    assert all(r.reverse_time <= 900 for r in lossy.steps)
+    dec = codec.decode(lossy.data, model)
+    assert dec.reverse_time == lossy.steps[-1].reverse_time
+
+
+def test_truncated_file_decodes_its_complete_segments(model):
+    img = smooth_images(1, seed=8)[0]
+    res = codec.encode(img, model, settings=SETTINGS, min_segment_bytes=8)
+    parsed = container.unpack(res.data)
+    segs = parsed.file.segments
+    assert len(segs) >= 3
+    # cut the file right after the second segment's payload
+    header_len = len(res.data) - 2 - sum(len(s.payload) for s in segs) - len(parsed.file.x0) - 4
+    cut = header_len + len(segs[0].payload) + len(segs[1].payload)
+    dec = codec.decode(res.data[:cut], model)
+    assert dec.truncated and not dec.lossless
+    assert dec.steps_decoded == segs[0].num_steps + segs[1].num_steps
+
+
+def test_wrong_model_is_refused(model):
+    img = smooth_images(1)[0]
+    data = codec.encode(img, model, settings=SETTINGS).data
+    other = with_stats(fresh_model(get_preset("tiny")), model.diffusion.x0_mse)
+    with pytest.raises(codec.DecodeError, match="encoded with model"):
+        codec.decode(data, other)
+
+
+def test_diverged_network_is_detected(model, monkeypatch):
+    """If the decoder's network output differs slightly from the encoder's, the lossless
+    decode must fail loudly (checksum), never write a wrong image silently."""
+    img = smooth_images(1, seed=2)[0]
+    data = codec.encode(img, model, settings=SETTINGS).data
+    real = codec._Net.__call__
+
+    def perturbed(self, x, t):
+        return real(self, x, t) + 1e-3
+    monkeypatch.setattr(codec._Net, "__call__", perturbed)
+    with pytest.raises(codec.DecodeError, match="checksum"):
+        codec.decode(data, model)
+
+
+def test_bad_inputs_are_refused(model):
+    with pytest.raises(ValueError, match="8-bit"):
+        codec.encode(np.zeros((8, 8, 3), np.uint16), model, settings=SETTINGS)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    with pytest.raises(ValueError, match="transparency"):
+        codec.encode(rgba, model, settings=SETTINGS)
+    with pytest.raises(container.ForeignFileError):
+        codec.decode(b"\x89PNG\r\n\x1a\n" + bytes(40), model)
+    with pytest.raises(ValueError, match="reconstruction"):
+        codec.decode(b"", model, reconstruct="magic")
+
+
+def test_reconstruction_modes_run(model):
+    img = smooth_images(1, seed=4)[0]
+    data = codec.encode(img, model, settings=SETTINGS, max_reverse_time=800).data
+    for mode in ("denoise", "ancestral", "flow"):
+        dec = codec.decode(data, model, reconstruct=mode, reconstruct_steps=5)
+        assert dec.image.shape == img.shape and dec.image.dtype == np.uint8
+
+
+def test_kl_report_matches_theoretical_chain_order(model):
+    """The real coder's per-step KL bound and the KL-only trace share the chain and units."""
+    img = smooth_images(1, seed=9)[0]
+    real = codec.encode(img, model, settings=SETTINGS)
+    theo = codec.trace_theoretical(img, model, settings=SETTINGS)
+    assert [r.t for r in real.steps] == [r.t for r in theo.steps] == [1000] + SETTINGS.timesteps(1000)[1:]
+    # L_T of both chains is the same closed form (x_T's step): KL(q(x_T|x_0) || N(0, I))
+    assert real.steps[0].kl_bits == pytest.approx(theo.steps[0].kl_bits, rel=1e-6)
+
+
+def test_cli_round_trip_in_separate_processes(model, tmp_path):
+    from PIL import Image
+
+    mpath = save_model(tmp_path / "m.safetensors", model.net, model.config)
+    img = smooth_images(1, seed=11)[0][:30, :20]
+    Image.fromarray(img).save(tmp_path / "in.png")
+    exe = [sys.executable, "-m", "ddpm_codec.cli.main"]
+    args = ["--model", str(mpath), "--coding-steps", "12", "--t-end", "2", "--chunk-bits", "6", "--candidates", "8"]
+    r = subprocess.run(exe + ["encode", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.ddpm"), *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "T-t+1" in r.stdout and "KL bits" in r.stdout and "bits/dim" in r.stdout
+    r = subprocess.run(exe + ["decode", str(tmp_path / "x.ddpm"), "-o", str(tmp_path / "out.png"), "--model", str(mpath)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), img)
+    r = subprocess.run(exe + ["info", str(tmp_path / "x.ddpm")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "lossless" in r.stdout
+    # a damaged file: clear message, non-zero exit, no output written
+    data = bytearray((tmp_path / "x.ddpm").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.ddpm").write_bytes(bytes(data))
+    r = subprocess.run(exe + ["decode", str(tmp_path / "bad.ddpm"), "-o", str(tmp_path / "bad.png"), "--model", str(mpath)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Error" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad.png").exists()

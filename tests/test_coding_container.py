@@ -1,0 +1,424 @@
+"""Tests for ddpm_codec.coding.container: the .ddpm byte format (docs/FORMAT.md)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from ddpm_codec.coding.container import (
+    MAGIC,
+    MAX_PIXELS,
+    CorruptFileError,
+    DdpmFile,
+    DdpmFormatError,
+    ForeignFileError,
+    Header,
+    Schedule,
+    Segment,
+    TruncatedFileError,
+    UnsupportedVersionError,
+    crc8,
+    crc16,
+    pack,
+    unpack,
+    varint_decode,
+    varint_encode,
+)
+
+# ---------------------------------------------------------------------------------------
+# Independent reference CRCs (bit by bit, straight from the definitions)
+# ---------------------------------------------------------------------------------------
+
+
+def ref_crc8(data: bytes) -> int:  # CRC-8/SMBUS
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def ref_crc16(data: bytes) -> int:  # CRC-16/CCITT-FALSE
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def test_crc_check_values():
+    assert crc8(b"123456789") == ref_crc8(b"123456789") == 0xF4
+    assert crc16(b"123456789") == ref_crc16(b"123456789") == 0x29B1
+    data = random.Random(0).randbytes(300)
+    assert crc8(data) == ref_crc8(data) and crc16(data) == ref_crc16(data)
+
+
+# ---------------------------------------------------------------------------------------
+# Fixed files
+# ---------------------------------------------------------------------------------------
+
+TINY = DdpmFile(
+    header=Header(
+        fingerprint=b"\x01\x02\x03\x04", height=2, width=3, seed=300, profile=1, lossless=True
+    ),
+    segments=[Segment(1, b"\xaa"), Segment(200, b"\xbb\xcc")],
+    x0=b"\x11\x22\x33",
+    pixel_crc=0xDEADBEEF,
+)
+# Derived by hand from docs/FORMAT.md (the worked example there):
+TINY_HEADER = bytes.fromhex(
+    "8ddd"  # magic
+    "11"  # version 1, flags: lossless, profile schedule
+    "01020304"  # fingerprint
+    "02" "03"  # height 2, width 3
+    "01"  # profile 1
+    "ac02"  # seed 300 = 0b10_0101100 -> 0x2c|0x80, 0x02
+    "02"  # 2 segments
+    "0101"  # segment 0: 1 step, 1 byte
+    "c80102"  # segment 1: 200 steps (0x48|0x80, 0x01), 2 bytes
+    "03"  # x0 length 3
+)
+TINY_BYTES = bytes.fromhex(
+    "8ddd11010203040203" "01ac020201" "01c8010203" "0c"  # header + crc8
+    "aa" "bbcc" "112233" "efbeadde"  # payloads, x0, pixel crc (LE)
+    "1934"  # crc16 (LE)
+)
+
+EXPLICIT = DdpmFile(
+    header=Header(
+        fingerprint=b"\xca\xfe\xba\xbe",
+        height=1,
+        width=1,
+        seed=0,
+        schedule=Schedule(
+            kind=1, num_steps=1000, t_end=0, chunk_bits=16, log2_candidates=12, variance_kind=2
+        ),
+    ),
+    segments=[],
+)
+EXPLICIT_BYTES = bytes.fromhex(
+    "8ddd" "12" "cafebabe" "01" "01"  # magic, v1 + explicit schedule, fingerprint, 1x1
+    "01" "e807" "00" "10" "0c" "02"  # kind 1, T=1000, t_end 0, 16, 12, 2
+    "00" "00" "71"  # seed 0, 0 segments, crc8
+    "119a"  # crc16
+)
+
+
+def test_pinned_bytes_tiny_lossless_file():
+    # The checksums of the pinned bytes agree with the reference implementations.
+    assert TINY_BYTES.startswith(TINY_HEADER)
+    assert TINY_BYTES[len(TINY_HEADER)] == ref_crc8(TINY_HEADER)
+    assert int.from_bytes(TINY_BYTES[-2:], "little") == ref_crc16(TINY_BYTES[:-2])
+    assert pack(TINY) == TINY_BYTES
+    parsed = unpack(TINY_BYTES)
+    assert parsed.file == TINY
+    assert not parsed.truncated and parsed.complete_segments == parsed.declared_segments == 2
+
+
+def test_pinned_bytes_explicit_schedule():
+    assert EXPLICIT_BYTES[18] == ref_crc8(EXPLICIT_BYTES[:18])
+    assert int.from_bytes(EXPLICIT_BYTES[-2:], "little") == ref_crc16(EXPLICIT_BYTES[:-2])
+    assert pack(EXPLICIT) == EXPLICIT_BYTES
+    assert unpack(EXPLICIT_BYTES).file == EXPLICIT
+
+
+def test_header_cost_of_a_small_lossy_file():
+    f = DdpmFile(Header(bytes(4), 32, 32, seed=0, profile=0), [Segment(30, bytes(50))])
+    assert len(pack(f)) - 50 == 15 + 2  # header (incl. 2-byte segment table) + crc16
+
+
+# ---------------------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------------------
+
+
+def random_file(rng: random.Random) -> DdpmFile:
+    height = rng.choice([1, 2, 32, 127, 128, 16383, 16384, 65535])
+    width = rng.randint(1, max(1, min(65535, MAX_PIXELS // height)))
+    if rng.random() < 0.5:
+        num_steps = rng.choice([1, 127, 128, 1000, 4000, 1 << 20])
+        schedule = Schedule(
+            kind=rng.randint(0, 255),
+            num_steps=num_steps,
+            t_end=rng.randint(0, num_steps),
+            chunk_bits=rng.randint(0, 255),
+            log2_candidates=rng.randint(0, 255),
+            variance_kind=rng.randint(0, 255),
+        )
+        profile = None
+    else:
+        schedule, profile = None, rng.randint(0, 255)
+    lossless = rng.random() < 0.5
+    segments = [
+        Segment(rng.randint(1, 300), rng.randbytes(rng.choice([0, 1, 5, 127, 128, 700])))
+        for _ in range(rng.randint(0, 6))
+    ]
+    header = Header(
+        fingerprint=rng.randbytes(4),
+        height=height,
+        width=width,
+        seed=rng.choice([0, 1, 127, 128, rng.getrandbits(32), (1 << 64) - 1]),
+        schedule=schedule,
+        profile=profile,
+        lossless=lossless,
+    )
+    if lossless:
+        return DdpmFile(header, segments, rng.randbytes(rng.randint(0, 400)), rng.getrandbits(32))
+    return DdpmFile(header, segments)
+
+
+def test_round_trip_random_files():
+    rng = random.Random(1)
+    for _ in range(300):
+        f = random_file(rng)
+        data = pack(f)
+        parsed = unpack(data)
+        assert parsed.file == f
+        assert not parsed.truncated
+        assert parsed.complete_segments == parsed.declared_segments == len(f.segments)
+
+
+# ---------------------------------------------------------------------------------------
+# Truncation
+# ---------------------------------------------------------------------------------------
+
+
+def header_length(f: DdpmFile, data: bytes) -> int:
+    body = sum(len(s.payload) for s in f.segments) + 2
+    if f.x0 is not None:
+        body += len(f.x0) + 4
+    return len(data) - body
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_prefix_is_truncated_or_rejected(seed):
+    rng = random.Random(100 + seed)
+    f = TINY if seed == 0 else random_file(rng)
+    data = pack(f)
+    head = header_length(f, data)
+    ends = []  # byte offset where each segment's payload ends
+    pos = head
+    for s in f.segments:
+        pos += len(s.payload)
+        ends.append(pos)
+    for n in range(len(data)):
+        prefix = data[:n]
+        if n < head:
+            with pytest.raises(TruncatedFileError):
+                unpack(prefix)
+            continue
+        parsed = unpack(prefix)
+        assert parsed.truncated
+        k = sum(1 for e in ends if e <= n)
+        assert parsed.complete_segments == k and parsed.file.segments == f.segments[:k]
+        assert parsed.declared_segments == len(f.segments)
+        assert parsed.file.header == f.header
+        if parsed.file.x0 is not None:  # x0 and its pixel CRC are complete
+            assert (parsed.file.x0, parsed.file.pixel_crc) == (f.x0, f.pixel_crc)
+            assert n >= len(data) - 2
+
+
+def test_truncation_messages():
+    with pytest.raises(TruncatedFileError, match="empty"):
+        unpack(b"")
+    with pytest.raises(TruncatedFileError, match="header"):
+        unpack(TINY_BYTES[:9])
+
+
+# ---------------------------------------------------------------------------------------
+# Corruption
+# ---------------------------------------------------------------------------------------
+
+
+def test_every_single_byte_change_of_a_tiny_file_is_caught():
+    # Exhaustive: every position, every new value. A change inside the payloads or
+    # checksums is always caught (CRC-16 catches every burst of <= 16 bits); a change in
+    # the header is caught by the CRC-8 unless it also moves the header's end, in which
+    # case the CRC-8 is read from another byte and matches with probability 1/256. Such a
+    # file can at worst pass as *truncated* (unverified), never as a complete file.
+    head = header_length(TINY, TINY_BYTES)
+    missed = 0
+    for pos in range(len(TINY_BYTES)):
+        for x in range(1, 256):
+            bad = bytearray(TINY_BYTES)
+            bad[pos] ^= x
+            try:
+                parsed = unpack(bytes(bad))
+            except DdpmFormatError:
+                continue
+            assert parsed.truncated and pos < head
+            missed += 1
+    assert missed <= 0.01 * 255 * head
+
+
+def test_random_corruption_of_a_larger_file_raises():
+    rng = random.Random(2)
+    f = DdpmFile(
+        Header(b"abcd", 64, 64, 99, schedule=Schedule(0, 1000, 0, 16, 12, 1), lossless=True),
+        [Segment(50, rng.randbytes(200)) for _ in range(5)],
+        rng.randbytes(2000),
+        12345,
+    )
+    data = pack(f)
+    head = header_length(f, data)
+    for _ in range(1500):
+        bad = bytearray(data)
+        pos = rng.randrange(head, len(data))  # body and checksums: always detected
+        bad[pos] ^= rng.randint(1, 255)
+        with pytest.raises(CorruptFileError, match="checksum mismatch"):
+            unpack(bytes(bad))
+
+
+def test_longer_file_is_corrupt():
+    with pytest.raises(CorruptFileError):
+        unpack(TINY_BYTES + b"\x00")
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile and foreign input
+# ---------------------------------------------------------------------------------------
+
+
+def test_random_garbage_is_rejected_quickly():
+    rng = random.Random(3)
+    start = time.perf_counter()
+    for n in range(0, 400):
+        for prefix in (b"", MAGIC, MAGIC + b"\x10", MAGIC + b"\x13"):
+            data = prefix + rng.randbytes(n)
+            with pytest.raises(DdpmFormatError):
+                unpack(data)
+    assert time.perf_counter() - start < 2.0
+
+
+def with_crc8(header: bytes) -> bytes:
+    return header + bytes([ref_crc8(header)])
+
+
+def test_hostile_huge_segment_fails_fast():
+    header = MAGIC + b"\x10" + bytes(4) + b"\x20\x20\x00\x00" + b"\x01" + b"\x01"
+    hostile = with_crc8(header + varint_encode(1 << 60)) + b"\x00" * 10
+    start = time.perf_counter()
+    with pytest.raises(CorruptFileError, match="segments\\[0\\].length"):
+        unpack(hostile)
+    assert time.perf_counter() - start < 0.1
+
+
+@pytest.mark.parametrize(
+    "body, error, match",
+    [
+        # num_segments = 2**60
+        (b"\x20\x20\x00\x00" + varint_encode(1 << 60), CorruptFileError, "num_segments"),
+        # 1000 segments declared, 4 bytes follow
+        (
+            b"\x20\x20\x00\x00" + varint_encode(1000) + b"\x01\x01\x01\x01",
+            TruncatedFileError,
+            "1000 segments",
+        ),
+        # height 0, height 70000, 20000 x 20000
+        (b"\x00\x20\x00\x00\x00", CorruptFileError, "height"),
+        (varint_encode(70000) + b"\x20\x00\x00\x00", CorruptFileError, "height"),
+        (varint_encode(20000) * 2 + b"\x00\x00\x00", CorruptFileError, "exceeds"),
+        # an 11-byte varint, a non-canonical one, one past 2**64
+        (b"\x20\x20\x00" + b"\xff" * 11, CorruptFileError, "longer than 10"),
+        (b"\x20\x20\x00\x80\x00\x00", CorruptFileError, "canonical"),
+        (b"\x20\x20\x00" + b"\xff" * 9 + b"\x02\x00", CorruptFileError, "64 bits"),
+        # 2**64 - 1 steps in one segment
+        (b"\x20\x20\x00\x00\x01" + b"\xff" * 9 + b"\x01\x00", CorruptFileError, "num_steps"),
+        # zero steps
+        (b"\x20\x20\x00\x00\x01\x00\x00", CorruptFileError, "num_steps"),
+    ],
+)
+def test_hostile_headers(body, error, match):
+    data = with_crc8(MAGIC + b"\x10" + bytes(4) + body) + b"\x00\x00"
+    with pytest.raises(error, match=match):
+        unpack(data)
+
+
+def test_explicit_schedule_values_are_checked():
+    base = MAGIC + b"\x12" + bytes(4) + b"\x01\x01" + b"\x00"
+    with pytest.raises(CorruptFileError, match="t_end"):  # t_end 2**21 > MAX_STEPS
+        unpack(with_crc8(base + b"\x0a\x80\x80\x80\x01\x00\x00\x00" + b"\x00\x00") + b"\x00\x00")
+    with pytest.raises(CorruptFileError, match="schedule.num_steps"):
+        unpack(with_crc8(base + b"\x00\x00\x00\x00\x00" + b"\x00\x00") + b"\x00\x00")
+
+
+def test_foreign_and_unsupported():
+    with pytest.raises(ForeignFileError, match="not a .ddpm file"):
+        unpack(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ForeignFileError):
+        unpack(b"x")
+    with pytest.raises(UnsupportedVersionError, match="version 2"):
+        unpack(MAGIC + b"\x21" + TINY_BYTES[3:])
+    with pytest.raises(UnsupportedVersionError, match="reserved"):
+        unpack(MAGIC + b"\x15" + TINY_BYTES[3:])
+    with pytest.raises(TypeError):
+        unpack("8ddd")
+    for cls in (ForeignFileError, UnsupportedVersionError, CorruptFileError, TruncatedFileError):
+        assert issubclass(cls, DdpmFormatError) and issubclass(cls, ValueError)
+
+
+def test_header_checksum_mismatch_message():
+    bad = bytearray(TINY_BYTES)
+    bad[3] ^= 0x01  # fingerprint byte
+    with pytest.raises(CorruptFileError, match="header checksum mismatch"):
+        unpack(bytes(bad))
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers and pack validation
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, encoded",
+    [(0, "00"), (1, "01"), (127, "7f"), (128, "8001"), (300, "ac02"), (16384, "808001"),
+     ((1 << 64) - 1, "ffffffffffffffffff01")],
+)
+def test_varint_known_encodings(value, encoded):
+    assert varint_encode(value).hex() == encoded
+    assert varint_decode(bytes.fromhex(encoded) + b"\xee") == (value, len(encoded) // 2)
+
+
+def test_varint_rejects_out_of_range():
+    for bad in (-1, 1 << 64):
+        with pytest.raises(ValueError):
+            varint_encode(bad)
+    with pytest.raises(TruncatedFileError):
+        varint_decode(b"\x80\x80")
+
+
+def _good_header(**changes) -> Header:
+    fields = dict(fingerprint=bytes(4), height=8, width=8, seed=0, profile=0)
+    fields.update(changes)
+    return Header(**fields)
+
+
+@pytest.mark.parametrize(
+    "f, match",
+    [
+        (DdpmFile(_good_header(fingerprint=b"abc")), "fingerprint"),
+        (DdpmFile(_good_header(height=0)), "height"),
+        (DdpmFile(_good_header(width=65536)), "width"),
+        (DdpmFile(_good_header(height=65535, width=65535)), "exceeds"),
+        (DdpmFile(_good_header(seed=-1)), "seed"),
+        (DdpmFile(_good_header(seed=1.5)), "seed"),
+        (DdpmFile(_good_header(profile=None)), "exactly one"),
+        (DdpmFile(_good_header(schedule=Schedule(0, 10, 0, 1, 1, 1))), "exactly one"),
+        (DdpmFile(_good_header(profile=256)), "profile"),
+        (DdpmFile(_good_header(profile=None, schedule=Schedule(0, 10, 2**21, 1, 1, 1))), "t_end"),
+        (DdpmFile(_good_header(profile=None, schedule=Schedule(0, 0, 0, 1, 1, 1))), "num_steps"),
+        (DdpmFile(_good_header(profile=None, schedule=Schedule(256, 10, 0, 1, 1, 1))), "kind"),
+        (DdpmFile(_good_header(), [Segment(0, b"")]), "num_steps"),
+        (DdpmFile(_good_header(lossless=True)), "lossless"),
+        (DdpmFile(_good_header(), x0=b"", pixel_crc=0), "lossless"),
+        (DdpmFile(_good_header(lossless=True), x0=b""), "pixel_crc"),
+        (DdpmFile(_good_header(lossless=True), x0=b"", pixel_crc=1 << 32), "pixel_crc"),
+    ],
+)
+def test_pack_rejects_bad_fields(f, match):
+    with pytest.raises(ValueError, match=match):
+        pack(f)
