@@ -44,7 +44,7 @@ class CodecSettings:
     t_end: int = 2                          # tau: x_0 is coded from x_tau
     schedule_kind: str = "quadratic"        # spacing of the chain (dense near tau)
     chunk_bits: int = 12
-    log2_candidates: int = 14
+    log2_candidates: int = 13
     variance: str = "fitted"                # p_theta's variance on the coding steps
 
     def __post_init__(self):

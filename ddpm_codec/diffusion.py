@@ -157,8 +157,7 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ posteriors, any s < t
     def _check_pair(self, t, s):
-        tt = t if isinstance(t, torch.Tensor) else torch.tensor([t])
-        ss = s if isinstance(s, torch.Tensor) else torch.tensor([s])
+        tt, ss = torch.as_tensor(t).cpu(), torch.as_tensor(s).cpu()   # t may be on the GPU, s an int
         if torch.any(ss < 0) or torch.any(tt > self.num_timesteps) or torch.any(ss >= tt):
             raise ValueError(f"need 0 <= s < t <= T={self.num_timesteps}")
 

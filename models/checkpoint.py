@@ -137,5 +137,9 @@ def with_stats(model: LoadedModel, x0_mse: np.ndarray) -> LoadedModel:
     config = dict(model.config)
     config["stats"] = {"x0_mse": [float(v) for v in np.asarray(x0_mse, dtype=np.float64)]}
     diffusion = GaussianDiffusion.from_config(config["diffusion"], x0_mse=config["stats"]["x0_mse"])
+    # hash the weights as they are stored (a model loaded from float16 computes in float32), so
+    # the fingerprint equals that of the file save_model writes with the same dtype
+    dtype = getattr(torch, str(config.get("weights_dtype", "float32")))
+    state = {k: v.detach().to("cpu", dtype) for k, v in model.net.state_dict().items()}
     return LoadedModel(net=model.net, diffusion=diffusion, config=config,
-                       fingerprint=fingerprint(config, model.net.state_dict()), name=model.name, path=model.path)
+                       fingerprint=fingerprint(config, state), name=model.name, path=model.path)

@@ -20,7 +20,7 @@ from ddpm_codec.diffusion import (
     normal_kl,
     respaced_timesteps,
 )
-from ddpm_codec.likelihood import nll_bound
+from ddpm_codec.likelihood import fit_x0_mse, nll_bound
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -290,6 +290,17 @@ def test_discretized_decoder_by_hand():
     for got, want in zip(lp.tolist(), p.tolist()):
         if want > 1e-300:
             assert got == pytest.approx(math.log(want), rel=1e-7), (got, want)
+    # interior bins ~20 standard deviations from the mean, on either side: 1 - cdf rounds to 0 in
+    # float64, so these need the upper-tail (or lower-tail) form; erfc is accurate out there
+    for v, m, s in [(200, -0.5, 0.05), (30, 0.6, 0.05), (128, -0.9, 0.045)]:
+        x = v / 127.5 - 1
+        zl, zu = (x - h - m) / (s * math.sqrt(2)), (x + h - m) / (s * math.sqrt(2))
+        p = 0.5 * (math.erfc(zl) - math.erfc(zu)) if zl > 0 else 0.5 * (math.erfc(-zu) - math.erfc(-zl))
+        assert 1e-250 < p < 1e-80
+        got = float(discretized_gaussian_log_likelihood(torch.tensor([x], dtype=torch.float64),
+                                                        means=torch.tensor([m], dtype=torch.float64),
+                                                        scales=torch.tensor([s], dtype=torch.float64)))
+        assert got == pytest.approx(math.log(p), rel=1e-9), (v, m, s)
     # a far tail bin: log p ~ -z^2/2, accurate where 1 - cdf underflows in float64
     lp_far = discretized_gaussian_log_likelihood(torch.tensor([1.0], dtype=torch.float64),
                                                  means=torch.tensor([-1.0], dtype=torch.float64),
@@ -409,6 +420,43 @@ def test_bound_single_image_strided_fixedlarge(diff):
     mc = nll_bound(optimal_eps, diff, X_STAR[None], timesteps=ts, variance="fixedlarge", mc_samples=m)
     w = np.array(want) * len(want)
     assert mc.rate[0] == pytest.approx(sum(want), abs=5 * w.std() / math.sqrt(m))
+
+
+def test_bound_terms_of_the_zero_predictor(diff):
+    """eps_theta = 0, so x_hat_0 = x_t / sqrt(abar_t) and x_0 - x_hat_0 = -sqrt((1 - abar_t) / abar_t) eps:
+    E[L_{t->s}] per dim = c0^2 (1 - abar_t) / abar_t / (2 v_p) + KL of the variances. Checks that each
+    term draws x_t from q(x_t | x_0) at the term's own t."""
+    g = torch.Generator().manual_seed(6)
+    n, shape = 40, (3, 8, 8)
+    x0 = torch.randint(0, 256, (n, *shape), generator=g).double() / 127.5 - 1
+    ts = respaced_timesteps(8, T, kind="quadratic")
+    rep = nll_bound(lambda xt, t: torch.zeros_like(xt), diff, x0, timesteps=ts, variance="fixedlarge")
+    dims = n * math.prod(shape)
+    for i, (t, s) in enumerate(zip(ts, ts[1:])):
+        c0 = math.sqrt(ABAR[s]) * (1 - ABAR[t] / ABAR[s]) / (1 - ABAR[t])
+        vq = (1 - ABAR[s]) * (1 - ABAR[t] / ABAR[s]) / (1 - ABAR[t])
+        vp = 1 - ABAR[t] / ABAR[s]
+        mean_part = c0 ** 2 * (1 - ABAR[t]) / ABAR[t] / (2 * vp) / math.log(2)
+        var_part = 0.5 * (math.log(vp / vq) + vq / vp - 1) / math.log(2)
+        # the mean part is mean_part * chi^2_dims / dims over all images and dims
+        got = float(rep.per_step[:, i].mean())
+        assert got == pytest.approx(mean_part + var_part, abs=5 * mean_part * math.sqrt(2 / dims)), (t, s)
+
+
+def test_fit_x0_mse_of_the_zero_predictor(diff):
+    """eps_theta = 0: E|x_0 - x_hat_0|^2 per dim = (1 - abar_t) / abar_t exactly (x_0 drops out)."""
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randint(0, 256, (50, 3, 8, 8), generator=g).float() / 127.5 - 1
+    times = [1, 10, 100, 1000]
+    mse = fit_x0_mse(lambda xt, t: torch.zeros_like(xt), diff, x0, times=times, batch_size=16)
+    assert mse.shape == (T + 1,) and mse[0] == 0.0
+    for t in times:
+        assert mse[t] == pytest.approx((1 - ABAR[t]) / ABAR[t], rel=5 * math.sqrt(2 / x0.numel()))
+    # in between: interpolated in log-log space, hence monotone here
+    assert np.all(np.diff(mse[1:]) > 0)
+    # the exact predictor of a one-image data set: zero error (floored at 1e-12)
+    mse_star = fit_x0_mse(optimal_eps, diff, X_STAR[None].expand(3, -1, -1, -1).float(), times=times)
+    assert np.all(mse_star[1:] < 1e-9)
 
 
 def test_bound_rejects_bad_chains(diff):

@@ -155,6 +155,19 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
                                                dict(reversed(list(sd.items()))))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_with_stats_fingerprint_matches_the_saved_file(tmp_path, dtype):
+    """Calibrating a loaded model in memory gives the fingerprint its saved file will have."""
+    save_model(tmp_path / "m.safetensors", _small_net(), {}, dtype=dtype)
+    m = load_model(tmp_path / "m.safetensors")
+    cal = with_stats(m, [0.0] + [0.01] * 1000)
+    assert cal.diffusion.x0_mse is not None and cal.fingerprint != m.fingerprint
+    save_model(tmp_path / "cal.safetensors", cal.net, cal.config, dtype=dtype)
+    back = load_model(tmp_path / "cal.safetensors")
+    assert back.fingerprint == cal.fingerprint
+    assert back.config["stats"]["x0_mse"] == cal.config["stats"]["x0_mse"]
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))

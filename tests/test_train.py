@@ -136,7 +136,7 @@ def test_unknown_loss_raises(tmp_path):
 
 
 DDP_SCRIPT = textwrap.dedent("""
-    import hashlib, json, os, sys
+    import gc, hashlib, json, os, sys
     import torch
     torch.set_num_threads(1)
     import torch.distributed as dist
@@ -146,12 +146,13 @@ DDP_SCRIPT = textwrap.dedent("""
     from ddpm_codec.train import TrainConfig, Trainer
 
     out = sys.argv[1]
-    cfg = TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup=2, ema_decay=0.9, log_every=10**9,
+    cfg = TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup=2, ema_decay=0.9, log_every=1,
                       ckpt_every=2, bf16=False)
     tr = Trainer(get_preset("tiny", image_size=SIZE, dropout=0.1), smooth_images(), out + "/run", cfg,
                  device="cpu", progress=False)
     assert tr.distributed and tr.world == 2
-    losses = [tr.train_step() for _ in range(cfg.steps)]
+    tr.run()
+    losses = [h["loss"] for h in tr.history if "loss" in h]
     hashes = {}
     for name, module in (("model", tr.model), ("ema", tr.ema)):
         h = hashlib.sha256()
@@ -163,11 +164,15 @@ DDP_SCRIPT = textwrap.dedent("""
         for k, v in sorted(st.items()):
             h.update(torch.as_tensor(v).numpy().tobytes())
     hashes["opt"] = h.hexdigest()
-    tr.save_checkpoint()
     gathered = [None, None]
     dist.all_gather_object(gathered, hashes)
     with open(f"{out}/rank{tr.rank}.json", "w") as f:
         json.dump({"rank": tr.rank, "losses": losses, "hashes": hashes, "gathered": gathered}, f)
+    # Free the DDP wrapper while the interpreter is alive: a gloo process group that is still
+    # referenced at interpreter shutdown aborts ("terminate called without an active exception")
+    # in about 1 run in 10 (torch 2.13, CPU).
+    del tr
+    gc.collect()
     dist.destroy_process_group()
 """)
 
@@ -190,3 +195,4 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     state = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert int(state["step"]) == 4 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0], state["rng"][1])       # per-rank dropout streams
+    assert (tmp_path / "run" / "ema.safetensors").exists()         # exported by rank 0

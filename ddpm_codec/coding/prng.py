@@ -10,10 +10,12 @@ value here is a pure function of ``(key, counter)``:
   so the result does not depend on the platform's libm/SIMD ``log``/``cos`` (numpy's differ
   between CPUs), on numpy's version or on thread count.
 
-Layout: the hash of pair index ``j = counter >> 1`` gives one radius and one angle; the even
-counter of the pair takes ``r·cos θ``, the odd one ``r·sin θ``. Bulk generation
-(:func:`candidate_pool`) computes each pair once; :func:`normals_at` on arbitrary counters
-gives bit-identical values (tested).
+Layout: the 64-bit hash of pair index ``j = counter >> 1`` gives a radius (high 32 bits) and
+a uniform angle φ (29 bits of octant angle + 3 bits choosing the octant); the even counter of
+the pair takes ``r·cos φ``, the odd one ``r·sin φ``. Bulk generation (:func:`normal_block`,
+:func:`candidate_pool`) computes each pair once; :func:`normals_at` on arbitrary counters
+gives bit-identical values (tested). Speed (2-core CPU): ~3-4x ``torch.randn`` of the same
+size, i.e. ~0.9 s for the 2^14 × 3072 pool.
 """
 
 from __future__ import annotations

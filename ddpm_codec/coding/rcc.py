@@ -10,8 +10,8 @@ Per item and step (all shared randomness from :mod:`ddpm_codec.coding.prng`):
 1. ``KL(q‖p)`` in bits (closed form). Below ``cfg.min_step_bits`` the step is *free*:
    ``C = 0``, nothing is sent, both sides use ``ε = normals_at(derive_key(seed, step, item,
    "free"), arange(D))`` (a draw from ``p``; the report counts the mismatch).
-2. Otherwise ``C = min(D, ceil(KL / chunk_bits))`` chunks: the pool columns ``0..D-1`` are
-   cut into ``C`` near-equal contiguous blocks; pool column ``k`` carries image dim
+2. Otherwise ``C = min(D, max(1, round(KL / chunk_bits)))`` chunks: pool columns
+   ``0..D-1`` are cut into ``C`` near-equal contiguous blocks; pool column ``k`` carries image dim
    ``perm[k]`` with sign ``s_k`` (``perm``, ``s``, row offset ``r`` derived from
    ``(seed, step, item)``).
 3. Candidate ``n < M = 2^log2_candidates`` of chunk ``c`` is ``ε_n[perm[k]] = s_k·P[(n + r)
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,7 +58,6 @@ __all__ = [
 
 LN2 = math.log(2.0)
 Selection = Literal["pfr", "mrc"]
-_TABLE_PATH = Path(__file__).with_name("rcc_index_tables.json")
 _MAX_LOG2_CANDIDATES = 20  # 2^20 × D pool floats is already far beyond any CPU budget
 
 
@@ -65,18 +65,21 @@ _MAX_LOG2_CANDIDATES = 20  # 2^20 × D pool floats is already far beyond any CPU
 class RCCConfig:
     """Reverse-channel-coding parameters (the decoder must use the same values).
 
-    chunk_bits: target KL per chunk, bits (``C = ceil(KL / chunk_bits)``).
+    chunk_bits: target KL per chunk, bits (``C = round(KL / chunk_bits)``, at least 1).
     log2_candidates: ``M = 2^log2_candidates`` candidates per chunk (the pool's rows).
     min_step_bits: steps with KL below this are free (``C = 0``, no bits, ε drawn from p).
     selection: ``"pfr"`` (Poisson functional representation) or ``"mrc"`` (minimal random
         coding with importance weights; index sent flat, for comparison only).
-    chunks_rel_scale: scale of the two-sided geometric model of ``C`` around
-        ``predicted_chunks``, relative to the prediction (plus 0.1 absolute).
+    chunks_rel_scale: mean absolute deviation of the two-sided geometric model of ``C``
+        around ``round(predicted_chunks)``, relative to it (plus 0.01 absolute).
+
+    Defaults (12, 13, 3.0): lowest measured end-to-end excess within ~2 s of RCC time per
+    50-step 3072-dim chain on the 2-core CPU (benchmarks/rcc.py, "chain" and "budget").
     """
 
-    chunk_bits: float = 8.0
-    log2_candidates: int = 12
-    min_step_bits: float = 1.0
+    chunk_bits: float = 12.0
+    log2_candidates: int = 13
+    min_step_bits: float = 3.0
     selection: Selection = "pfr"
     chunks_rel_scale: float = 0.25
 
@@ -120,6 +123,10 @@ class StepReport:
     free_bits: np.ndarray  # [B] KL of steps sent free (a draw from p instead of q); else 0
     proj: np.ndarray  # [B] selected ε · û, û = Δ/‖Δ‖ (Δ = μ_q − μ_p)
     proj_target_mean: np.ndarray  # [B] q's mean of ε · û: ‖Δ‖/sqrt(var_p) (its var: var_q/var_p)
+    # [B] log2 q(z)/p(z) at the selected z. Its mean over z ~ q is kl_bits; with an exact model
+    # the rest of the chain costs exactly this much less, pointwise, so bits sent − this is the
+    # step's true excess (see benchmarks/rcc.py, "chain").
+    selected_log_w_bits: np.ndarray
     encode_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -150,19 +157,22 @@ def _check_vars(var_q: float, var_p: float) -> None:
 
 
 def num_chunks_for(kl: float, dim: int, cfg: RCCConfig) -> int:
-    """The encoder's rule: 0 if KL < min_step_bits, else min(D, max(1, ceil(KL/chunk_bits)))."""
+    """The encoder's rule: 0 if KL < min_step_bits, else min(D, max(1, round(KL/chunk_bits))).
+
+    (ceil, round and floor measure within 0.01 of each other in bits/KL; round was lowest.)
+    """
     if not math.isfinite(kl):
         raise ValueError(f"non-finite KL {kl}")
     if kl < cfg.min_step_bits:
         return 0
-    return int(min(dim, max(1, math.ceil(kl / cfg.chunk_bits))))
+    return int(min(dim, max(1, math.floor(kl / cfg.chunk_bits + 0.5))))
 
 
 def expected_chunks(expected_kl_bits: float, dim: int, cfg: RCCConfig) -> float:
     """A ``predicted_chunks`` for :func:`write_step` from a predicted step KL (bits)."""
     if expected_kl_bits < cfg.min_step_bits:
         return 0.0
-    return float(min(dim, max(1.0, expected_kl_bits / cfg.chunk_bits + 0.5)))
+    return float(min(dim, max(1.0, expected_kl_bits / cfg.chunk_bits)))
 
 
 # ----------------------------------------------------------------------------- shared layout
@@ -179,13 +189,16 @@ def _block_bounds(dim: int, c: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)])
 
 
+@lru_cache(maxsize=256)
 def _item_layout(seed: int, step: int, item: int, dim: int, m: int):
-    """Permutation (pool column k -> image dim perm[k]), signs s_k, row offset r."""
+    """Permutation (pool column k -> image dim perm[k]), signs s_k, row offset r (read-only)."""
     ar = np.arange(dim, dtype=np.uint64)
     perm = np.argsort(hash64(derive_key(seed, step, item, "perm"), ar), kind="stable")
     sign_bits = hash64(derive_key(seed, step, item, "sign"), ar) >> np.uint64(63)
     signs = (1.0 - 2.0 * sign_bits.astype(np.float32)).astype(np.float32)
     r = derive_key(seed, step, item, "offset") % m
+    perm.setflags(write=False)
+    signs.setflags(write=False)
     return perm, signs, r
 
 
@@ -238,6 +251,28 @@ def _sqnorm_prefix(dim: int, m: int, device: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- encoder
 
 
+_FORCE_TORCH_SELECTION = False  # tests: run the GPU selection code path on CPU
+
+
+class _Buffers(threading.local):
+    """Per-thread scratch tensors reused across steps: fresh multi-MB allocations page-fault
+    on every step (measured: as slow as the pool pass itself)."""
+
+    def __init__(self):
+        self.store: dict[tuple[str, str], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], device) -> torch.Tensor:
+        n = math.prod(shape)
+        key = (name, str(device))
+        buf = self.store.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self.store[key] = torch.empty(max(n, 1 << 16), dtype=torch.float32, device=device)
+        return buf[:n].view(shape)
+
+
+_BUFFERS = _Buffers()
+
+
 def _selection_rng(generator: torch.Generator) -> np.random.Generator:
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
     return np.random.default_rng(seed)
@@ -247,52 +282,47 @@ def _select(scores: torch.Tensor, r: int, cfg: RCCConfig, rng: np.random.Generat
             tgen: torch.Generator | None) -> np.ndarray:
     """argmin_n [log T_n − s_{(n + r) mod M}] per row of ``scores`` ``[C, M]`` (pool-row order).
 
-    PFR: T = cumsum of Exp(1) (Poisson arrivals). MRC: T = Exp(1) (Gumbel-max, n ~ w_n).
-    Returns candidate indices n* (not pool rows), int64 ``[C]``.
+    PFR: T_n = cumsum of Exp(1) (Poisson arrival times). MRC: T_n = Exp(1) i.i.d., i.e.
+    Gumbel-max, n* ~ w_n. Returns candidate indices n* (not pool rows), int64 ``[C]``.
     """
     c, m = scores.shape
-    if scores.device.type == "cpu":
+    if scores.device.type == "cpu" and tgen is None:
         s = scores.numpy()
-        e = rng.standard_exponential((c, m), dtype=np.float32)
+        e = _BUFFERS.get("arrivals", (c, m), "cpu").numpy()
+        rng.random(out=e, dtype=np.float32)  # U ∈ [0, 1)
+        np.subtract(np.float32(1.0), e, out=e)
+        np.log(e, out=e)  # log(1 − U) = −Exp(1)
         if cfg.selection == "pfr":
-            torch.from_numpy(e).cumsum_(1)
-        np.log(e, out=e)
-    else:
-        e_t = torch.empty((c, m), device=scores.device).exponential_(generator=tgen)
-        if cfg.selection == "pfr":
-            e_t = e_t.cumsum_(1)
-        e = e_t.log_()
-        s = scores
-    # candidate n sits on pool row (n + r) mod M: compare T_n with s[(n + r) mod M]
-    first = e[:, : m - r] - s[:, r:]
-    if r:
-        second = e[:, m - r :] - s[:, :r]
-        if scores.device.type == "cpu":
-            i1 = first.argmin(1)
-            i2 = second.argmin(1)
-            v1 = np.take_along_axis(first, i1[:, None], 1)[:, 0]
-            v2 = np.take_along_axis(second, i2[:, None], 1)[:, 0]
-            return np.where(v2 < v1, i2 + (m - r), i1).astype(np.int64)
-        i1 = first.argmin(1)
-        i2 = second.argmin(1)
-        v1 = first.gather(1, i1[:, None])[:, 0]
-        v2 = second.gather(1, i2[:, None])[:, 0]
-        return torch.where(v2 < v1, i2 + (m - r), i1).cpu().numpy().astype(np.int64)
-    if scores.device.type == "cpu":
-        return first.argmin(1).astype(np.int64)
-    return first.argmin(1).cpu().numpy().astype(np.int64)
+            torch.from_numpy(e).cumsum_(1)  # −T_n
+        np.negative(e, out=e)
+        with np.errstate(divide="ignore"):  # T = 0 (U = 0, p = 2^-24): that candidate wins,
+            np.log(e, out=e)  # as a continuous T this small would (almost surely) too
+        # candidate n sits on pool row (n + r) mod M
+        e[:, : m - r] -= s[:, r:]
+        e[:, m - r :] -= s[:, :r]
+        return e.argmin(1).astype(np.int64)
+    e_t = torch.empty((c, m), device=scores.device).exponential_(generator=tgen)
+    if cfg.selection == "pfr":
+        e_t = e_t.cumsum_(1)
+    e_t = e_t.log_()
+    e_t[:, : m - r] -= scores[:, r:]
+    e_t[:, m - r :] -= scores[:, :r]
+    return e_t.argmin(1).cpu().numpy().astype(np.int64)
 
 
-def _block_scores(pool: torch.Tensor, a: torch.Tensor, bounds: np.ndarray, b0: int, b1: int) -> torch.Tensor:
-    """Σ_{k in block} P[n, k]·a[g, k] for blocks ``b0..b1-1``: ``[G, D] -> [b1-b0, G, M]``.
+def _block_scores(pool: torch.Tensor, a: torch.Tensor, bounds: np.ndarray, b0: int, b1: int,
+                  sqp: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
+    """log w up to a constant for blocks ``b0..b1-1``: ``[G, D] -> [b1-b0, G, M]``.
 
-    Blocks come in two runs of equal size, each one batched matmul over a contiguous view of
-    the column-major pool (no copy of the pool, one pass over its rows).
+    ``Σ_{k in block} P[n, k]·a[g, k] − β Σ_{k in block} P[n, k]²``. Blocks come in (at most
+    two) runs of equal size: one batched matmul over a contiguous view of the column-major
+    pool per run (no copy, one pass over the pool), and the ‖ε‖² term as differences of
+    rows of the prefix table ``sqp`` taken as strided views (rows ``lo, lo+size, ...``).
     """
     g = a.shape[0]
     m = pool.shape[1]
     sizes = np.diff(bounds)
-    out = []
+    out = _BUFFERS.get("scores", (b1 - b0, g, m), pool.device)
     c = b0
     while c < b1:
         size = int(sizes[c])
@@ -302,9 +332,15 @@ def _block_scores(pool: torch.Tensor, a: torch.Tensor, bounds: np.ndarray, b0: i
         lo, hi = int(bounds[c]), int(bounds[e])
         pv = pool[lo:hi].view(e - c, size, m)
         av = a[:, lo:hi].reshape(g, e - c, size).transpose(0, 1)  # [nb, G, size]
-        out.append(torch.bmm(av, pv))
+        o = out[c - b0 : e - b0]
+        torch.bmm(av, pv, out=o)
+        if sqp is not None and beta != 0.0:
+            sq = _BUFFERS.get("sqnorm", (e - c, m), pool.device)
+            torch.sub(sqp[lo + size : hi + 1 : size], sqp[lo:hi:size], out=sq)
+            for gi in range(g):  # per item: broadcasting over G is ~10x slower in torch CPU
+                o[:, gi].sub_(sq, alpha=beta)
         c = e
-    return out[0] if len(out) == 1 else torch.cat(out)
+    return out
 
 
 def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, var_q: float, var_p: float, *, seed: int, step: int,
@@ -331,8 +367,8 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, var_q: float, var_p: flo
     indices: list[np.ndarray] = [np.zeros(0, np.int64)] * bsz
     chunk_kl: list[np.ndarray] = [np.zeros(0)] * bsz
     rng = _selection_rng(generator)
-    tgen = None
-    if device.type != "cpu":
+    tgen = None  # numpy arrival times on CPU (torch's exponential_/log are ~5x slower there)
+    if device.type != "cpu" or _FORCE_TORCH_SELECTION:
         tgen = torch.Generator(device=device)
         tgen.manual_seed(int(rng.integers(0, 2**62)))
 
@@ -346,35 +382,29 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, var_q: float, var_p: flo
         for j, b in enumerate(active):
             perm, signs, r = _item_layout(seed, step, int(b), dim, m)
             layouts[int(b)] = (perm, r)
-            perm_t = torch.from_numpy(perm).to(device)
-            a_rows[j] = u[b, perm_t] * torch.from_numpy(signs).to(device)
+            perm_t = torch.tensor(perm, device=device)
+            # (u[b, perm_t] is ~1000x slower than index_select on CPU in torch 2.x)
+            a_rows[j] = u[b].index_select(0, perm_t) * torch.tensor(signs, device=device)
             bounds = _block_bounds(dim, int(nchunks[b]))
-            pk = per_dim[b, perm_t].cpu().numpy()
+            pk = per_dim[b].index_select(0, perm_t).cpu().numpy()
             cs = np.concatenate([[0.0], np.cumsum(pk)])
             chunk_kl[b] = cs[bounds[1:]] - cs[bounds[:-1]]
         # items with equal C share block structure: score them together
         for c in np.unique(nchunks[active]):
             members = active[nchunks[active] == c]
             bounds = _block_bounds(dim, int(c))
-            sq = None
-            if beta != 0.0:
-                sqp = _sqnorm_prefix(dim, m, str(device))
+            sqp = _sqnorm_prefix(dim, m, str(device)) if beta != 0.0 else None
             # bound the [blocks, G, M] score tensor to ~2^23 floats
             g_max = max(1, (1 << 23) // (m * min(int(c), 64)))
             for g0 in range(0, len(members), g_max):
                 grp = members[g0 : g0 + g_max]
                 rows = torch.as_tensor(np.searchsorted(active, grp), device=device)
-                a = a_rows[rows]
+                a = a_rows.index_select(0, rows)
                 nb_max = max(1, (1 << 23) // (m * len(grp)))
                 sel = np.empty((len(grp), int(c)), np.int64)
                 for b0 in range(0, int(c), nb_max):
                     b1 = min(int(c), b0 + nb_max)
-                    s = _block_scores(pool, a, bounds, b0, b1)  # [nb, G, M]
-                    if beta != 0.0:
-                        lo = torch.as_tensor(bounds[b0:b1], device=device)
-                        hi = torch.as_tensor(bounds[b0 + 1 : b1 + 1], device=device)
-                        sq = sqp[hi] - sqp[lo]  # [nb, M]
-                        s = s - beta * sq[:, None, :]
+                    s = _block_scores(pool, a, bounds, b0, b1, sqp, beta)  # [nb, G, M]
                     for gi, b in enumerate(grp):
                         sel[gi, b0:b1] = _select(s[:, gi, :].contiguous(), layouts[int(b)][1], cfg, rng, tgen)
                 for gi, b in enumerate(grp):
@@ -385,6 +415,11 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, var_q: float, var_p: flo
     dnorm = delta.double().norm(dim=1)
     uhat = delta.double() / dnorm.clamp_min(1e-300)[:, None]
     proj = (eps.double() * uhat).sum(1).cpu().numpy()
+    # log2 q(z)/p(z) at the realised z = μ_p + sqrt(var_p)·ε (what the step really delivered)
+    e64 = eps.double()
+    resid = math.sqrt(var_p) * e64 - delta.double()
+    log_w = (-0.5 * resid.square().sum(1) / var_q + 0.5 * e64.square().sum(1)
+             + 0.5 * dim * math.log(var_p / var_q)) / LN2
     est = np.array([_index_code_bits(indices[b], cfg) for b in range(bsz)])
     report = StepReport(
         kl_bits=kl,
@@ -393,6 +428,7 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, var_q: float, var_p: flo
         free_bits=np.where(nchunks == 0, kl, 0.0),
         proj=proj,
         proj_target_mean=(dnorm / math.sqrt(var_p)).cpu().numpy(),
+        selected_log_w_bits=log_w.cpu().numpy(),
         encode_seconds=time.perf_counter() - t0,
     )
     return code, eps, report
@@ -412,27 +448,12 @@ def decode_step(code: StepCode, *, dim: int, seed: int, step: int, cfg: RCCConfi
 # ----------------------------------------------------------------------------- entropy models
 
 
-def _fallback_bucket_weights(chunk_bits: float, log2_candidates: int) -> list[float]:
-    """Shape of the PFR bucket distribution when no simulated table exists (basic arithmetic
-    only, so identical on every platform): flat to ~chunk_bits−3, geometric tails."""
+def _fallback_bucket_weights(log2_candidates: int) -> list[float]:
+    """Bucket model for configs without a simulated table: flat over buckets 0..L−1 (the
+    simulated tables are within a factor ~2.5 of flat; flat costs ≈0.1 bit/chunk more), and
+    2^-8 for bucket L (the single index M−1)."""
     L = int(log2_candidates)
-    peak = min(float(L), max(0.0, chunk_bits - 3.0))
-    w = []
-    for b in range(L + 1):
-        dist = peak - b if b < peak else (b - peak) * 0.5
-        wt = 1.0
-        for _ in range(int(dist)):
-            wt *= 0.6
-        w.append(wt)
-    return w
-
-
-@lru_cache(maxsize=1)
-def _load_tables() -> dict:
-    if _TABLE_PATH.exists():
-        with open(_TABLE_PATH) as f:
-            return json.load(f)
-    return {"tables": {}}
+    return [1.0] * L + [2.0**-8]
 
 
 def _table_key(chunk_bits: float, log2_candidates: int) -> str:
@@ -443,8 +464,8 @@ def index_bucket_probs(cfg: RCCConfig) -> np.ndarray:
     """P(bucket b), b = floor(log2(n*+1)) ∈ [0, L], float64 (exact copy of the committed
     integer counts, or the fallback shape), the same on both sides."""
     L = int(cfg.log2_candidates)
-    tab = _load_tables()["tables"].get(_table_key(cfg.chunk_bits, L))
-    w = np.array(tab, dtype=np.float64) if tab is not None else np.array(_fallback_bucket_weights(cfg.chunk_bits, L))
+    tab = _INDEX_TABLES.get(_table_key(cfg.chunk_bits, L))
+    w = np.array(tab if tab is not None else _fallback_bucket_weights(L), dtype=np.float64)
     if len(w) != L + 1:
         raise ValueError(f"bucket table for {cfg} has {len(w)} entries, expected {L + 1}")
     return w / w.sum()
@@ -474,16 +495,23 @@ def _bucket(idx: np.ndarray) -> np.ndarray:
     return b
 
 
+_COUNT_FLOOR = 2.0**-10  # mass spread uniformly over [0, D]: caps a misprediction at ~10 + log2(D+1) bits
+
+
 def _chunk_count_probs(pred: float, dim: int, cfg: RCCConfig) -> np.ndarray:
-    """Two-sided geometric over C ∈ [0, D] around round(pred); basic arithmetic only."""
+    """P(C) over [0, D]: two-sided geometric around c0 = round(pred) with mean absolute
+    deviation ``0.01 + chunks_rel_scale·c0``, mixed with a uniform floor of mass 2^-10.
+
+    Only IEEE basic arithmetic (no exp/pow), so both sides build identical float inputs; only
+    round(pred) matters. ``pred = 0`` makes a free step cost ~0.014 bits.
+    """
     c0 = int(min(dim, max(0, math.floor(pred + 0.5))))
-    scale = 0.1 + cfg.chunks_rel_scale * c0
-    rho = scale / (scale + 1.0)
-    n_up = dim - c0
-    up = np.cumprod(np.full(n_up, rho))  # rho^1..rho^(D-c0), sequential IEEE products
+    scale = 0.01 + cfg.chunks_rel_scale * c0
+    rho = scale / (scale + 1.0)  # geometric ratio with mean deviation `scale`
+    up = np.cumprod(np.full(dim - c0, rho))  # rho^1..rho^(D-c0), sequential IEEE products
     down = np.cumprod(np.full(c0, rho))
-    p = np.concatenate([down[::-1], [1.0], up])
-    return np.maximum(p, 1e-300)
+    g = np.concatenate([down[::-1], [1.0], up])
+    return (1.0 - _COUNT_FLOOR) * (g / g.sum()) + _COUNT_FLOOR / (dim + 1)
 
 
 def _coders():
@@ -633,14 +661,16 @@ def _read_counts(decoder, batch: int, dim: int, cfg: RCCConfig, pred: float | No
 
 
 def fit_index_tables(configs=None, *, dim: int = 3072, chunks_per_config: int = 6000, seed: int = 0,
-                     path: Path | None = _TABLE_PATH, total: int = 1 << 16) -> dict:
+                     write: bool = False, total: int = 1 << 16) -> dict[str, list[int]]:
     """Regenerate the committed bucket tables by simulation (run offline; slow).
 
     For equal variances a chunk's PFR index depends on its KL κ only (the score is 1-D along
-    Δ), so each chunk is simulated in 1-D. Steps have KL log-uniform on [min_step_bits..,
-    3000] bits; chunk KLs come from a random equal partition of ``dim`` dims whose per-dim
-    KLs are χ²₁ shares (Gaussian Δ). Counts are scaled to sum to ``total`` with every bucket
-    ≥ 1, stored as integers so that both sides build the same model.
+    Δ), so each chunk is simulated in 1-D. Steps have KL log-uniform on [3, 3000] bits; chunk
+    KLs come from a random equal partition of ``dim`` dims whose per-dim KLs are χ²₁ shares
+    (Gaussian Δ). Counts are scaled to sum to ``total`` with every bucket ≥ 1, stored as
+    integers so that both sides build the same model. ``write=True`` rewrites the
+    ``_INDEX_TABLES`` literal at the end of this file (a format change: update the pinned
+    bytes in tests/test_coding_rcc.py on purpose).
     """
     if configs is None:
         configs = [(k, k + a) for k in range(6, 15) for a in (1, 2, 3, 4, 5, 6) if k + a <= 16]
@@ -653,24 +683,32 @@ def fit_index_tables(configs=None, *, dim: int = 3072, chunks_per_config: int = 
         counts = counts + 0.5
         scaled = np.maximum(1, np.floor(counts / counts.sum() * total)).astype(np.int64)
         tables[_table_key(k, L)] = [int(v) for v in scaled]
-    out = {"doc": "PFR index bucket counts, key 'chunk_bits,log2_candidates'; regenerate with "
-                  "ddpm_codec.coding.rcc.fit_index_tables()", "tables": tables}
-    if path is not None:
-        merged = _load_tables() if Path(path).exists() else {"tables": {}}
-        merged = {"doc": out["doc"], "tables": {**merged.get("tables", {}), **tables}}
-        with open(path, "w") as f:
-            json.dump(merged, f, indent=0, sort_keys=True)
-        _load_tables.cache_clear()
-    return out
+    if write:
+        merged = {**_INDEX_TABLES, **tables}
+        keys = sorted(merged, key=lambda k: tuple(float(v) for v in k.split(",")))
+        lit = "\n".join(f"    {json.dumps(k)}: {json.dumps(merged[k])}," for k in keys)
+        src = Path(__file__).read_text()
+        head, rest = src.split(_BEGIN_MARK, 1)
+        _, tail = rest.split(_END_MARK, 1)
+        block = f"{_BEGIN_MARK}\n_INDEX_TABLES: dict[str, list[int]] = {{\n{lit}\n}}\n{_END_MARK}"
+        Path(__file__).write_text(head + block + tail)
+        _INDEX_TABLES.clear()
+        _INDEX_TABLES.update(merged)
+    return tables
+
+
+# (markers built by concatenation so that they occur only once, in the block itself)
+_BEGIN_MARK = "# BEGIN " + "INDEX TABLES (generated by fit_index_tables(); do not edit by hand)"
+_END_MARK = "# END " + "INDEX TABLES"
 
 
 def _simulate_chunk_kls(chunk_bits: float, dim: int, n_chunks: int, rng: np.random.Generator,
-                        kl_range=(1.0, 3000.0)) -> np.ndarray:
+                        kl_range=(3.0, 3000.0)) -> np.ndarray:
     out = []
     total = 0
     while total < n_chunks:
         kl = math.exp(rng.uniform(math.log(kl_range[0]), math.log(kl_range[1])))
-        c = int(min(dim, max(1, math.ceil(kl / chunk_bits))))
+        c = int(min(dim, max(1, math.floor(kl / chunk_bits + 0.5))))
         w = rng.standard_normal(dim) ** 2
         w *= kl / w.sum()
         bounds = _block_bounds(dim, c)
@@ -694,3 +732,53 @@ def _simulate_pfr_1d(kappa_bits: np.ndarray, log2_candidates: int, rng: np.rando
         t -= u * x
         out[s : s + len(k)] = np.argmin(t, axis=1)
     return out
+
+
+# BEGIN INDEX TABLES (generated by fit_index_tables(); do not edit by hand)
+_INDEX_TABLES: dict[str, list[int]] = {
+    "6,7": [11051, 8988, 8497, 8901, 9403, 9239, 9349, 103],
+    "6,8": [10024, 7885, 7874, 8256, 7929, 8562, 7372, 7558, 70],
+    "6,9": [10220, 7601, 7219, 6957, 7077, 7164, 7099, 6029, 6117, 49],
+    "6,10": [9575, 7196, 6585, 6771, 6694, 6553, 6356, 5614, 5418, 4763, 5],
+    "6,11": [9149, 7141, 6159, 6825, 6399, 6214, 5952, 5013, 4762, 4261, 3639, 16],
+    "6,12": [9050, 7501, 6737, 6704, 5635, 5646, 5242, 4904, 4511, 3977, 2984, 2634, 5],
+    "7,8": [8922, 7405, 7329, 7536, 7874, 8409, 8562, 9424, 70],
+    "7,9": [8452, 7044, 6411, 7142, 7710, 7088, 7546, 7317, 6782, 38],
+    "7,10": [7895, 6553, 5931, 6203, 7044, 6520, 7044, 6411, 6411, 5505, 16],
+    "7,11": [7643, 5952, 5657, 6050, 6094, 6607, 6159, 5777, 5875, 5112, 4599, 5],
+    "7,12": [7566, 5777, 5700, 5668, 5777, 5646, 6006, 5504, 5199, 4522, 4424, 3736, 5],
+    "7,13": [7347, 6409, 5711, 5460, 5384, 5754, 5264, 5318, 4620, 4456, 3507, 3202, 3092, 5],
+    "8,9": [6826, 6007, 5811, 6553, 7186, 7568, 8234, 8758, 8561, 27],
+    "8,10": [6716, 5745, 5516, 6312, 5996, 6574, 6531, 6858, 7829, 7436, 16],
+    "8,11": [6476, 5319, 5526, 5352, 6116, 6061, 6497, 6072, 5941, 6356, 5810, 5],
+    "8,12": [6180, 4991, 4937, 5439, 5548, 5635, 6442, 5897, 5624, 5526, 4817, 4489, 5],
+    "8,13": [6071, 4740, 4958, 5034, 5514, 5634, 5154, 5558, 5536, 5013, 4838, 3769, 3703, 5],
+    "8,14": [6049, 5045, 4892, 4729, 4925, 5165, 5459, 4772, 4914, 4827, 4118, 4096, 3649, 2885, 5],
+    "9,10": [5800, 4556, 4828, 5450, 5898, 6793, 7622, 8015, 7808, 8735, 27],
+    "9,11": [5646, 4686, 4893, 4959, 5635, 6236, 6356, 6999, 6519, 6770, 6825, 5],
+    "9,12": [5340, 4326, 4337, 4358, 5188, 5984, 5668, 5766, 6333, 6453, 5919, 5842, 16],
+    "9,13": [5209, 4009, 4325, 4794, 4773, 5264, 5689, 5514, 5602, 5438, 5242, 4827, 4838, 5],
+    "9,14": [4881, 4129, 4063, 4150, 4467, 5176, 5176, 5394, 5405, 4783, 4816, 5012, 4249, 3823, 5],
+    "9,15": [4957, 4390, 4074, 4357, 4074, 4750, 4892, 4935, 5219, 4630, 4761, 4172, 3605, 3441, 3266, 5],
+    "10,11": [4326, 4086, 3922, 4522, 5526, 6334, 6508, 6967, 7316, 7796, 8222, 5],
+    "10,12": [4249, 4129, 3911, 4533, 4478, 5362, 6224, 5864, 6421, 6661, 7261, 6431, 5],
+    "10,13": [4827, 3965, 3758, 3834, 4554, 4456, 5602, 5602, 5951, 6125, 5558, 5569, 5722, 5],
+    "10,14": [4085, 3518, 3561, 4096, 4499, 4739, 4990, 5198, 5427, 5656, 5350, 5536, 4652, 4205, 16],
+    "10,15": [4390, 3452, 3528, 3561, 4521, 4477, 4466, 5034, 5055, 4761, 4761, 4761, 4357, 4717, 3681, 5],
+    "10,16": [4117, 3212, 3223, 3528, 4302, 4662, 4662, 4455, 4804, 5011, 4531, 4717, 4030, 3801, 3343, 3124, 5],
+    "11,12": [4053, 3365, 3540, 3616, 4129, 5482, 5810, 5853, 6912, 7293, 7664, 7806, 5],
+    "11,13": [3485, 3136, 3518, 3900, 4020, 4489, 4991, 5733, 6093, 6475, 6671, 6649, 6365, 5],
+    "11,14": [3845, 3245, 2929, 3419, 3954, 4478, 4456, 5481, 5438, 5732, 5776, 5569, 6038, 5165, 5],
+    "11,15": [3365, 2852, 3136, 3354, 3605, 4237, 4728, 4619, 5295, 5503, 5132, 5143, 5295, 4957, 4303, 5],
+    "11,16": [3484, 2612, 2666, 3386, 3637, 3779, 4586, 4553, 4815, 5055, 4859, 4346, 4902, 4466, 4444, 3932, 5],
+    "12,13": [2994, 2700, 2787, 3311, 3736, 4456, 4969, 5427, 6529, 6169, 7086, 7282, 8078, 5],
+    "12,14": [3474, 2798, 2689, 3070, 3747, 3954, 4499, 4969, 5449, 5481, 6016, 6550, 6343, 6485, 5],
+    "12,15": [2983, 2688, 2372, 2950, 3266, 3736, 4685, 4455, 4903, 5764, 5775, 5710, 5568, 5263, 5404, 5],
+    "12,16": [2797, 2339, 2786, 2710, 2874, 3441, 3997, 4586, 5044, 4771, 5186, 5339, 4990, 4771, 4891, 5000, 5],
+    "13,14": [2547, 2416, 2536, 3114, 3398, 3834, 4325, 5165, 5252, 6310, 6343, 6169, 6965, 7150, 5],
+    "13,15": [2699, 2230, 1979, 2623, 2874, 3365, 4128, 4292, 5055, 5295, 5884, 5994, 6473, 6124, 6506, 5],
+    "13,16": [2459, 2165, 2317, 2405, 2928, 3146, 3583, 4302, 4771, 4913, 5131, 4782, 5960, 5524, 5415, 5720, 5],
+    "14,15": [2350, 1859, 2165, 2699, 3059, 3474, 4085, 3954, 4597, 5208, 5775, 6135, 6408, 6790, 6964, 5],
+    "14,16": [2252, 1761, 2088, 2306, 2732, 3190, 3375, 3692, 4608, 5011, 5066, 5720, 5797, 6037, 6058, 5829, 5],
+}
+# END INDEX TABLES
