@@ -22,13 +22,6 @@ from ddpm_codec.diffusion import (
 )
 from ddpm_codec.likelihood import fit_x0_mse, nll_bound
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors, and a 2-core machine that is often shared (spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 T = 1000

@@ -16,13 +16,6 @@ from ddpm_codec.models.presets import PRESETS, get_preset
 from ddpm_codec.models.unet import UNet, UNetConfig, count_parameters, timestep_embedding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors, and a 2-core machine that is often shared (spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _small_net(seed: int = 0, **overrides) -> UNet:

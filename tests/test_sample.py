@@ -15,13 +15,6 @@ from ddpm_codec.sample import sample_images
 SIZE = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors, and a 2-core machine that is often shared (spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,6 @@ from ddpm_codec.train import TrainConfig, Trainer
 SIZE = 8     # the tiny preset at 8x8 (attention then sits at no level but the middle block)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors, and a 2-core machine that is often shared (spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def smooth_images(n: int = 64, size: int = SIZE, seed: int = 0) -> np.ndarray:
