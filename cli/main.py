@@ -1,6 +1,7 @@
 """The ``ddpm-codec`` command: click commands, thin over the library."""
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -243,8 +244,9 @@ def nll(data, split, model_spec, num, steps, t_end, spacing, variance, mc, batch
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the calibrated model (.safetensors; its .json beside it).")
 @click.option("-n", "num", type=int, default=1000, show_default=True, help="Images used for the fit.")
+@click.option("--half", is_flag=True, help="Round the weights to float16 first (fit and save what ships).")
 @_device_option
-def calibrate(data, split, model_spec, output, num, device):
+def calibrate(data, split, model_spec, output, num, half, device):
     """Fit the per-time error of x_hat_0 on training images and save the model with it.
 
     The statistics give the codec's KL-optimal ('fitted') variances, the scale of the direct x_0
@@ -260,9 +262,13 @@ def calibrate(data, split, model_spec, output, num, device):
         images = load_images(data, split)[:num]
     except DatasetError as e:
         raise CliError(str(e)) from None
+    if half:
+        with torch.no_grad():
+            for p in model.net.parameters():
+                p.copy_(p.half().float())
     mse = fit_x0_mse(model.eps, model.diffusion, to_model_range(images), progress=True)
     cal = with_stats(model, mse)
-    dtype = torch.float16 if model.config.get("weights_dtype") == "float16" else torch.float32
+    dtype = torch.float16 if half or model.config.get("weights_dtype") == "float16" else torch.float32
     path = save_model(output, cal.net, cal.config, dtype=dtype)
     click.echo(f"wrote {path} (x0 RMSE at t=1: {mse[1] ** 0.5 * 127.5:.3f}/255, t=10: {mse[10] ** 0.5 * 127.5:.3f}/255)")
 
@@ -280,6 +286,28 @@ def _fmt_row(cols, widths):
     return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cols, widths)) + " |"
 
 
+def _schedule_options(f):
+    """The coding-schedule overrides shared by encode and rd-curve, passed on as ``schedule``."""
+    opts = [
+        click.option("--coding-steps", "num_steps", type=int, default=None,
+                     help="Gaussian coding steps in the chain (default: the profile's)."),
+        click.option("--t-end", type=int, default=None, help="Last time of the chain; x_0 is coded from x_t_end."),
+        click.option("--chunk-bits", type=int, default=None, help="KL bits per reverse-channel-coding chunk."),
+        click.option("--log2-candidates", "--candidates", "log2_candidates", type=int, default=None,
+                     help="log2 of the candidates per chunk."),
+        click.option("--variance", type=click.Choice(["fitted", "fixedsmall", "fixedlarge"]), default=None),
+    ]
+
+    @functools.wraps(f)
+    def wrapper(*args, num_steps, t_end, chunk_bits, log2_candidates, variance, **kw):
+        return f(*args, schedule=dict(num_steps=num_steps, t_end=t_end, chunk_bits=chunk_bits,
+                                      log2_candidates=log2_candidates, variance=variance), **kw)
+
+    for o in reversed(opts):
+        wrapper = o(wrapper)
+    return wrapper
+
+
 @main.command()
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
@@ -288,21 +316,15 @@ def _fmt_row(cols, widths):
 @click.option("--steps", "max_steps", type=int, default=None,
               help="Lossy: stop after reverse-process time N (T - t + 1 <= N; the paper's Table 4 axis).")
 @click.option("--bpd", "max_bpd", type=float, default=None, help="Lossy: stop once the rate reaches R bits/dim.")
-@click.option("--coding-steps", type=int, default=None, help="Gaussian coding steps in the chain (default: the profile's).")
-@click.option("--t-end", type=int, default=None, help="Last time of the chain; x_0 is coded from x_t_end.")
-@click.option("--chunk-bits", type=int, default=None, help="KL bits per reverse-channel-coding chunk.")
-@click.option("--candidates", "log2_candidates", type=int, default=None, help="log2 of the candidates per chunk.")
-@click.option("--variance", type=click.Choice(["fitted", "fixedsmall", "fixedlarge"]), default=None)
+@_schedule_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-step table.")
 @_device_option
-def encode(image, output, model_spec, max_steps, max_bpd, coding_steps, t_end, chunk_bits, log2_candidates, variance,
-           seed, quiet, device):
+def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet, device):
     """Encode IMAGE (PNG etc.) to a .ddpm file: lossless by default, lossy with --steps or --bpd.
 
     Prints the paper's Table 4 with real bits: per coding step the reverse time T-t+1, the KL bound,
     the bits actually written, the cumulative bits/dim, and RMSE/PSNR of x_hat_0."""
-    from dataclasses import replace
 
     from ddpm_codec import codec
     from ddpm_codec.imageio import read_image
@@ -313,10 +335,7 @@ def encode(image, output, model_spec, max_steps, max_bpd, coding_steps, t_end, c
         img, notes = read_image(image)
         for n in notes:
             click.echo(f"note: {n}", err=True)
-        settings = codec.PROFILES[1]
-        over = {k: v for k, v in dict(num_steps=coding_steps, t_end=t_end, chunk_bits=chunk_bits,
-                                      log2_candidates=log2_candidates, variance=variance).items() if v is not None}
-        settings = replace(settings, **over)
+        settings = codec.settings_with(**schedule)
         widths = (8, 6, 10, 10, 10, 8, 7, 6)
         if not quiet:
             click.echo(_fmt_row(("T-t+1", "t", "KL bits", "actual", "bits/dim", "RMSE", "PSNR", "chunks"), widths))
@@ -430,13 +449,15 @@ def info(file):
 @click.option("--from", "from_h5", default=None, type=click.Path(dir_okay=False, exists=True),
               help="Redraw the table and plots from an existing HDF5 without computing.")
 @click.option("--download", is_flag=True)
+@_schedule_options
 @_device_option
 def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, reconstruct, theoretical, no_baselines,
-             from_h5, download, device):
+             from_h5, download, schedule, device):
     """The paper's rate-distortion study (Fig. 5 / Table 4) with real bits, beside PNG, WebP,
     JPEG XL, JPEG, AVIF and JPEG 2000 on the same images.
 
     DATASET: 'cifar10' (test split; --data or --download) or a path (.npz, image folder)."""
+    from ddpm_codec import codec
     from ddpm_codec.data import DatasetError, load_images
     from ddpm_codec.eval import rd
 
@@ -463,7 +484,8 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, reco
         if images.shape[1:3] != (model.image_size, model.image_size):
             raise ValueError(f"rd-curve expects {model.image_size}x{model.image_size} images, got "
                              f"{images.shape[2]}x{images.shape[1]}")
-        rd.run(images, model, output, theoretical=theoretical, reconstruct=modes, dataset=str(spec))
+        rd.run(images, model, output, settings=codec.settings_with(**schedule), theoretical=theoretical,
+               reconstruct=modes, dataset=str(spec))
         if not no_baselines:
             rd.run_baselines(images, output)
         click.echo(rd.write_report(output, plot_path, images.shape[1:]))

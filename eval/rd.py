@@ -47,7 +47,7 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     from .. import codec
     from .store import ResultStore
 
-    settings = settings or codec.PROFILES[1]
+    settings = settings or codec.default_settings()
     store = ResultStore(store_path)
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
     attrs = store.get_attrs(GROUP)
@@ -63,7 +63,13 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
         store.set_attrs(GROUP, fingerprint=model.fingerprint, model=model.name, mode=mode, settings=repr(settings),
                         dataset=dataset, torch=torch.__version__, constriction=getattr(constriction, "__version__", "?"),
                         pillow=PIL.__version__, reconstruct=",".join(reconstruct), seed=seed)
+    # image_index is appended last: rows beyond it belong to a record a crash left half-written
     done = store.num_rows(GROUP, "image_index")
+    for key in store.keys(GROUP):
+        if key not in ("reverse_time", "t") and store.num_rows(GROUP, key) > done:
+            store.truncate_rows(GROUP, key, done)
+    if done and not np.array_equal(store.read(GROUP, "image_index"), indices[:done]):
+        raise ValueError(f"{store_path} holds other images (image_index differs): use a new -o file")
     bar = tqdm(total=len(images), initial=done, disable=not progress, unit="img", desc=f"rd-curve ({mode})")
     for i in range(done, len(images)):
         img = images[i]
@@ -77,9 +83,6 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
             store.write_array(GROUP, "reverse_time", rt)
             store.write_array(GROUP, "t", np.array([r.t for r in steps], dtype=np.int32))
         cols = {k: np.array([[getattr(r, k) for r in steps]], dtype=np.float64) for k in PER_STEP}
-        if not theoretical:
-            # the last row of each step is the file itself: the total includes x_0, framing and checksums
-            pass
         for k, v in cols.items():
             store.append_rows(GROUP, k, v)
         for mode_name in reconstruct:

@@ -132,6 +132,8 @@ class ResultStore:
             for k, v in attrs.items():
                 if isinstance(v, np.ndarray) and v.dtype.kind == "U":
                     v = v.tolist()
+                elif isinstance(v, str):
+                    v = str(v)     # numpy str_ has no HDF5 type; a Python str does
                 g.attrs[k] = v
 
     def get_attrs(self, group: str) -> dict:
@@ -192,6 +194,14 @@ class ResultStore:
             ds.resize(n0 + data.shape[0], axis=0)
             ds[n0:] = data
             return int(ds.shape[0])
+
+    def truncate_rows(self, group: str, name: str, num_rows: int) -> None:
+        """Shrink appendable dataset ``group/name`` to its first ``num_rows`` rows (resume after a crash
+        between the appends of one record)."""
+        with self._open() as f:
+            ds = f[_join(group, name)]
+            if ds.maxshape[0] is None and ds.shape[0] > num_rows:
+                ds.resize(num_rows, axis=0)
 
     def read(self, group: str, name: str, rows: slice | None = None) -> np.ndarray:
         """Dataset ``group/name`` as a numpy array (``rows`` selects along axis 0).

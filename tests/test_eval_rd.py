@@ -1,0 +1,155 @@
+"""rd-curve on a tiny model and made-up images: the per-image records against the files the codec
+writes and decodes, the Table-4 numbers against those records (recomputed here by hand), the
+HDF5 layout, and resume after an interruption."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ddpm_codec import codec
+from ddpm_codec.eval import rd
+from ddpm_codec.eval.store import ResultStore
+from ddpm_codec.models.checkpoint import fresh_model, save_model, with_stats
+from ddpm_codec.models.presets import get_preset
+
+SETTINGS = codec.CodecSettings(num_steps=12, t_end=2, chunk_bits=6, log2_candidates=8)
+
+
+def made_up_images(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    low = rng.normal(size=(n, 4, 4, 3))
+    up = np.kron(low, np.ones((1, 8, 8, 1)))
+    return np.clip(128 + 50 * up + rng.normal(scale=6, size=(n, 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = fresh_model(get_preset("tiny"))
+    return with_stats(m, np.concatenate([[0.0], np.geomspace(3e-4, 0.3, 1000)]))
+
+
+@pytest.fixture(scope="module")
+def store(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rd") / "rd.h5"
+    rd.run(made_up_images(3), model, path, settings=SETTINGS, dataset="made-up", progress=False)
+    return path
+
+
+def test_hdf5_layout_and_attributes(store, model):
+    st = ResultStore(store)
+    rt = st.read(rd.GROUP, "reverse_time")
+    S = len(rt)
+    assert S == SETTINGS.num_steps   # the prior step x_T plus num_steps - 1 chain steps
+    assert rt[0] == 1 and np.all(np.diff(rt) > 0) and rt[-1] == 1000 - SETTINGS.t_end + 1
+    np.testing.assert_array_equal(st.read(rd.GROUP, "t"), 1000 - rt + 1)
+    for k in rd.PER_STEP:
+        assert st.read(rd.GROUP, k).shape == (3, S), k
+    for k in ("lossless_bpd", "lossless_bound_bpd", "seconds"):
+        assert st.read(rd.GROUP, k).shape == (3,)
+    np.testing.assert_array_equal(st.read(rd.GROUP, "image_index"), [0, 1, 2])
+    attrs = st.get_attrs(rd.GROUP)
+    assert attrs["fingerprint"] == model.fingerprint and attrs["mode"] == "actual"
+    assert attrs["dataset"] == "made-up" and attrs["settings"] == repr(SETTINGS)
+    assert attrs["torch"] == torch.__version__
+
+
+def test_records_match_the_files_the_codec_writes(store, model):
+    st = ResultStore(store)
+    rt = st.read(rd.GROUP, "reverse_time")
+    imgs = made_up_images(3)
+    for i, img in enumerate(imgs):
+        data = codec.encode(img, model, settings=SETTINGS).data
+        # the lossless total is the file, byte for byte
+        assert st.read(rd.GROUP, "lossless_bpd")[i] == pytest.approx(8 * len(data) / img.size)
+        # distortion at a table row equals that of what `decode --steps row` shows, computed here
+        for row in (100, 500, 999):
+            k = int(np.nonzero(rt <= row)[0][-1])
+            dec = codec.decode(data, model, steps=row).image.astype(np.float64)
+            rmse = math.sqrt(np.mean((dec - img) ** 2))
+            assert st.read(rd.GROUP, "rmse")[i, k] == pytest.approx(rmse, rel=1e-9, abs=1e-9)
+            psnr = 20 * math.log10(255 / rmse)
+            assert st.read(rd.GROUP, "psnr")[i, k] == pytest.approx(psnr, rel=1e-9)
+    cum = st.read(rd.GROUP, "cum_bpd")
+    assert np.all(np.diff(cum, axis=1) >= 0) and np.all(cum[:, -1] < st.read(rd.GROUP, "lossless_bpd"))
+    # cumulative columns are the running sums of the per-step columns
+    dims = imgs[0].size
+    np.testing.assert_allclose(st.read(rd.GROUP, "cum_kl_bpd"), np.cumsum(st.read(rd.GROUP, "kl_bits"), 1) / dims)
+
+
+def _table_rows(md: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and (cells[0].isdigit() or cells[0] == "lossless"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_table_is_the_mean_of_the_records(store):
+    st = ResultStore(store)
+    rt = st.read(rd.GROUP, "reverse_time")
+    cum, kl, rmse = st.read(rd.GROUP, "cum_bpd"), st.read(rd.GROUP, "cum_kl_bpd"), st.read(rd.GROUP, "rmse")
+    rows = _table_rows(rd.markdown_table(rd.aggregate(store)))
+    assert set(rows) == {str(r) for r in range(100, 1001, 100)} | {"lossless"}
+    for row in range(100, 1001, 100):
+        k = max(j for j in range(len(rt)) if rt[j] <= row)
+        cells = rows[str(row)]
+        assert float(cells[1]) == pytest.approx(kl[:, k].mean(), abs=6e-6)
+        assert float(cells[2]) == pytest.approx(cum[:, k].mean(), abs=6e-6)
+        assert float(cells[4]) == pytest.approx(math.sqrt((rmse[:, k] ** 2).mean()), abs=6e-3)
+    ll = rows["lossless"]
+    assert float(ll[2]) == pytest.approx(st.read(rd.GROUP, "lossless_bpd").mean(), abs=6e-5)
+    assert float(ll[1]) == pytest.approx(st.read(rd.GROUP, "lossless_bound_bpd").mean(), abs=6e-5)
+
+
+def test_resume_after_interruption_equals_one_run(model, store, tmp_path):
+    path = tmp_path / "rd.h5"
+    imgs = made_up_images(3)
+    rd.run(imgs[:2], model, path, settings=SETTINGS, progress=False)
+    # a crash between the appends of image 2's record leaves some arrays one row ahead
+    ResultStore(path).append_rows(rd.GROUP, "cum_bpd", np.zeros((1, SETTINGS.num_steps)))
+    rd.run(imgs, model, path, settings=SETTINGS, progress=False)
+    a, b = ResultStore(path), ResultStore(store)
+    for k in rd.PER_STEP + ("lossless_bpd", "image_index"):
+        np.testing.assert_array_equal(a.read(rd.GROUP, k), b.read(rd.GROUP, k), err_msg=k)
+    # a finished run is not redone, and other settings are refused rather than mixed in
+    assert rd.run(imgs, model, path, settings=SETTINGS, progress=False) == 3
+    with pytest.raises(ValueError, match="another model"):
+        rd.run(imgs, model, path, settings=codec.CodecSettings(num_steps=10, t_end=2, chunk_bits=6,
+                                                              log2_candidates=8), progress=False)
+
+
+def test_theoretical_mode_has_kl_but_no_file(model, tmp_path):
+    path = tmp_path / "th.h5"
+    rd.run(made_up_images(2), model, path, settings=SETTINGS, theoretical=True, progress=False)
+    st = ResultStore(path)
+    assert np.all(np.isnan(st.read(rd.GROUP, "lossless_bpd")))
+    kl = st.read(rd.GROUP, "cum_kl_bpd")
+    assert np.all(np.diff(kl, axis=1) >= 0) and np.all(kl[:, -1] > 0)
+    assert np.all(st.read(rd.GROUP, "lossless_bound_bpd") > kl[:, -1])
+
+
+def test_cli_runs_resumes_and_redraws(model, tmp_path):
+    ckpt = save_model(tmp_path / "m.safetensors", model.net, model.config)
+    np.savez(tmp_path / "d.npz", test_images=made_up_images(2))
+    from ddpm_codec.cli.main import main
+
+    out, plot = tmp_path / "r.h5", tmp_path / "rd.png"
+    args = ["rd-curve", str(tmp_path / "d.npz"), "-n", "2", "--model", str(ckpt),
+            "-o", str(out), "--plot", str(plot), "--coding-steps", "12", "--chunk-bits", "6",
+            "--log2-candidates", "8"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "| 1000 |" in r.output and "webp" in r.output.lower() and "bits ratio" in r.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "rd-time.png").read_bytes()[:4] == b"\x89PNG"
+    plot.unlink()
+    r2 = CliRunner().invoke(main, ["rd-curve", "--from", str(out), "--plot", str(plot)])
+    assert r2.exit_code == 0, r2.output
+    report = r.output[r.output.index("2 images"):r.output.index("plots:")]
+    assert plot.exists() and r2.output[r2.output.index("2 images"):r2.output.index("plots:")] == report
