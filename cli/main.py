@@ -196,17 +196,21 @@ def sample(model_spec, num, output, steps, seed, progressive, columns, variance,
 @click.argument("data")
 @click.option("--split", default="test", show_default=True)
 @_model_option
-@click.option("-n", "num", type=int, default=None, help="Use the first N images.")
+@click.option("-n", "num", type=int, default=None, help="Use N images (the first N after --start).")
+@click.option("--start", type=int, default=0, show_default=True, help="Skip the first images (split a run over processes).")
+@click.option("--save", "save_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the per-image terms (bits/dim) to this .npz.")
 @click.option("--steps", type=int, default=None, help="Bound of a respaced chain of S Gaussian steps (the codec's rate).")
 @click.option("--t-end", type=int, default=1, show_default=True, help="Last time of the respaced chain (x_0 decoded from it).")
 @click.option("--spacing", type=click.Choice(["quadratic", "uniform"]), default="quadratic", show_default=True)
 @click.option("--variance", type=click.Choice(["fixedlarge", "fixedsmall", "fitted"]), default="fixedlarge", show_default=True)
 @click.option("--mc", type=int, default=None, help="Unbiased Monte-Carlo estimate with this many terms per image.")
-@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--download", is_flag=True)
 @_device_option
-def nll(data, split, model_spec, num, steps, t_end, spacing, variance, mc, batch_size, seed, download, device):
+def nll(data, split, model_spec, num, start, save_path, steps, t_end, spacing, variance, mc, batch_size, seed, download,
+        device):
     """Variational bound in bits/dim on DATA: L_T, rate (sum of the KL terms), distortion L_0, total.
 
     DATA: an .npz, CIFAR-10 archive/folder, image folder, or 'cifar10'."""
@@ -222,10 +226,12 @@ def nll(data, split, model_spec, num, steps, t_end, spacing, variance, mc, batch
         ts = None if steps is None else respaced_timesteps(steps, model.diffusion.num_timesteps, kind=spacing, t_end=t_end)
         if steps is None and t_end != 1:
             raise ValueError("--t-end needs --steps")
-        images = images[:num] if num else images
+        images = images[start:start + num] if num else images[start:]
+        if not len(images):
+            raise ValueError(f"no images left after --start {start}")
         if images.shape[1:3] != (model.image_size, model.image_size):
             raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}, the model is {model.image_size}x{model.image_size}")
-        rep = nll_bound(model.eps, model.diffusion, to_model_range(images), timesteps=ts, variance=variance,
+        rep = nll_bound(model.eval_eps(), model.diffusion, to_model_range(images), timesteps=ts, variance=variance,
                         mc_samples=mc, batch_size=batch_size, generator=torch.Generator().manual_seed(seed), progress=True)
     except (DatasetError, ValueError) as e:
         raise CliError(str(e)) from None
@@ -235,6 +241,13 @@ def nll(data, split, model_spec, num, steps, t_end, spacing, variance, mc, batch
                f"steps ending at t={rep.timesteps[-1]}, variance {variance}, {how}")
     click.echo("| L_T | rate (sum L_t) | L_0 | total (bits/dim) |\n|---|---|---|---|")
     click.echo(f"| {s['L_T']:.5f} | {s['rate']:.4f} | {s['L_0']:.4f} | {s['total']:.4f} |")
+    if save_path:
+        import numpy as np
+
+        np.savez(save_path, prior=rep.prior, rate=rep.rate, distortion=rep.distortion, timesteps=np.array(rep.timesteps),
+                 per_step=rep.per_step if rep.per_step is not None else np.zeros((len(rep.prior), 0)),
+                 image_index=np.arange(start, start + len(rep.prior)), fingerprint=model.fingerprint, variance=variance)
+        click.echo(f"wrote {save_path}")
 
 
 @main.command()

@@ -239,10 +239,35 @@ def write_report(store_path: str | Path, plot_path: str | Path | None, image_sha
             except ValueError as e:
                 out.append(f"| {name} | no overlap ({e}) | |")
         out.append("")
+        out.append(psnr_table(ddpm_rate[keep], ddpm_psnr[keep], lossy, dims))
+        out.append("")
     if plot_path:
         draw(store_path, plot_path, image_shape)
         out.append(f"plots: {plot_path} (+ -time.png)")
     return "\n".join(out)
+
+
+PSNR_LEVELS = (15.0, 20.0, 25.0, 30.0, 35.0, 40.0)
+
+
+def psnr_table(ddpm_rate, ddpm_psnr, lossy, dims, levels=PSNR_LEVELS) -> str:
+    """Bits/dim each codec needs at each PSNR, and its ratio to DDPM's actual bits (> 1: DDPM wins)."""
+    from . import baselines as bl
+
+    names = sorted(lossy)
+    head = "| PSNR (dB) | DDPM actual bits/dim |" + "".join(f" {n} (ratio) |" for n in names)
+    lines = [head, "|" + "---|" * (2 + len(names))]
+    for lv in levels:
+        d = bl.rate_at_psnr(ddpm_rate, ddpm_psnr, lv)
+        cells = []
+        for n in names:
+            by, rm = lossy[n]
+            r = bl.rate_at_psnr(8 * by.mean(0) / dims, _psnr(np.sqrt((rm ** 2).mean(0))), lv)
+            cells.append(" –" if not np.isfinite(r) else
+                         f" {r:.3f} ({r / d:.2f})" if np.isfinite(d) else f" {r:.3f}")
+        ds = f"{d:.3f}" if np.isfinite(d) else "–"
+        lines.append(f"| {lv:g} | {ds} |" + "".join(f"{c} |" for c in cells))
+    return "\n".join(lines)
 
 
 def draw(store_path: str | Path, plot_path: str | Path, image_shape=(32, 32, 3)) -> list[str]:

@@ -42,6 +42,24 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
+    def eval_eps(self):
+        """A faster epsilon function for evaluation (not the codec: its floats differ slightly from
+        ``eps``): on CPU the network runs in channels-last layout (~20% faster, measured)."""
+        if self.device.type != "cpu":
+            return self.eps
+        import copy
+
+        net = copy.deepcopy(self.net).to(memory_format=torch.channels_last)   # self.net stays as the codec uses it
+
+        @torch.no_grad()
+        def f(xt: torch.Tensor, t) -> torch.Tensor:
+            if not isinstance(t, torch.Tensor):
+                t = torch.full((xt.shape[0],), int(t), dtype=torch.int64)
+            x = xt.to(torch.float32).contiguous(memory_format=torch.channels_last)
+            return net(x, t).contiguous()
+
+        return f
+
     @torch.no_grad()
     def eps(self, xt: torch.Tensor, t) -> torch.Tensor:
         """The network's epsilon prediction for x_t ([N, C, H, W], any float dtype) at time t."""

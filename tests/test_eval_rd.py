@@ -124,6 +124,19 @@ def test_resume_after_interruption_equals_one_run(model, store, tmp_path):
                                                               log2_candidates=8), progress=False)
 
 
+def test_psnr_table_reads_rates_off_both_curves():
+    # DDPM: PSNR 20 dB at 0.1 bits/dim, 30 dB at 1.0 (log-linear between); a codec at twice the bits
+    ddpm_rate, ddpm_psnr = np.array([0.1, 1.0]), np.array([20.0, 30.0])
+    dims = 3072
+    rates = np.array([[0.2, 2.0]])                      # bits/dim of one image at two qualities
+    rmse = 255 / 10 ** (np.array([[20.0, 30.0]]) / 20)   # the same PSNRs
+    table = rd.psnr_table(ddpm_rate, ddpm_psnr, {"X": (rates * dims / 8, rmse)}, dims, levels=(15.0, 25.0))
+    rows = _table_rows(table)
+    assert rows["15"][1] == "–" and rows["15"][2] == "–"          # outside both curves
+    assert float(rows["25"][1]) == pytest.approx(math.sqrt(0.1 * 1.0), abs=1e-3)
+    assert rows["25"][2] == f"{2 * math.sqrt(0.1):.3f} (2.00)"
+
+
 def test_theoretical_mode_has_kl_but_no_file(model, tmp_path):
     path = tmp_path / "th.h5"
     rd.run(made_up_images(2), model, path, settings=SETTINGS, theoretical=True, progress=False)

@@ -220,3 +220,18 @@ def test_missing_files(tmp_path):
     (tmp_path / "m.json").unlink()
     with pytest.raises(FileNotFoundError, match="m.json"):
         load_model(tmp_path / "m.safetensors")
+
+
+def test_eval_eps_matches_eps_and_leaves_the_codec_network_alone():
+    torch.manual_seed(0)
+    m = fresh_model(get_preset("tiny"))
+    with torch.no_grad():   # a fresh U-Net's output layer is zero: give every weight a value
+        for p in m.net.parameters():
+            p.normal_(0, 0.2)
+    x = torch.randn(3, 3, 32, 32)
+    t = torch.tensor([1, 500, 1000])
+    before = m.eps(x, t)
+    assert before.abs().mean() > 0.1
+    fast = m.eval_eps()(x, t)
+    torch.testing.assert_close(fast, before, rtol=1e-4, atol=1e-5)
+    assert torch.equal(m.eps(x, t), before)   # bit-identical: the codec's network is untouched
