@@ -267,7 +267,7 @@ def calibrate(data, split, model_spec, output, num, half, device):
     import torch
 
     from ddpm_codec.data import DatasetError, load_images, to_model_range
-    from ddpm_codec.likelihood import fit_x0_mse
+    from ddpm_codec.likelihood import fit_x0_stats
     from ddpm_codec.models.checkpoint import save_model, with_stats
 
     model = _load(model_spec, device)
@@ -279,8 +279,9 @@ def calibrate(data, split, model_spec, output, num, half, device):
         with torch.no_grad():
             for p in model.net.parameters():
                 p.copy_(p.half().float())
-    mse = fit_x0_mse(model.eps, model.diffusion, to_model_range(images), progress=True)
-    cal = with_stats(model, mse)
+    st = fit_x0_stats(model.eval_eps(), model.diffusion, to_model_range(images), progress=True)
+    mse = st.mse
+    cal = with_stats(model, st.mse, st.shrink, st.data_mean)
     dtype = torch.float16 if half or model.config.get("weights_dtype") == "float16" else torch.float32
     path = save_model(output, cal.net, cal.config, dtype=dtype)
     click.echo(f"wrote {path} (x0 RMSE at t=1: {mse[1] ** 0.5 * 127.5:.3f}/255, t=10: {mse[10] ** 0.5 * 127.5:.3f}/255)")

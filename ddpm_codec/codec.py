@@ -313,7 +313,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             cum_kl += kl
             rmse = psnr = float("nan")
             if metrics:
-                rmse, psnr = _metrics(diffusion.predict_x0(x, s, eps_next, clip=True), image, height, width)
+                rmse, psnr = _metrics(diffusion.denoise(x, s, eps_next), image, height, width)
             rec = StepRecord(reverse_time=T - s + 1, t=s, kl_bits=kl, actual_bits=step_bits,
                              cum_kl_bpd=cum_kl / num_dims, cum_bpd=(closed_bits + enc.num_bits()) / num_dims,
                              rmse=rmse, psnr=psnr, chunks=int(np.sum(code.num_chunks)))
@@ -492,7 +492,7 @@ def _reconstruct(diffusion: GaussianDiffusion, net: _Net, x: torch.Tensor, t: in
     """An image estimate from x_t: x_hat_0 (denoise), a sample of p_theta(x_0 | x_t) (ancestral,
     Algorithm 2 on a respaced chain), or the deterministic DDIM/probability-flow decode (flow)."""
     if mode == "denoise" or t <= 1:
-        return diffusion.predict_x0(x, t, eps, clip=True)
+        return diffusion.denoise(x, t, eps)
     n = min(num_steps, t)
     ts = [int(v) for v in np.unique(np.linspace(t, 1, n).round().astype(int))[::-1]] + [0]
     gen = torch.Generator().manual_seed(seed)
@@ -544,7 +544,7 @@ def trace_theoretical(image: np.ndarray, model: LoadedModel, *, settings: CodecS
             x = x.float().double()
             eps = net(x, s)
             cum_kl += kl
-            rmse, psnr = _metrics(diffusion.predict_x0(x, s, eps, clip=True), image, height, width)
+            rmse, psnr = _metrics(diffusion.denoise(x, s, eps), image, height, width)
             records.append(StepRecord(reverse_time=T - s + 1, t=s, kl_bits=kl, actual_bits=float("nan"),
                                       cum_kl_bpd=cum_kl / num_dims, cum_bpd=float("nan"), rmse=rmse, psnr=psnr, chunks=0))
         means, scales = _x0_model(diffusion, x, ts[-1], eps, settings.variance)

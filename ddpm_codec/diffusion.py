@@ -112,7 +112,8 @@ class GaussianDiffusion:
     enables the ``fitted`` variance (the KL-optimal isotropic choice, as in Analytic-DPM).
     """
 
-    def __init__(self, betas: np.ndarray, x0_mse: Sequence[float] | None = None):
+    def __init__(self, betas: np.ndarray, x0_mse: Sequence[float] | None = None,
+                 x0_shrink: Sequence[float] | None = None, data_mean: Sequence[float] | None = None):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)):
             raise ValueError("betas must be a 1-D array with values in (0, 1)")
@@ -134,12 +135,21 @@ class GaussianDiffusion:
             if x0_mse.shape != (T + 1,):
                 raise ValueError(f"x0_mse must have T + 1 = {T + 1} entries, got {x0_mse.shape}")
         self.x0_mse = x0_mse
+        if (x0_shrink is None) != (data_mean is None):
+            raise ValueError("x0_shrink and data_mean go together")
+        if x0_shrink is not None:
+            x0_shrink = np.asarray(x0_shrink, dtype=np.float64)
+            if x0_shrink.shape != (T + 1,) or not np.all((x0_shrink >= 0) & (x0_shrink <= 1)):
+                raise ValueError(f"x0_shrink must have T + 1 = {T + 1} entries in [0, 1]")
+            data_mean = np.asarray(data_mean, dtype=np.float64)
+        self.x0_shrink = x0_shrink
+        self.data_mean = data_mean
 
     @classmethod
-    def from_config(cls, cfg: dict, x0_mse=None) -> "GaussianDiffusion":
+    def from_config(cls, cfg: dict, x0_mse=None, x0_shrink=None, data_mean=None) -> "GaussianDiffusion":
         betas = make_betas(cfg.get("schedule", "linear"), cfg.get("num_timesteps", 1000),
                            beta_start=cfg.get("beta_start", 1e-4), beta_end=cfg.get("beta_end", 0.02))
-        return cls(betas, x0_mse=x0_mse)
+        return cls(betas, x0_mse=x0_mse, x0_shrink=x0_shrink, data_mean=data_mean)
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: torch.Tensor, t) -> Posterior:
@@ -191,6 +201,19 @@ class GaussianDiffusion:
         x0 = (xt.double() - _gather(self.sqrt_one_minus_alphas_cumprod, t, xt) * eps.double()) \
             / _gather(self.sqrt_alphas_cumprod, t, xt)
         return x0.clamp(-1, 1) if clip else x0
+
+    def denoise(self, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """The image to show for x_t: x_hat_0 clipped to [-1, 1], then, with fitted ``x0_shrink``
+        statistics, moved toward the data mean m by the least-squares factor lambda_t:
+        m + lambda_t (x_hat_0 - m). At large t a network's x_hat_0 error (amplified by
+        1/sqrt(abar_t)) exceeds the data's spread, and lambda_t -> 0 gives the mean image
+        instead of saturated noise; at small t lambda_t ~ 1."""
+        x0 = self.predict_x0(xt, t, eps, clip=True)
+        if self.x0_shrink is None:
+            return x0
+        lam = _gather(self.x0_shrink, t, x0)
+        m = torch.as_tensor(self.data_mean, dtype=torch.float64).reshape(1, -1, *([1] * (x0.dim() - 2)))
+        return m + lam * (x0 - m)
 
     def p_variance(self, t, s, kind: VarianceKind, like: torch.Tensor) -> torch.Tensor:
         """Variance of p_theta(x_s | x_t) for the step t -> s, float64 (per item).

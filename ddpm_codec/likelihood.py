@@ -106,6 +106,52 @@ def nll_bound(eps_fn: EpsFn, diffusion: GaussianDiffusion, x0: torch.Tensor, *,
     return BoundReport(prior=prior, rate=rate, distortion=dist, timesteps=ts, per_step=per_step)
 
 
+@dataclass
+class X0Stats:
+    """Per-time statistics of the network's x_0 prediction on calibration images (``[T + 1]``)."""
+
+    mse: np.ndarray          # E|x_0 - x_hat_0(x_t)|^2 per dim (unclipped x_hat_0); entry 0 = 0
+    shrink: np.ndarray       # lambda_t: least-squares factor of clip(x_hat_0) about the data mean; entry 0 = 1
+    data_mean: np.ndarray    # [C] per-channel mean of the calibration images (model range)
+
+
+@torch.no_grad()
+def fit_x0_stats(eps_fn: EpsFn, diffusion: GaussianDiffusion, x0: torch.Tensor, *,
+                 times: Sequence[int] | None = None, batch_size: int = 250,
+                 generator: torch.Generator | None = None, progress: bool = False) -> X0Stats:
+    """``mse`` as :func:`fit_x0_mse`, and ``shrink``: lambda_t = <y, d> / <y, y> with
+    y = clip(x_hat_0) - m, d = x_0 - m (m the per-channel data mean), the factor minimising
+    E|m + lambda (clip(x_hat_0) - m) - x_0|^2, clamped to [0, 1]. Both are evaluated at ``times``
+    (default: 64 log-spaced) from the same x_t draws, and interpolated over log t."""
+    T = diffusion.num_timesteps
+    if times is None:
+        times = sorted({int(round(v)) for v in np.geomspace(1, T, 64)})
+    gen = generator or torch.Generator().manual_seed(1)
+    from tqdm.auto import tqdm
+
+    mean = x0.double().mean(dim=(0, 2, 3))
+    m = mean.reshape(1, -1, 1, 1)
+    mses, lams = [], []
+    for t in tqdm(times, disable=not progress, desc="fit x0 stats", unit="t"):
+        se, cnt, yd, yy = 0.0, 0, 0.0, 0.0
+        for sl in _batches(x0.shape[0], batch_size):
+            xb = x0[sl]
+            noise = torch.randn(xb.shape, generator=gen)
+            xt = diffusion.q_sample(xb, t, noise)
+            x0_hat = diffusion.predict_x0(xt, t, eps_fn(xt, torch.full((xb.shape[0],), t, dtype=torch.int64)))
+            se += float(((x0_hat - xb.double()) ** 2).sum())
+            cnt += xb.numel()
+            y = x0_hat.clamp(-1, 1) - m
+            yd += float((y * (xb.double() - m)).sum())
+            yy += float((y * y).sum())
+        mses.append(se / cnt)
+        lams.append(min(1.0, max(0.0, yd / yy)) if yy > 0 else 1.0)
+    logt = np.log(np.arange(1, T + 1))
+    mse = np.exp(np.interp(logt, np.log(times), np.log(np.maximum(np.array(mses), 1e-12))))
+    lam = np.interp(logt, np.log(times), np.array(lams))
+    return X0Stats(mse=np.concatenate([[0.0], mse]), shrink=np.concatenate([[1.0], lam]), data_mean=mean.numpy())
+
+
 @torch.no_grad()
 def fit_x0_mse(eps_fn: EpsFn, diffusion: GaussianDiffusion, x0: torch.Tensor, *,
                times: Sequence[int] | None = None, batch_size: int = 250,
@@ -114,23 +160,5 @@ def fit_x0_mse(eps_fn: EpsFn, diffusion: GaussianDiffusion, x0: torch.Tensor, *,
 
     Evaluated at ``times`` (default: 64 log-spaced times) and interpolated in log-log space.
     """
-    T = diffusion.num_timesteps
-    if times is None:
-        times = sorted({int(round(v)) for v in np.geomspace(1, T, 64)})
-    gen = generator or torch.Generator().manual_seed(1)
-    from tqdm.auto import tqdm
-
-    vals = []
-    for t in tqdm(times, disable=not progress, desc="fit x0 mse", unit="t"):
-        se, cnt = 0.0, 0
-        for sl in _batches(x0.shape[0], batch_size):
-            xb = x0[sl]
-            noise = torch.randn(xb.shape, generator=gen)
-            xt = diffusion.q_sample(xb, t, noise)
-            x0_hat = diffusion.predict_x0(xt, t, eps_fn(xt, torch.full((xb.shape[0],), t, dtype=torch.int64)))
-            se += float(((x0_hat - xb.double()) ** 2).sum())
-            cnt += xb.numel()
-        vals.append(se / cnt)
-    vals = np.maximum(np.array(vals), 1e-12)
-    full = np.exp(np.interp(np.log(np.arange(1, T + 1)), np.log(times), np.log(vals)))
-    return np.concatenate([[0.0], full])
+    return fit_x0_stats(eps_fn, diffusion, x0, times=times, batch_size=batch_size, generator=generator,
+                        progress=progress).mse

@@ -37,7 +37,7 @@ def sample_images(net, diffusion: GaussianDiffusion, n: int, *, image_size: int 
                 x = diffusion.predict_x0(x, t, eps, clip=True)
                 shot = x
             else:
-                shot = diffusion.predict_x0(x, t, eps, clip=True)
+                shot = diffusion.denoise(x, t, eps)
                 p = diffusion.p_mean_variance(x, t, eps, s, variance, clip=True)
                 x = p.mean + torch.sqrt(p.variance) * torch.randn(x.shape, generator=gen, dtype=torch.float64)
             if i in snap:

@@ -137,9 +137,17 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", name: st
     except RuntimeError as e:
         raise ValueError(f"weights in {wpath} do not match the config in {jpath.name}: {str(e)[:300]}") from None
     net.eval().to(device)
-    stats = config.get("stats") or {}
-    diffusion = GaussianDiffusion.from_config(config.get("diffusion", DEFAULT_DIFFUSION), x0_mse=stats.get("x0_mse"))
+    try:
+        diffusion = _diffusion_of(config)
+    except ValueError as e:
+        raise ValueError(f"{jpath}: {e}") from None
     return LoadedModel(net=net, diffusion=diffusion, config=config, fingerprint=fp, name=name or wpath.stem, path=wpath)
+
+
+def _diffusion_of(config: dict) -> GaussianDiffusion:
+    stats = config.get("stats") or {}
+    return GaussianDiffusion.from_config(config.get("diffusion", DEFAULT_DIFFUSION), x0_mse=stats.get("x0_mse"),
+                                         x0_shrink=stats.get("x0_shrink"), data_mean=stats.get("data_mean"))
 
 
 def fresh_model(unet_config: UNetConfig, diffusion_config: dict | None = None) -> LoadedModel:
@@ -150,11 +158,17 @@ def fresh_model(unet_config: UNetConfig, diffusion_config: dict | None = None) -
                        fingerprint=fingerprint(config, net.state_dict()), name="untrained")
 
 
-def with_stats(model: LoadedModel, x0_mse: np.ndarray) -> LoadedModel:
-    """The same model with fitted ``x0_mse`` statistics (changes the fingerprint)."""
+def with_stats(model: LoadedModel, x0_mse: np.ndarray, x0_shrink: np.ndarray | None = None,
+               data_mean: np.ndarray | None = None) -> LoadedModel:
+    """The same model with fitted statistics (changes the fingerprint): ``x0_mse`` (fitted
+    variances, direct x_0 decoder), optionally ``x0_shrink`` + ``data_mean`` (what ``denoise`` shows)."""
     config = dict(model.config)
-    config["stats"] = {"x0_mse": [float(v) for v in np.asarray(x0_mse, dtype=np.float64)]}
-    diffusion = GaussianDiffusion.from_config(config["diffusion"], x0_mse=config["stats"]["x0_mse"])
+    stats = {"x0_mse": [float(v) for v in np.asarray(x0_mse, dtype=np.float64)]}
+    if x0_shrink is not None:
+        stats["x0_shrink"] = [float(v) for v in np.asarray(x0_shrink, dtype=np.float64)]
+        stats["data_mean"] = [float(v) for v in np.asarray(data_mean, dtype=np.float64)]
+    config["stats"] = stats
+    diffusion = _diffusion_of(config)
     # hash the weights as they are stored (a model loaded from float16 computes in float32), so
     # the fingerprint equals that of the file save_model writes with the same dtype
     dtype = getattr(torch, str(config.get("weights_dtype", "float32")))

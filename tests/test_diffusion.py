@@ -20,7 +20,7 @@ from ddpm_codec.diffusion import (
     normal_kl,
     respaced_timesteps,
 )
-from ddpm_codec.likelihood import fit_x0_mse, nll_bound
+from ddpm_codec.likelihood import fit_x0_mse, fit_x0_stats, nll_bound
 
 
 
@@ -457,3 +457,34 @@ def test_bound_rejects_bad_chains(diff):
     for ts in ([999, 500, 1], [1000, 500, 500, 1], [1000, 0]):
         with pytest.raises(ValueError):
             nll_bound(optimal_eps, diff, x0, timesteps=ts)
+
+
+def test_fit_x0_shrink_of_the_zero_predictor(diff):
+    """eps_theta = 0: x_hat_0 = x_0 + sqrt(n) eps with n = (1 - abar_t) / abar_t, independent of
+    x_0, so the least-squares factor about the mean is v / (v + n) (v: the data's variance) while
+    clipping is rare; when noise swamps [-1, 1], clip(x_hat_0) carries nothing about x_0: ~0."""
+    g = torch.Generator().manual_seed(3)
+    x0 = (torch.rand((200, 3, 8, 8), generator=g) - 0.5) * 0.6 + torch.tensor([0.1, -0.2, 0.0]).reshape(1, 3, 1, 1)
+    st = fit_x0_stats(lambda xt, t: torch.zeros_like(xt), diff, x0, times=[1, 50, 1000], batch_size=64)
+    v = float(((x0 - x0.mean(dim=(0, 2, 3), keepdim=True)) ** 2).mean())
+    np.testing.assert_allclose(st.data_mean, [0.1, -0.2, 0.0], atol=0.01)
+    for t in (1, 50):
+        n = (1 - ABAR[t]) / ABAR[t]
+        assert st.shrink[t] == pytest.approx(v / (v + n), abs=0.02), t
+    assert 0 <= st.shrink[1000] < 0.05 and st.shrink[0] == 1.0
+    assert st.mse[50] == pytest.approx((1 - ABAR[50]) / ABAR[50], rel=0.05)
+
+
+def test_denoise_shrinks_toward_the_data_mean():
+    lam = np.linspace(1, 0, T + 1)             # lambda_t = 1 - t / T
+    d = GaussianDiffusion(make_betas("linear", T), x0_shrink=lam, data_mean=[0.5, 0.0, -0.5])
+    xt = torch.full((1, 3, 2, 2), 0.3, dtype=torch.float64)
+    eps = torch.zeros_like(xt)
+    for t in (1, 250, T):
+        x0 = torch.clamp(xt / math.sqrt(ABAR[t]), -1, 1)
+        m = torch.tensor([0.5, 0.0, -0.5], dtype=torch.float64).reshape(1, 3, 1, 1)
+        torch.testing.assert_close(d.denoise(xt, t, eps), m + (1 - t / T) * (x0 - m))
+    plain = GaussianDiffusion(make_betas("linear", T))
+    torch.testing.assert_close(plain.denoise(xt, 500, eps), torch.clamp(xt / math.sqrt(ABAR[500]), -1, 1))
+    with pytest.raises(ValueError):
+        GaussianDiffusion(make_betas("linear", T), x0_shrink=lam)

@@ -8,6 +8,7 @@ import pickle
 import shutil
 import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,6 +160,15 @@ def test_with_stats_fingerprint_matches_the_saved_file(tmp_path, dtype):
     back = load_model(tmp_path / "cal.safetensors")
     assert back.fingerprint == cal.fingerprint
     assert back.config["stats"]["x0_mse"] == cal.config["stats"]["x0_mse"]
+    # the denoise statistics travel too, and are part of the fingerprint
+    lam = np.linspace(1, 0, 1001)
+    cal2 = with_stats(m, [0.0] + [0.01] * 1000, lam, [0.1, 0.2, 0.3])
+    assert cal2.fingerprint != cal.fingerprint
+    save_model(tmp_path / "cal2.safetensors", cal2.net, cal2.config, dtype=dtype)
+    back2 = load_model(tmp_path / "cal2.safetensors")
+    assert back2.fingerprint == cal2.fingerprint
+    np.testing.assert_array_equal(back2.diffusion.x0_shrink, lam)
+    np.testing.assert_array_equal(back2.diffusion.data_mean, [0.1, 0.2, 0.3])
 
 
 class _Evil:
