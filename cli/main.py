@@ -303,6 +303,9 @@ def _fmt_row(cols, widths):
 def _schedule_options(f):
     """The coding-schedule overrides shared by encode and rd-curve, passed on as ``schedule``."""
     opts = [
+        click.option("--profile", type=int, default=None,
+                     help="Start from this built-in schedule (default: the current default profile; "
+                          "the options below override its values)."),
         click.option("--coding-steps", "num_steps", type=int, default=None,
                      help="Gaussian coding steps in the chain (default: the profile's)."),
         click.option("--t-end", type=int, default=None, help="Last time of the chain; x_0 is coded from x_t_end."),
@@ -313,9 +316,14 @@ def _schedule_options(f):
     ]
 
     @functools.wraps(f)
-    def wrapper(*args, num_steps, t_end, chunk_bits, log2_candidates, variance, **kw):
-        return f(*args, schedule=dict(num_steps=num_steps, t_end=t_end, chunk_bits=chunk_bits,
-                                      log2_candidates=log2_candidates, variance=variance), **kw)
+    def wrapper(*args, profile, num_steps, t_end, chunk_bits, log2_candidates, variance, **kw):
+        from ddpm_codec.codec import DEFAULT_PROFILE, PROFILES
+
+        if profile is not None and profile not in PROFILES:
+            raise CliError(f"unknown profile {profile}; known: {', '.join(map(str, sorted(PROFILES)))}")
+        return f(*args, schedule=dict(profile=DEFAULT_PROFILE if profile is None else profile, num_steps=num_steps,
+                                      t_end=t_end, chunk_bits=chunk_bits, log2_candidates=log2_candidates,
+                                      variance=variance), **kw)
 
     for o in reversed(opts):
         wrapper = o(wrapper)

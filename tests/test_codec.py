@@ -185,3 +185,25 @@ def test_cli_round_trip_in_separate_processes(model, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "Error" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_cli_profile_option(model, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from ddpm_codec.cli.main import main
+
+    mpath = save_model(tmp_path / "m.safetensors", model.net, model.config)
+    Image.fromarray(smooth_images(1, seed=5)[0]).save(tmp_path / "in.png")
+    base = ["encode", str(tmp_path / "in.png"), "--model", str(mpath), "-q", "--steps", "300"]
+    r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "p1.ddpm"), "--profile", "1"])
+    assert r.exit_code == 0, r.output
+    _, settings = codec.read_header((tmp_path / "p1.ddpm").read_bytes())
+    assert settings == codec.PROFILES[1]
+    # an override on top of a profile makes an explicit schedule with that one value changed
+    r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "p1b.ddpm"), "--profile", "1", "--t-end", "3"])
+    assert r.exit_code == 0, r.output
+    parsed, settings = codec.read_header((tmp_path / "p1b.ddpm").read_bytes())
+    assert parsed.file.header.profile is None and settings == replace(codec.PROFILES[1], t_end=3)
+    r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "p9.ddpm"), "--profile", "99"])
+    assert r.exit_code != 0 and "unknown profile 99" in r.output and not (tmp_path / "p9.ddpm").exists()
