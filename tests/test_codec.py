@@ -207,3 +207,14 @@ def test_cli_profile_option(model, tmp_path):
     assert parsed.file.header.profile is None and settings == replace(codec.PROFILES[1], t_end=3)
     r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "p9.ddpm"), "--profile", "99"])
     assert r.exit_code != 0 and "unknown profile 99" in r.output and not (tmp_path / "p9.ddpm").exists()
+
+
+def test_top_level_api_round_trip(model):
+    import ddpm_codec as dc
+
+    img = smooth_images(1, seed=3)[0]
+    res = dc.encode(img, model, settings=SETTINGS)
+    assert isinstance(res.data, bytes) and np.array_equal(dc.decode(res.data, model).image, img)
+    assert dc.load_model is not None and dc.DecodeError is codec.DecodeError
+    with pytest.raises(AttributeError):
+        dc.no_such_name
