@@ -205,12 +205,14 @@ def sample(model_spec, num, output, steps, seed, progressive, columns, variance,
 @click.option("--spacing", type=click.Choice(["quadratic", "uniform"]), default="quadratic", show_default=True)
 @click.option("--variance", type=click.Choice(["fixedlarge", "fixedsmall", "fitted"]), default="fixedlarge", show_default=True)
 @click.option("--mc", type=int, default=None, help="Unbiased Monte-Carlo estimate with this many terms per image.")
+@click.option("--exact-tail", type=int, default=20, show_default=True,
+              help="With --mc: always evaluate the last (small-t, largest) terms exactly; sample the rest.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--download", is_flag=True)
 @_device_option
-def nll(data, split, model_spec, num, start, save_path, steps, t_end, spacing, variance, mc, batch_size, seed, download,
-        device):
+def nll(data, split, model_spec, num, start, save_path, steps, t_end, spacing, variance, mc, exact_tail, batch_size, seed,
+        download, device):
     """Variational bound in bits/dim on DATA: L_T, rate (sum of the KL terms), distortion L_0, total.
 
     DATA: an .npz, CIFAR-10 archive/folder, image folder, or 'cifar10'."""
@@ -232,11 +234,11 @@ def nll(data, split, model_spec, num, start, save_path, steps, t_end, spacing, v
         if images.shape[1:3] != (model.image_size, model.image_size):
             raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}, the model is {model.image_size}x{model.image_size}")
         rep = nll_bound(model.eval_eps(), model.diffusion, to_model_range(images), timesteps=ts, variance=variance,
-                        mc_samples=mc, batch_size=batch_size, generator=torch.Generator().manual_seed(seed), progress=True)
+                        mc_samples=mc, exact_tail=exact_tail, batch_size=batch_size, generator=torch.Generator().manual_seed(seed), progress=True)
     except (DatasetError, ValueError) as e:
         raise CliError(str(e)) from None
     s = rep.summary()
-    how = f"MC {mc} terms/image" if mc else "exact over all terms"
+    how = f"MC {mc} terms/image + the last {exact_tail} exactly" if mc else "exact over all terms"
     click.echo(f"model {model.name} ({model.fingerprint[:8]}), {s['num_images']} images, chain of {s['num_steps']} "
                f"steps ending at t={rep.timesteps[-1]}, variance {variance}, {how}")
     click.echo("| L_T | rate (sum L_t) | L_0 | total (bits/dim) |\n|---|---|---|---|")

@@ -46,14 +46,18 @@ def _batches(n: int, batch_size: int):
 @torch.no_grad()
 def nll_bound(eps_fn: EpsFn, diffusion: GaussianDiffusion, x0: torch.Tensor, *,
               timesteps: Sequence[int] | None = None, variance: VarianceKind = "fixedlarge",
-              decoder: str = "auto", mc_samples: int | None = None, batch_size: int = 250,
+              decoder: str = "auto", mc_samples: int | None = None, exact_tail: int = 0, batch_size: int = 250,
               generator: torch.Generator | None = None, progress: bool = False) -> BoundReport:
     """The variational bound of ``x0`` ([N, C, H, W] in [-1, 1], exact pixel values) in bits/dim.
 
     ``timesteps``: a strictly decreasing chain starting at T (default: all T..1). Its last time
     tau is where x_0 is decoded: tau = 1 is the paper's L_0 (Eq. 13); tau > 1 decodes x_0
     directly from x_tau (mean x_hat_0, scale sqrt(x0_mse[tau])). ``mc_samples``: estimate the
-    KL sum from that many uniformly sampled terms per image (unbiased), instead of all of them.
+    KL sum from that many uniformly sampled terms per image (unbiased), instead of all of them;
+    ``exact_tail``: with ``mc_samples``, the last (small-t) terms are always evaluated and only the
+    others sampled. The terms near t = 1 are the largest (a trained model's last ~20 of 1000 carry
+    ~40% of the rate): sampled uniformly they make the estimate heavy-tailed — usually low, rarely
+    far too high (measured: 4 terms/image on 500 images read 3.73 where the exact bound is 4.20).
     """
     T = diffusion.num_timesteps
     ts = list(range(T, 0, -1)) if timesteps is None else [int(t) for t in timesteps]
@@ -68,7 +72,7 @@ def nll_bound(eps_fn: EpsFn, diffusion: GaussianDiffusion, x0: torch.Tensor, *,
     per_step = np.zeros((n, len(pairs))) if mc_samples is None else None
     from tqdm.auto import tqdm
 
-    total_work = n * (len(pairs) if mc_samples is None else mc_samples) + n
+    total_work = n * (len(pairs) if mc_samples is None else mc_samples + min(exact_tail, len(pairs))) + n
     bar = tqdm(total=total_work, disable=not progress, unit="img-term", desc="bound")
     for sl in _batches(n, batch_size):
         xb = x0[sl].double()
@@ -90,12 +94,19 @@ def nll_bound(eps_fn: EpsFn, diffusion: GaussianDiffusion, x0: torch.Tensor, *,
                     bar.update(b)
                 rate[sl] = per_step[sl].sum(1)
             else:
-                acc = np.zeros(b)
-                for _ in range(mc_samples):
-                    idx = torch.randint(len(pairs), (b,), generator=gen)
-                    acc += term(idx).numpy() * len(pairs)
+                tail = min(max(0, int(exact_tail)), len(pairs))
+                head = len(pairs) - tail
+                exact = np.zeros(b)
+                for i in range(head, len(pairs)):
+                    exact += term(torch.full((b,), i)).numpy()
                     bar.update(b)
-                rate[sl] = acc / mc_samples
+                acc = np.zeros(b)
+                if head:
+                    for _ in range(mc_samples):
+                        idx = torch.randint(head, (b,), generator=gen)
+                        acc += term(idx).numpy() * head
+                        bar.update(b)
+                rate[sl] = exact + acc / mc_samples
         tau = ts[-1]
         noise = torch.randn(xb.shape, generator=gen, dtype=torch.float64)
         xt = diffusion.q_sample(xb, tau, noise).float()
