@@ -179,6 +179,16 @@ def sample(model_spec, num, output, steps, seed, progressive, columns, variance,
                         device=model.device, variance=variance, progressive=columns if progressive else 0,
                         progress=True)
     imgs = res[0] if progressive else res
+    if num == 1:   # one sample: the image itself, no grid border (e.g. to encode it)
+        from ddpm_codec.imageio import write_image
+
+        write_image(output, imgs[0])
+        click.echo(f"wrote {output}")
+        if progressive:
+            out2 = str(Path(output).with_name(Path(output).stem + "-progressive" + Path(output).suffix))
+            save_image_grid(res[1], out2)
+            click.echo(f"wrote {out2}")
+        return
     cols = int(_m.ceil(_m.sqrt(num)))
     rows = -(-num // cols)
     pad = rows * cols - num

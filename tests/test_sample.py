@@ -69,3 +69,20 @@ def test_zero_network_gives_the_posterior_of_zero_noise(diff):
     abar_T = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / 999) for i in range(1000))
     want = torch.round((torch.clamp(x_T / math.sqrt(abar_T), -1, 1) + 1) * 127.5).to(torch.uint8)
     np.testing.assert_array_equal(x, want.permute(0, 2, 3, 1).numpy())
+
+
+def test_cli_single_sample_is_the_image_itself(tmp_path):
+    """`sample -n 1` writes one image at the model's size (no grid border), ready to encode."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from ddpm_codec.cli.main import main
+    from ddpm_codec.models.checkpoint import fresh_model, save_model
+    from ddpm_codec.models.presets import get_preset
+
+    m = fresh_model(get_preset("tiny"))
+    path = save_model(tmp_path / "m.safetensors", m.net, m.config)
+    r = CliRunner().invoke(main, ["sample", "--model", str(path), "-n", "1", "--steps", "3", "-o", str(tmp_path / "one.png")])
+    assert r.exit_code == 0, r.output
+    assert np.asarray(Image.open(tmp_path / "one.png")).shape == (32, 32, 3)
