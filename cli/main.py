@@ -183,18 +183,13 @@ def sample(model_spec, num, output, steps, seed, progressive, columns, variance,
         from ddpm_codec.imageio import write_image
 
         write_image(output, imgs[0])
-        click.echo(f"wrote {output}")
-        if progressive:
-            out2 = str(Path(output).with_name(Path(output).stem + "-progressive" + Path(output).suffix))
-            save_image_grid(res[1], out2)
-            click.echo(f"wrote {out2}")
-        return
-    cols = int(_m.ceil(_m.sqrt(num)))
-    rows = -(-num // cols)
-    pad = rows * cols - num
-    import numpy as np
-    grid = np.concatenate([imgs, np.full((pad, *imgs.shape[1:]), 255, np.uint8)]) if pad else imgs
-    save_image_grid(grid.reshape(rows, cols, *imgs.shape[1:]), output)
+    else:
+        cols = int(_m.ceil(_m.sqrt(num)))
+        rows = -(-num // cols)
+        pad = rows * cols - num
+        import numpy as np
+        grid = np.concatenate([imgs, np.full((pad, *imgs.shape[1:]), 255, np.uint8)]) if pad else imgs
+        save_image_grid(grid.reshape(rows, cols, *imgs.shape[1:]), output)
     click.echo(f"wrote {output}")
     if progressive:
         out2 = str(Path(output).with_name(Path(output).stem + "-progressive" + Path(output).suffix))

@@ -242,7 +242,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     cut inside a segment decodes to the previous one. Each segment costs its table entry and up
     to 4 bytes of range-coder flush (96: 0.046 bits/dim smaller 32x32 files than 48, measured).
     """
-    settings = settings or PROFILES[DEFAULT_PROFILE]
+    settings = settings or default_settings()
     image = check_image(image)
     height, width = image.shape[:2]
     diffusion = model.diffusion
@@ -518,7 +518,7 @@ def trace_theoretical(image: np.ndarray, model: LoadedModel, *, settings: CodecS
                       seed: int = 0) -> EncodeResult:
     """The paper's own evaluation (Sec. 4.3): the same chain and report as :func:`encode`, but each
     x_s is drawn exactly from q(x_s | x_t, x_0) and only the KLs are counted (no bits written)."""
-    settings = settings or PROFILES[DEFAULT_PROFILE]
+    settings = settings or default_settings()
     image = check_image(image)
     height, width = image.shape[:2]
     diffusion = model.diffusion
