@@ -44,11 +44,16 @@ def main():
     ap.add_argument("--chunk-bits", type=int, default=None)
     ap.add_argument("--log2-candidates", type=int, default=None)
     ap.add_argument("--variance", default=None)
+    ap.add_argument("--profile", type=int, default=codec.DEFAULT_PROFILE, choices=sorted(codec.PROFILES))
+    ap.add_argument("--selection", default=None, choices=codec.SELECTION_IDS)
+    ap.add_argument("--rate-percent", type=int, default=None)
+    ap.add_argument("--spacing", default=None, choices=codec.SCHEDULE_KINDS)
     a = ap.parse_args()
     torch.set_num_threads(1)
     model = resolve_model(a.model)
-    settings = codec.settings_with(num_steps=a.coding_steps, t_end=a.t_end, chunk_bits=a.chunk_bits,
-                                   log2_candidates=a.log2_candidates, variance=a.variance)
+    settings = codec.settings_with(a.profile, num_steps=a.coding_steps, t_end=a.t_end, chunk_bits=a.chunk_bits,
+                                   log2_candidates=a.log2_candidates, variance=a.variance, selection=a.selection,
+                                   rate_percent=a.rate_percent, schedule_kind=a.spacing)
     print(f"model {model.name} ({model.fingerprint[:8]}); {settings}")
     imgs = np.load(Path(a.data) / "cifar10-subset.npz")["test_images"][:a.n]
     T = model.diffusion.num_timesteps

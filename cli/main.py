@@ -207,7 +207,7 @@ def sample(model_spec, num, output, steps, seed, progressive, columns, variance,
               help="Also write the per-image terms (bits/dim) to this .npz.")
 @click.option("--steps", type=int, default=None, help="Bound of a respaced chain of S Gaussian steps (the codec's rate).")
 @click.option("--t-end", type=int, default=1, show_default=True, help="Last time of the respaced chain (x_0 decoded from it).")
-@click.option("--spacing", type=click.Choice(["quadratic", "uniform"]), default="quadratic", show_default=True)
+@click.option("--spacing", type=click.Choice(["quadratic", "uniform", "cubic"]), default="quadratic", show_default=True)
 @click.option("--variance", type=click.Choice(["fixedlarge", "fixedsmall", "fitted"]), default="fixedlarge", show_default=True)
 @click.option("--mc", type=int, default=None, help="Unbiased Monte-Carlo estimate with this many terms per image.")
 @click.option("--exact-tail", type=int, default=20, show_default=True,
@@ -316,21 +316,30 @@ def _schedule_options(f):
         click.option("--coding-steps", "num_steps", type=int, default=None,
                      help="Gaussian coding steps in the chain (default: the profile's)."),
         click.option("--t-end", type=int, default=None, help="Last time of the chain; x_0 is coded from x_t_end."),
-        click.option("--chunk-bits", type=int, default=None, help="KL bits per reverse-channel-coding chunk."),
+        click.option("--spacing", "schedule_kind", type=click.Choice(["quadratic", "uniform", "cubic"]), default=None,
+                     help="Spacing of the chain's times (denser near t_end from uniform to cubic)."),
+        click.option("--coder", "selection", type=click.Choice(["trellis", "pfr", "mrc"]), default=None,
+                     help="Reverse channel coder: trellis (Viterbi over a trellis codebook), pfr (Poisson "
+                          "functional representation per chunk), mrc (minimal random coding, for comparison)."),
+        click.option("--chunk-bits", type=int, default=None,
+                     help="pfr/mrc: KL bits per chunk; trellis: path bits per segment."),
         click.option("--log2-candidates", "--candidates", "log2_candidates", type=int, default=None,
-                     help="log2 of the candidates per chunk."),
+                     help="log2 of the candidates per chunk (trellis: state bits + path bits per segment)."),
+        click.option("--rate-percent", type=int, default=None, help="trellis: bits sent per 100 bits of KL."),
         click.option("--variance", type=click.Choice(["fitted", "fixedsmall", "fixedlarge"]), default=None),
     ]
 
     @functools.wraps(f)
-    def wrapper(*args, profile, num_steps, t_end, chunk_bits, log2_candidates, variance, **kw):
+    def wrapper(*args, profile, num_steps, t_end, schedule_kind, selection, chunk_bits, log2_candidates,
+                rate_percent, variance, **kw):
         from ddpm_codec.codec import DEFAULT_PROFILE, PROFILES
 
         if profile is not None and profile not in PROFILES:
             raise CliError(f"unknown profile {profile}; known: {', '.join(map(str, sorted(PROFILES)))}")
         return f(*args, schedule=dict(profile=DEFAULT_PROFILE if profile is None else profile, num_steps=num_steps,
-                                      t_end=t_end, chunk_bits=chunk_bits, log2_candidates=log2_candidates,
-                                      variance=variance), **kw)
+                                      t_end=t_end, schedule_kind=schedule_kind, selection=selection,
+                                      chunk_bits=chunk_bits, log2_candidates=log2_candidates,
+                                      rate_percent=rate_percent, variance=variance), **kw)
 
     for o in reversed(opts):
         wrapper = o(wrapper)

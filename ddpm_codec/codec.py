@@ -27,8 +27,11 @@ from .models.checkpoint import LoadedModel
 
 Reconstruct = Literal["denoise", "ancestral", "flow"]
 RECONSTRUCT_MODES = ("denoise", "ancestral", "flow")
-SCHEDULE_KINDS = ("quadratic", "uniform")
+SCHEDULE_KINDS = ("quadratic", "uniform", "cubic")   # file ids: append only
 VARIANCE_IDS = ("fixedsmall", "fitted", "fixedlarge")
+SELECTION_IDS = ("pfr", "mrc", "trellis")
+TRELLIS_COUNT_SCALE = (0.6, 0.03)   # (abs, rel) deviation of the chunk-count model; part of the format
+SEGMENT_GROWTH = 1.5   # each segment at least this many times the previous one (encoder policy)
 CODEC_THREADS = 1   # network evaluations run single-threaded: thread count changes float sums
 
 
@@ -43,9 +46,11 @@ class CodecSettings:
     num_steps: int = 64                     # Gaussian coding steps T = t_1 > ... > t_S = t_end
     t_end: int = 4                          # tau: x_0 is coded from x_tau
     schedule_kind: str = "quadratic"        # spacing of the chain (dense near tau)
-    chunk_bits: int = 10
-    log2_candidates: int = 14
+    chunk_bits: int = 10                    # PFR: KL per chunk; trellis: path bits per segment
+    log2_candidates: int = 14               # pool rows (trellis: state bits + chunk_bits)
     variance: str = "fitted"                # p_theta's variance on the coding steps
+    selection: str = "pfr"                  # the reverse channel coder (coding.rcc)
+    rate_percent: int = 100                 # bits sent per 100 bits of KL (trellis)
 
     def __post_init__(self):
         if self.schedule_kind not in SCHEDULE_KINDS:
@@ -54,24 +59,40 @@ class CodecSettings:
             raise ValueError(f"unknown variance {self.variance!r}; expected one of {VARIANCE_IDS}")
         if not 1 <= self.chunk_bits <= 24 or not 1 <= self.log2_candidates <= 24:
             raise ValueError("chunk_bits and log2_candidates must be in [1, 24]")
+        if self.selection not in SELECTION_IDS:
+            raise ValueError(f"unknown selection {self.selection!r}; expected one of {SELECTION_IDS}")
+        if not 25 <= self.rate_percent <= 255:
+            raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
+        self.rcc_config()  # validates the combination (e.g. trellis state bits)
 
     def timesteps(self, num_timesteps: int) -> list[int]:
         return respaced_timesteps(self.num_steps, num_timesteps, kind=self.schedule_kind, t_end=self.t_end)
 
     def rcc_config(self) -> "rcc.RCCConfig":
-        return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates)
+        if self.selection == "trellis":  # counts predicted per tile to about ±1 (_CountPredictor)
+            return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
+                                 selection=self.selection, rate_factor=self.rate_percent / 100,
+                                 chunks_abs_scale=TRELLIS_COUNT_SCALE[0], chunks_rel_scale=TRELLIS_COUNT_SCALE[1])
+        return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
+                             selection=self.selection, rate_factor=self.rate_percent / 100)
 
     def to_schedule(self) -> container.Schedule:
         return container.Schedule(kind=SCHEDULE_KINDS.index(self.schedule_kind), num_steps=self.num_steps,
                                   t_end=self.t_end, chunk_bits=self.chunk_bits,
-                                  log2_candidates=self.log2_candidates, variance_kind=VARIANCE_IDS.index(self.variance))
+                                  log2_candidates=self.log2_candidates, variance_kind=VARIANCE_IDS.index(self.variance),
+                                  selection=SELECTION_IDS.index(self.selection), rate_percent=self.rate_percent)
 
     @classmethod
     def from_schedule(cls, s: container.Schedule) -> "CodecSettings":
-        if s.kind >= len(SCHEDULE_KINDS) or s.variance_kind >= len(VARIANCE_IDS):
-            raise container.CorruptFileError("file names an unknown schedule or variance kind")
-        return cls(num_steps=s.num_steps, t_end=s.t_end, schedule_kind=SCHEDULE_KINDS[s.kind],
-                   chunk_bits=s.chunk_bits, log2_candidates=s.log2_candidates, variance=VARIANCE_IDS[s.variance_kind])
+        if s.kind >= len(SCHEDULE_KINDS) or s.variance_kind >= len(VARIANCE_IDS) or s.selection >= len(SELECTION_IDS):
+            raise container.CorruptFileError("file names an unknown schedule, variance or coder kind")
+        try:
+            return cls(num_steps=s.num_steps, t_end=s.t_end, schedule_kind=SCHEDULE_KINDS[s.kind],
+                       chunk_bits=s.chunk_bits, log2_candidates=s.log2_candidates,
+                       variance=VARIANCE_IDS[s.variance_kind], selection=SELECTION_IDS[s.selection],
+                       rate_percent=s.rate_percent)
+        except ValueError as exc:
+            raise container.CorruptFileError(f"file names impossible coding settings: {exc}") from exc
 
 
 # Built-in settings, referenced from files by one byte. Never renumber or change: append.
@@ -80,8 +101,15 @@ PROFILES: dict[int, CodecSettings] = {
     # measured on 6 CIFAR-10 test images with cifar10-cpu-small (benchmarks/codec.py): 2.1% smaller
     # lossless files than profile 1 (5.266 vs 5.378 bits/dim) at about the same encode time
     2: CodecSettings(num_steps=64, t_end=4, chunk_bits=10, log2_candidates=14),
+    # trellis coder (coding.rcc): Viterbi over 2^10 states, 4 path bits per segment, 1.10 bits sent
+    # per bit of KL; 48 cubic steps down to t = 1. Chosen on CIFAR-10 test images 0-11 with
+    # cifar10-cpu-small (lossless bits/dim): profile 2 5.05; trellis 64 quadratic steps to tau 4
+    # 4.63, tau 2 4.57, tau 1 4.54; cubic tau 1: 64 steps 4.52, 48 4.51, 40 4.52, 32 4.55;
+    # rate 100/110/120/130 % (64 quadratic, tau 4) 4.70/4.66/4.66/4.66.
+    3: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
+                     selection="trellis", rate_percent=110),
 }
-DEFAULT_PROFILE = 2
+DEFAULT_PROFILE = 3
 
 
 def default_settings() -> CodecSettings:
@@ -228,19 +256,45 @@ def _predicted_chunks(diffusion: GaussianDiffusion, t: int, s: int, var_q: float
     return rcc.expected_chunks(kl_nats / math.log(2), dims, cfg)
 
 
+class _CountPredictor:
+    """Both sides' prediction of each tile's chunk count ``C`` for the next step.
+
+    PFR/MRC (profiles 1, 2): the model-statistics prediction itself, one value for all tiles.
+    Trellis: that prediction times the tile's ratio ``C / prediction`` at its last step with a
+    prediction of at least 4 (images keep their relative difficulty along the chain), so that
+    ``C`` costs ~1-2 bits a step instead of ~5. Only IEEE basic arithmetic: both sides agree.
+    """
+
+    def __init__(self, batch: int, cfg):
+        self.adaptive = cfg.selection == "trellis"
+        self.ratio = np.ones(batch)
+
+    def centres(self, pred: float | None):
+        if pred is None or not self.adaptive:
+            return pred
+        return pred * self.ratio
+
+    def update(self, pred: float | None, num_chunks: np.ndarray) -> None:
+        if pred is None or not self.adaptive or pred < 4.0:
+            return
+        nc = np.asarray(num_chunks, dtype=np.float64)
+        self.ratio = np.where(nc >= 1, nc / pred, self.ratio)
+
+
 # ----------------------------------------------------------------------------- encode
 def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
            max_reverse_time: int | None = None, max_bpd: float | None = None, lossless: bool | None = None,
-           seed: int = 0, min_segment_bytes: int = 96, progress: Callable[[StepRecord], None] | None = None,
+           seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
            metrics: bool = True) -> EncodeResult:
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
     after the coding steps with T - t + 1 <= N (the x-axis of the paper's Table 4), ``max_bpd``
     after the cumulative rate reaches it; either makes the file lossy unless ``lossless=True``.
-    ``min_segment_bytes``: steps are grouped into segments of at least this many bytes; a file
-    cut inside a segment decodes to the previous one. Each segment costs its table entry and up
-    to 4 bytes of range-coder flush (96: 0.046 bits/dim smaller 32x32 files than 48, measured).
+    ``min_segment_bytes``: all steps form one range-coded stream, cut into segments at step
+    boundaries; a segment holds at least this many bytes and 1.5 times the previous one (64: 4-5
+    segments in a lossless 32x32 file, each costing only its ~2-byte table entry). A file cut at
+    a segment boundary decodes to that segment's last step.
     """
     settings = settings or default_settings()
     image = check_image(image)
@@ -259,31 +313,18 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     cfg = settings.rcc_config()
     net = _Net(model)
     gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    counts = _CountPredictor(B, cfg)
     start = time.perf_counter()
 
     profile = _profile_of(settings)
     header = container.Header(fingerprint=bytes.fromhex(model.fingerprint[:8]), height=height, width=width, seed=seed,
-                              schedule=None if profile is not None else settings.to_schedule(), profile=profile, lossless=lossless)
+                              schedule=None if profile is not None else settings.to_schedule(), profile=profile,
+                              lossless=lossless, one_stream=True)
     header_bytes = len(container.pack(container.DdpmFile(header=replace(header, lossless=False))))
 
-    import constriction
-
-    segments: list[container.Segment] = []
-    enc = constriction.stream.queue.RangeEncoder()
-    seg_steps = 0
-    closed_bits = 8.0 * header_bytes
+    stream = _StepStream(B, dims_tile, cfg, min_segment_bytes)
     records: list[StepRecord] = []
     cum_kl = 0.0
-
-    def close_segment():
-        nonlocal enc, seg_steps, closed_bits
-        if seg_steps == 0:
-            return
-        payload = enc.get_compressed().tobytes()
-        segments.append(container.Segment(num_steps=seg_steps, payload=payload))
-        closed_bits += 8.0 * (len(payload) + _uv_len(seg_steps) + _uv_len(len(payload)))
-        enc = constriction.stream.queue.RangeEncoder()
-        seg_steps = 0
 
     with _deterministic_threads():
         # Step T: x_T ~ q(x_T | x_0) sent using p(x_T) = N(0, I) (L_T; usually free).
@@ -300,13 +341,14 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
                 q = diffusion.q_posterior(x0, x, t, s)
                 mu_p, var_p = p.mean, float(p.variance)
                 mu_q, var_q = q.mean, float(q.variance)
+            pred = None if i == 0 else _predicted_chunks(diffusion, t, s, var_q, var_p, dims_tile, cfg)
+            centres = counts.centres(pred)
             code, e, rep = rcc.encode_step(mu_q.reshape(B, -1), mu_p.reshape(B, -1), var_q, var_p, seed=seed,
                                            step=s, cfg=cfg, generator=gen)
-            before = enc.num_bits()
-            pred = None if i == 0 else _predicted_chunks(diffusion, t, s, var_q, var_p, dims_tile, cfg)
-            rcc.write_step(enc, code, cfg, pred)
-            step_bits = float(enc.num_bits() - before)
-            seg_steps += 1
+            before = stream.num_bits()
+            stream.write(code, centres)
+            counts.update(pred, code.num_chunks)
+            step_bits = float(stream.num_bits() - before)
             x = (mu_p + math.sqrt(var_p) * e.double().reshape(x0.shape)).float().double()
             eps_next = net(x, s)
             kl = float(rep.kl_bits.sum())
@@ -315,17 +357,17 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             if metrics:
                 rmse, psnr = _metrics(diffusion.denoise(x, s, eps_next), image, height, width)
             rec = StepRecord(reverse_time=T - s + 1, t=s, kl_bits=kl, actual_bits=step_bits,
-                             cum_kl_bpd=cum_kl / num_dims, cum_bpd=(closed_bits + enc.num_bits()) / num_dims,
+                             cum_kl_bpd=cum_kl / num_dims,
+                             cum_bpd=(8.0 * header_bytes + stream.num_bits() + stream.table_bits()) / num_dims,
                              rmse=rmse, psnr=psnr, chunks=int(np.sum(code.num_chunks)))
             records.append(rec)
             if progress:
                 progress(rec)
-            if enc.num_bits() >= 8 * min_segment_bytes:
-                close_segment()
+            stream.maybe_end_segment()
             if (max_reverse_time is not None and i + 1 < len(chain) and T - chain[i + 1][1] + 1 > max_reverse_time) \
                     or (max_bpd is not None and rec.cum_bpd >= max_bpd):
                 break
-        close_segment()
+        segments = stream.segments()
         completed_all = len(records) == len(chain)
         x0_payload, crc, x0_bits, x0_ideal = None, None, 0.0, 0.0
         if lossless:
@@ -342,6 +384,91 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     data = container.pack(container.DdpmFile(header=header, segments=segments, x0=x0_payload, pixel_crc=crc))
     return EncodeResult(data=data, steps=records, lossless=lossless, x0_bits=x0_bits, x0_ideal_bits=x0_ideal,
                         seconds=time.perf_counter() - start, network_seconds=net.seconds, num_dims=num_dims)
+
+
+class _StepStream:
+    """All coding steps in ONE range-coded stream, cut into segments at step boundaries.
+
+    A segment ends after the step where the stream has grown since the last cut by
+    ``min_segment_bytes`` and by ``SEGMENT_GROWTH`` times the previous segment: fine steps at low
+    rates (previews), few table entries in all. Each cut is placed at the shortest prefix of the stream from which the decoder,
+    padding with zero bytes, reads exactly the steps before it (checked by reading them back),
+    so a file truncated at a segment boundary decodes to that segment's last step, and segments
+    cost only their table entry: no range-coder flush per segment (~0.03 bits/dim at 32x32).
+    """
+
+    def __init__(self, batch: int, dim: int, cfg, min_segment_bytes: int):
+        import constriction
+
+        self.enc = constriction.stream.queue.RangeEncoder()
+        self.batch, self.dim, self.cfg = batch, dim, cfg
+        self.min_bits = 8 * max(1, int(min_segment_bytes))
+        self.written: list[tuple["rcc.StepCode", object]] = []
+        self.cuts: list[tuple[int, int]] = []   # (steps before the cut, stream bits when decided)
+        self.last_cut_bits = 0
+        self.last_size = 0
+
+    def num_bits(self) -> int:
+        return int(self.enc.num_bits())
+
+    def table_bits(self) -> float:
+        return 8.0 * 3 * (len(self.cuts) + 1)   # ~3 bytes per segment table entry
+
+    def write(self, code: "rcc.StepCode", centres) -> None:
+        rcc.write_step(self.enc, code, self.cfg, centres)
+        self.written.append((code, centres))
+
+    def maybe_end_segment(self) -> None:
+        size = self.num_bits() - self.last_cut_bits
+        if size >= max(self.min_bits, SEGMENT_GROWTH * self.last_size):
+            self.cuts.append((len(self.written), self.num_bits()))
+            self.last_cut_bits, self.last_size = self.num_bits(), size
+
+    def segments(self) -> list[container.Segment]:
+        if not self.written:
+            return []
+        # big-endian words: a cut inside a word zeroes its least significant bytes (byte-exact cuts)
+        data = _stream_bytes(self.enc.get_compressed())
+        data = data[: self._prefix_len(data, len(self.written), len(data) - 4)]  # drop unread tail bytes
+        out, start, steps_before = [], 0, 0
+        for steps, bits in self.cuts:
+            if steps >= len(self.written):
+                break
+            end = self._prefix_len(data, steps, max(start, bits // 8 - 4))
+            out.append(container.Segment(num_steps=steps - steps_before, payload=data[start:end]))
+            start, steps_before = end, steps
+        out.append(container.Segment(num_steps=len(self.written) - steps_before, payload=data[start:]))
+        return out
+
+    def _prefix_len(self, data: bytes, steps: int, lo: int) -> int:
+        for n in range(max(0, lo), len(data)):
+            if self._reads_back(data[:n], steps):
+                return n
+        return len(data)
+
+    def _reads_back(self, data: bytes, steps: int) -> bool:
+        import constriction
+
+        try:
+            dec = constriction.stream.queue.RangeDecoder(_stream_words(data))
+            for code, centres in self.written[:steps]:
+                got = rcc.read_step(dec, self.batch, self.dim, self.cfg, centres)
+                if not (np.array_equal(got.num_chunks, code.num_chunks)
+                        and all(np.array_equal(a, b) for a, b in zip(got.indices, code.indices))):
+                    return False
+        except (ValueError, RuntimeError):
+            return False
+        return True
+
+
+def _stream_bytes(words: np.ndarray) -> bytes:
+    """A one-stream file's step stream: the range coder's 32-bit words, big-endian."""
+    return np.asarray(words, dtype=np.uint32).astype(">u4").tobytes()
+
+
+def _stream_words(data: bytes) -> np.ndarray:
+    """Inverse of :func:`_stream_bytes` for any prefix: missing low-order bytes read as zero."""
+    return np.frombuffer(_pad4(data), dtype=">u4").astype(np.uint32)
 
 
 def _uv_len(v: int) -> int:
@@ -413,14 +540,19 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
     ts = settings.timesteps(T)
     chain = [(T + 1, T)] + list(zip(ts[:-1], ts[1:]))
     cfg = settings.rcc_config()
+    counts = _CountPredictor(B, cfg)
     net = _Net(model)
     start = time.perf_counter()
     import constriction
 
     def step_iter() -> Iterator[tuple[int, "rcc.StepCode | None", object]]:
         i = 0
+        dec = None
+        if h.one_stream:  # the complete segments are consecutive pieces of one stream
+            dec = constriction.stream.queue.RangeDecoder(_stream_words(b"".join(s.payload for s in parsed.file.segments)))
         for seg in parsed.file.segments:
-            dec = constriction.stream.queue.RangeDecoder(np.frombuffer(_pad4(seg.payload), dtype=np.uint32).copy())
+            if not h.one_stream:
+                dec = constriction.stream.queue.RangeDecoder(np.frombuffer(_pad4(seg.payload), dtype=np.uint32).copy())
             for _ in range(seg.num_steps):
                 if i >= len(chain):
                     raise container.CorruptFileError("the file holds more coding steps than its schedule")
@@ -443,9 +575,10 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
                 mu_p, var_p = p.mean, float(p.variance)
                 pred = _predicted_chunks(diffusion, t, s, q_var, var_p, dims_tile, cfg)
             try:
-                code = rcc.read_step(dec, B, dims_tile, cfg, pred)
+                code = rcc.read_step(dec, B, dims_tile, cfg, counts.centres(pred))
             except (ValueError, RuntimeError) as e:
                 raise container.CorruptFileError(f"coding step {i} cannot be read: {e}") from None
+            counts.update(pred, code.num_chunks)
             e_ = rcc.decode_step(code, dim=dims_tile, seed=h.seed, step=s, cfg=cfg)
             x = (mu_p + math.sqrt(var_p) * e_.double().reshape(shape)).float().double()
             eps = net(x, s)

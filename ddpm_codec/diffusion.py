@@ -295,7 +295,7 @@ def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str =
     """A decreasing chain of ``num_steps`` times from T down to ``t_end`` (inclusive).
 
     ``uniform``: evenly spaced; ``quadratic``: denser near t_end (t ~ u^2), where most bits of a
-    DDPM's bound are. Returned as ints in (T ... t_end], strictly decreasing, with T first.
+    DDPM's bound are; ``cubic`` (t ~ u^3): denser still. Returned as ints in (T ... t_end], strictly decreasing, with T first.
     """
     T = num_timesteps
     if not 1 <= t_end <= T:
@@ -309,8 +309,10 @@ def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str =
         ts = t_end + u * (T - t_end)
     elif kind == "quadratic":
         ts = t_end + u ** 2 * (T - t_end)
+    elif kind == "cubic":
+        ts = t_end + u ** 3 * (T - t_end)
     else:
-        raise ValueError(f"unknown spacing {kind!r}; expected 'uniform' or 'quadratic'")
+        raise ValueError(f"unknown spacing {kind!r}; expected 'uniform', 'quadratic' or 'cubic'")
     out = [int(round(v)) for v in ts]
     # enforce strictly decreasing integers while keeping the end points
     for i in range(1, len(out)):

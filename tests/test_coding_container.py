@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 import time
 
 import pytest
@@ -119,6 +120,37 @@ def test_pinned_bytes_tiny_lossless_file():
     assert not parsed.truncated and parsed.complete_segments == parsed.declared_segments == 2
 
 
+CODER = DdpmFile(  # EXPLICIT's header with another schedule, coder fields and one stream
+    header=replace(
+        EXPLICIT.header,
+        schedule=Schedule(kind=0, num_steps=64, t_end=4, chunk_bits=4, log2_candidates=14, variance_kind=1,
+                          selection=2, rate_percent=110),
+        one_stream=True,
+    ),
+    segments=[],
+)
+CODER_BYTES = bytes.fromhex(
+    "8ddd" "1e" "cafebabe" "01" "01"  # magic, v1 + explicit schedule + coder fields + one stream
+    "00" "40" "04" "04" "0e" "01"  # kind 0, T=64, t_end 4, 4 path bits, 2^14, variance 1
+    "02" "6e"  # selection 2 (trellis), rate 110 %
+    "00" "00"  # seed 0, 0 segments
+)
+
+
+def test_pinned_bytes_coder_fields_and_one_stream():
+    data = pack(CODER)
+    assert data[: len(CODER_BYTES)] == CODER_BYTES
+    assert data[len(CODER_BYTES)] == ref_crc8(CODER_BYTES) and len(data) == len(CODER_BYTES) + 3
+    assert unpack(data).file == CODER
+    # default coder fields are not written; a profile cannot carry them
+    plain = replace(CODER.header, schedule=replace(CODER.header.schedule, selection=0, rate_percent=100))
+    assert pack(DdpmFile(plain))[2] == 0x1A
+    forged = bytearray(TINY_HEADER)
+    forged[2] |= 0x04
+    with pytest.raises(CorruptFileError, match="coder fields"):
+        unpack(with_crc8(bytes(forged)) + TINY_BYTES[len(TINY_HEADER) + 1 :])
+
+
 def test_pinned_bytes_explicit_schedule():
     assert EXPLICIT_BYTES[18] == ref_crc8(EXPLICIT_BYTES[:18])
     assert int.from_bytes(EXPLICIT_BYTES[-2:], "little") == ref_crc16(EXPLICIT_BYTES[:-2])
@@ -152,6 +184,8 @@ def random_file(rng: random.Random) -> DdpmFile:
         profile = None
     else:
         schedule, profile = None, rng.randint(0, 255)
+    if schedule is not None and rng.random() < 0.5:
+        schedule.selection, schedule.rate_percent = rng.randint(0, 255), rng.randint(1, 255)
     lossless = rng.random() < 0.5
     segments = [
         Segment(rng.randint(1, 300), rng.randbytes(rng.choice([0, 1, 5, 127, 128, 700])))
@@ -165,6 +199,7 @@ def random_file(rng: random.Random) -> DdpmFile:
         schedule=schedule,
         profile=profile,
         lossless=lossless,
+        one_stream=rng.random() < 0.5,
     )
     if lossless:
         return DdpmFile(header, segments, rng.randbytes(rng.randint(0, 400)), rng.getrandbits(32))
@@ -353,8 +388,6 @@ def test_foreign_and_unsupported():
         unpack(b"x")
     with pytest.raises(UnsupportedVersionError, match="version 2"):
         unpack(MAGIC + b"\x21" + TINY_BYTES[3:])
-    with pytest.raises(UnsupportedVersionError, match="reserved"):
-        unpack(MAGIC + b"\x15" + TINY_BYTES[3:])
     with pytest.raises(TypeError):
         unpack("8ddd")
     for cls in (ForeignFileError, UnsupportedVersionError, CorruptFileError, TruncatedFileError):

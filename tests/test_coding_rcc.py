@@ -274,3 +274,134 @@ def test_torch_selection_path_on_cpu(monkeypatch):
                                      generator=torch.Generator().manual_seed(0))
     assert torch.equal(eps, rcc.decode_step(code, dim=512, seed=2, step=9, cfg=cfg))
     assert 0.6 < np.mean(rep.proj / rep.proj_target_mean) < 1.1
+
+
+# ----------------------------------------------------------------------------- trellis coder
+
+
+def _trellis(b, L, **kw):
+    return rcc.RCCConfig(chunk_bits=b, log2_candidates=L, selection="trellis", **kw)
+
+
+def _paths(c, b, state_bits):
+    """Every path of c segments: candidate indices n_j = σ_j·2^b + y_j, σ_{j+1} = n_j mod S."""
+    import itertools
+
+    S, B = 1 << state_bits, 1 << b
+    for ys in itertools.product(range(B), repeat=c):
+        idx, sig = [], 0
+        for y in ys:
+            idx.append(sig * B + y)
+            sig = idx[-1] % S
+        yield np.array(idx)
+
+
+@pytest.mark.parametrize("b,L,ratio", [(2, 6, 1.0), (2, 6, 1.2), (3, 3, 1.0), (2, 2, 0.8), (1, 4, 1.0)])
+def test_trellis_viterbi_finds_the_best_path(b, L, ratio):
+    """Brute force over every path of the trellis codebook: Viterbi's path has the largest log q/p
+    (computed here from the decoded ε and the two Gaussian densities, not from the coder's scores)."""
+    dim, c = 20, 5
+    g = torch.Generator().manual_seed(b * 100 + L)
+    mu_p = torch.randn(1, dim, generator=g, dtype=torch.float64)
+    mu_q = mu_p + 0.7 * torch.randn(1, dim, generator=g, dtype=torch.float64)
+    vq, vp = 0.5, 0.5 * ratio
+    kl = float(rcc.kl_bits(mu_q, mu_p, vq, vp)[0])
+    cfg = _trellis(b, L, min_step_bits=0.0, rate_factor=c * b / kl)
+    code, eps, rep = rcc.encode_step(mu_q, mu_p, vq, vp, seed=3, step=7, cfg=cfg, generator=torch.Generator())
+    assert code.num_chunks[0] == c
+
+    def log_w(e):
+        z = mu_p[0] + math.sqrt(vp) * e
+        return float((-(z - mu_q[0]) ** 2 / (2 * vq) + (z - mu_p[0]) ** 2 / (2 * vp)).sum())
+
+    m = 1 << L
+    scores = {tuple(p): log_w(torch.from_numpy(rcc._item_epsilon(3, 7, 0, dim, m, p)).double())
+              for p in _paths(c, b, cfg.state_bits)}
+    assert len(scores) == (1 << b) ** c
+    best = max(scores, key=scores.get)
+    assert tuple(code.indices[0]) == best
+    assert log_w(eps[0].double()) == pytest.approx(scores[best], abs=1e-9)
+
+
+def test_trellis_stream_roundtrip_and_exact_length():
+    """Decoder gets ε bit-exact from the bytes; the path costs exactly C·b raw bits and C is
+    round(f·KL/b); indices that are no path through the trellis are refused."""
+    cfg = _trellis(4, 10, rate_factor=1.1)  # S = 64 states
+    mu_q, mu_p, vq, vp = _pair(3, D, 0.0)
+    for i, k in enumerate([0.5, 40.0, 400.0]):
+        q1, p1, _, _ = _pair(1, D, k, seed=i + 40)
+        mu_q[i], mu_p[i] = q1[0], p1[0]
+    code, eps, rep = rcc.encode_step(mu_q, mu_p, vq, vp, seed=5, step=9, cfg=cfg, generator=torch.Generator())
+    assert code.num_chunks[0] == 0
+    assert list(code.num_chunks[1:]) == [round(1.1 * k / 4) for k in rep.kl_bits[1:]]
+    assert list(rep.est_index_bits) == [4.0 * c for c in code.num_chunks]
+    for pred in (None, 30.0, np.array([0.0, 11.0, 110.0])):
+        enc = constriction.stream.queue.RangeEncoder()
+        rcc.write_step(enc, code, cfg, pred)
+        words = enc.get_compressed()
+        assert torch.equal(_decode_without_mu(words, 3, D, 5, 9, cfg, pred), eps)
+        enc_counts = constriction.stream.queue.RangeEncoder()
+        rcc._write_counts(enc_counts, code.num_chunks, D, cfg, pred)
+        # paths are raw bits: the step's length is the counts' plus C·b (range coder: ±32 bits)
+        assert abs(enc.num_bits() - enc_counts.num_bits() - 4 * code.num_chunks.sum()) <= 32
+    bad = rcc.StepCode(num_chunks=code.num_chunks.copy(), indices=[i.copy() for i in code.indices], dim=D)
+    bad.indices[2][1] ^= 1 << 6  # flips a state bit: not reachable from the previous segment
+    with pytest.raises(ValueError, match="not a path"):
+        rcc.write_step(constriction.stream.queue.RangeEncoder(), bad, cfg)
+    with pytest.raises(ValueError, match="not a path"):
+        rcc.decode_step(bad, dim=D, seed=5, step=9, cfg=cfg)
+
+
+def test_trellis_delivered_information_between_closed_forms():
+    """Information log2 q/p delivered at the selected ε, equal variances, against two independent
+    closed forms. With one state (S = 1) the segments are independent best-of-2^b choices, so
+    E[info] = Σ_j |u_j|·E[max of 2^b N(0,1)] − |u|²/2 nats (E max of 16 = 1.76599). Any codebook
+    of 2^R draws from p delivers at most |u|·sqrt(2 R ln 2) − |u|²/2 (E max ≤ sqrt(2 ln N)). A
+    64-state trellis must land between the two, well above the one-state figure."""
+    kl, dim, n = 200.0, 512, 12
+    info = {}
+    for L in (4, 10):
+        cfg = _trellis(4, L, rate_factor=1.0)
+        got, expect_s1 = [], []
+        for i in range(n):
+            mu_q, mu_p, vq, vp = _pair(1, dim, kl, seed=500 + i)
+            code, eps, rep = rcc.encode_step(mu_q, mu_p, vq, vp, seed=i, step=1, cfg=cfg, generator=torch.Generator())
+            got.append(rep.selected_log_w_bits[0])
+            c = int(code.num_chunks[0])
+            assert c == 50
+            u = ((mu_q - mu_p)[0] / math.sqrt(vp)).numpy()
+            perm, _, _ = rcc._item_layout(i, 1, 0, dim, cfg.num_candidates)
+            bounds = rcc._block_bounds(dim, c)
+            un = np.array([np.linalg.norm(u[perm[bounds[j]:bounds[j + 1]]]) for j in range(c)])
+            expect_s1.append((un.sum() * 1.76599 - (u ** 2).sum() / 2) / math.log(2))
+        info[L] = (np.mean(got), np.mean(expect_s1))
+    s1_got, s1_expect = info[4]
+    assert abs(s1_got - s1_expect) < 0.04 * kl  # the spread of a sum of 50 maxima: ~2.5 bits per image
+    upper = (math.sqrt(2 * kl * math.log(2)) * math.sqrt(2 * 200 * math.log(2)) - kl * math.log(2)) / math.log(2)
+    assert upper == pytest.approx(kl)  # R = KL: the bound is KL itself
+    tr = info[10][0]
+    assert s1_got + 0.1 * kl < tr < upper
+
+
+def test_trellis_config_validation():
+    with pytest.raises(ValueError, match="state bits"):
+        _trellis(4, 6)  # 2 state bits < 4 path bits per segment
+    with pytest.raises(ValueError, match="integer"):
+        rcc.RCCConfig(chunk_bits=2.5, log2_candidates=8, selection="trellis")
+    with pytest.raises(ValueError, match="rate_factor"):
+        _trellis(2, 8, rate_factor=10.0)
+    assert _trellis(4, 14).state_bits == 10 and _trellis(4, 4).state_bits == 0
+
+
+def test_count_model_per_item_predictions():
+    """Items with different predictions are coded in groups; the decoder regroups them the same way."""
+    cfg = CFG
+    nc = np.array([3, 40, 0, 41, 7], np.int64)
+    code = rcc.StepCode(num_chunks=nc, indices=[np.zeros(c, np.int64) for c in nc], dim=D)
+    pred = np.array([3.2, 39.6, 0.0, 40.4, 7.0])
+    back, bits = _roundtrip(code, cfg, pred)
+    assert np.array_equal(back.num_chunks, nc)
+    # groups: {3: [0]}, {40: [1, 3]}, {0: [2]}, {7: [4]}
+    assert [(c, list(m)) for c, m in rcc._count_groups(pred, 5)] == [(3.0, [0]), (40.0, [1, 3]), (0.0, [2]), (7.0, [4])]
+    with pytest.raises(ValueError, match="finite"):
+        rcc._count_groups(np.array([1.0, np.nan]), 2)

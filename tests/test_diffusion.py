@@ -307,7 +307,7 @@ def test_respaced_timesteps_properties():
     for n_total in (10, 37, 1000):
         for t_end in (1, 2, n_total // 3 or 1):
             for num in sorted({2, 3, 5, (n_total - t_end + 1) // 2, n_total - t_end + 1} - {0, 1}):
-                for kind in ("uniform", "quadratic"):
+                for kind in ("uniform", "quadratic", "cubic"):
                     ts = respaced_timesteps(num, n_total, kind=kind, t_end=t_end)
                     assert len(ts) == num and ts[0] == n_total and ts[-1] == t_end
                     assert all(a > b for a, b in zip(ts, ts[1:])), ts
@@ -317,7 +317,9 @@ def test_respaced_timesteps_properties():
     # quadratic spacing is denser near t_end than uniform
     q, u = respaced_timesteps(20, 1000, kind="quadratic"), respaced_timesteps(20, 1000, kind="uniform")
     assert q[-2] < u[-2]
-    for bad in [dict(num_steps=0), dict(num_steps=1001), dict(num_steps=5, t_end=0), dict(num_steps=5, kind="cubic")]:
+    c = respaced_timesteps(20, 1000, kind="cubic")  # t = 1 + 999·u^3 (u = 18/19 at the 2nd entry)
+    assert c[-2] < q[-2] and c[1] == round(1 + 999 * (18 / 19) ** 3)
+    for bad in [dict(num_steps=0), dict(num_steps=1001), dict(num_steps=5, t_end=0), dict(num_steps=5, kind="quartic")]:
         with pytest.raises(ValueError):
             respaced_timesteps(**{"num_timesteps": 1000, **bad})
 

@@ -154,7 +154,7 @@ def test_cli_runs_resumes_and_redraws(model, tmp_path):
 
     out, plot = tmp_path / "r.h5", tmp_path / "rd.png"
     args = ["rd-curve", str(tmp_path / "d.npz"), "-n", "2", "--model", str(ckpt),
-            "-o", str(out), "--plot", str(plot), "--coding-steps", "12", "--chunk-bits", "6",
+            "-o", str(out), "--plot", str(plot), "--coding-steps", "12", "--chunk-bits", "2",
             "--log2-candidates", "8"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output

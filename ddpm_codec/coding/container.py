@@ -66,7 +66,9 @@ FORMAT_VERSION = 1
 
 FLAG_LOSSLESS = 0x1
 FLAG_EXPLICIT_SCHEDULE = 0x2
-_RESERVED_FLAGS = 0xC
+FLAG_CODER_FIELDS = 0x4  # an explicit schedule carries `selection` and `rate_percent`
+FLAG_ONE_STREAM = 0x8  # the segment payloads are consecutive pieces of one coded stream
+_RESERVED_FLAGS = 0x0  # (all four flag bits of version 1 are assigned)
 
 MAX_DIM = 65535
 MAX_PIXELS = 1 << 28
@@ -200,6 +202,12 @@ class Schedule:
     chunk_bits: int  # u8
     log2_candidates: int  # u8
     variance_kind: int  # u8
+    selection: int = 0  # u8 (written only when not the defaults 0 / 100)
+    rate_percent: int = 100  # u8, 1..255
+
+    @property
+    def has_coder_fields(self) -> bool:
+        return (self.selection, self.rate_percent) != (0, 100)
 
 
 @dataclass
@@ -211,6 +219,7 @@ class Header:
     schedule: Schedule | None = None  # exactly one of schedule / profile
     profile: int | None = None  # u8, an id the codec maps to a Schedule
     lossless: bool = False  # an x0 segment follows the steps
+    one_stream: bool = False  # segments split one stream (else each is a stream of its own)
 
 
 @dataclass
@@ -274,6 +283,8 @@ def pack(f: DdpmFile) -> bytes:
 
     flags = (FLAG_LOSSLESS if h.lossless else 0) | (
         FLAG_EXPLICIT_SCHEDULE if h.schedule is not None else 0
+    ) | (FLAG_CODER_FIELDS if h.schedule is not None and h.schedule.has_coder_fields else 0) | (
+        FLAG_ONE_STREAM if h.one_stream else 0
     )
     out = bytearray(MAGIC)
     out.append((FORMAT_VERSION << 4) | flags)
@@ -288,6 +299,9 @@ def pack(f: DdpmFile) -> bytes:
         out.append(_int("schedule.chunk_bits", s.chunk_bits, 0, 255))
         out.append(_int("schedule.log2_candidates", s.log2_candidates, 0, 255))
         out.append(_int("schedule.variance_kind", s.variance_kind, 0, 255))
+        if s.has_coder_fields:
+            out.append(_int("schedule.selection", s.selection, 0, 255))
+            out.append(_int("schedule.rate_percent", s.rate_percent, 1, 255))
     else:
         out.append(_int("profile", h.profile, 0, 255))
     out += varint_encode(seed)
@@ -408,7 +422,14 @@ def unpack(data: bytes) -> ParsedFile:
             log2_candidates=r.u8("schedule.log2_candidates"),
             variance_kind=r.u8("schedule.variance_kind"),
         )
+        if flags & FLAG_CODER_FIELDS:
+            schedule.selection = r.u8("schedule.selection")
+            schedule.rate_percent = r.u8("schedule.rate_percent")
+            if schedule.rate_percent == 0:
+                raise CorruptFileError("schedule.rate_percent is 0: the file is corrupted")
     else:
+        if flags & FLAG_CODER_FIELDS:
+            raise CorruptFileError("coder fields flagged without an explicit schedule: the file is corrupted")
         profile = r.u8("profile")
     seed = r.uv("seed", 0, MAX_SEED)
     num_segments = r.uv("num_segments", 0, MAX_SEGMENTS)
@@ -469,6 +490,7 @@ def unpack(data: bytes) -> ParsedFile:
         schedule=schedule,
         profile=profile,
         lossless=lossless,
+        one_stream=bool(flags & FLAG_ONE_STREAM),
     )
     return ParsedFile(
         file=DdpmFile(header=header, segments=segments, x0=x0, pixel_crc=pixel_crc),

@@ -23,6 +23,23 @@ Per item and step (all shared randomness from :mod:`ddpm_codec.coding.prng`):
    generator (``selection="mrc"``: minimal random coding, ``n* ~ w_n``, for comparison).
 5. :func:`write_step` range-codes ``C`` (around the caller's ``predicted_chunks``) and each
    index as bucket ``b = floor(log2(n*+1))`` under a simulated table plus ``b`` raw bits.
+
+``selection="trellis"`` (the default profile's coder) replaces steps 2–5 by one search over a
+trellis codebook: the ``C = round(rate_factor·KL / b)`` blocks are the *segments* of a path through
+a trellis of ``S = 2^state_bits`` states (``b = chunk_bits`` path bits per segment,
+``M = S·2^b`` pool rows). From state ``σ`` the branch ``y ∈ [0, 2^b)`` of segment ``c`` is
+candidate ``n = σ·2^b + y`` (pool row ``(n + r) mod M`` on that segment's columns, as above) and
+leads to state ``(σ·2^b + y) mod S``; paths start in state 0. Every path is an i.i.d. ``N(0, I)``
+vector (its segments use disjoint columns), so the codebook holds ``2^(C·b)`` draws from ``p``
+while the encoder finds the path with the largest ``log q/p`` exactly by dynamic programming
+(Viterbi) in ``O(M·D)`` — the cost of one pass over the pool. The ``C·b`` path bits are sent flat.
+Why: any scheme that sends an index into a codebook of ``p`` draws pays about
+``log2(sqrt(2π)·‖Δ‖/σ)`` bits beyond the information it delivers *per independent selection*
+(≈ 3 bits per chunk here: 20–30% of a 10–14-bit chunk); one selection per step over an
+exponentially large but searchable codebook pays it once per step instead (measured: 7–9%
+at ``S = 2^10, b = 4``). The selected sample is not distributed as ``q`` (it is the codebook's
+best match, less noisy along the segments' directions of ``Δ``); what counts is what the rest
+of the chain then costs, which ``benchmarks/codec.py`` measures end to end.
 """
 
 from __future__ import annotations
@@ -54,10 +71,11 @@ __all__ = [
     "read_step",
     "index_bucket_probs",
     "fit_index_tables",
+    "trellis_states",
 ]
 
 LN2 = math.log(2.0)
-Selection = Literal["pfr", "mrc"]
+Selection = Literal["pfr", "mrc", "trellis"]
 _MAX_LOG2_CANDIDATES = 20  # 2^20 × D pool floats is already far beyond any CPU budget
 
 
@@ -65,13 +83,17 @@ _MAX_LOG2_CANDIDATES = 20  # 2^20 × D pool floats is already far beyond any CPU
 class RCCConfig:
     """Reverse-channel-coding parameters (the decoder must use the same values).
 
-    chunk_bits: target KL per chunk, bits (``C = round(KL / chunk_bits)``, at least 1).
-    log2_candidates: ``M = 2^log2_candidates`` candidates per chunk (the pool's rows).
+    chunk_bits: target KL per chunk, bits (``C = round(rate_factor·KL / chunk_bits)``, at least 1);
+        for ``"trellis"``: the path bits per segment ``b`` (an integer, 1..16).
+    log2_candidates: ``M = 2^log2_candidates`` candidates per chunk (the pool's rows); for
+        ``"trellis"``: ``state_bits + b`` with ``S = 2^state_bits`` trellis states.
     min_step_bits: steps with KL below this are free (``C = 0``, no bits, ε drawn from p).
-    selection: ``"pfr"`` (Poisson functional representation) or ``"mrc"`` (minimal random
-        coding with importance weights; index sent flat, for comparison only).
-    chunks_rel_scale: mean absolute deviation of the two-sided geometric model of ``C``
-        around ``round(predicted_chunks)``, relative to it (plus 0.01 absolute).
+    selection: ``"pfr"`` (Poisson functional representation), ``"mrc"`` (minimal random
+        coding with importance weights; index sent flat, for comparison only) or ``"trellis"``
+        (Viterbi search of a trellis codebook, see the module docstring).
+    rate_factor: bits sent per bit of KL (``C·b ≈ rate_factor·KL`` for the trellis; 1 for PFR).
+    chunks_rel_scale, chunks_abs_scale: mean absolute deviation of the two-sided geometric model
+        of ``C`` around ``c0 = round(predicted_chunks)`` is ``chunks_abs_scale + chunks_rel_scale·c0``.
 
     Defaults (12, 13, 3.0): lowest measured end-to-end excess within ~2 s of RCC time per
     50-step 3072-dim chain on the 2-core CPU (benchmarks/rcc.py, "chain" and "budget").
@@ -82,6 +104,8 @@ class RCCConfig:
     min_step_bits: float = 3.0
     selection: Selection = "pfr"
     chunks_rel_scale: float = 0.25
+    rate_factor: float = 1.0
+    chunks_abs_scale: float = 0.01
 
     def __post_init__(self):
         if not (self.chunk_bits > 0 and math.isfinite(self.chunk_bits)):
@@ -90,14 +114,31 @@ class RCCConfig:
             raise ValueError(f"log2_candidates must be in [1, {_MAX_LOG2_CANDIDATES}], got {self.log2_candidates}")
         if not (self.min_step_bits >= 0 and math.isfinite(self.min_step_bits)):
             raise ValueError(f"min_step_bits must be >= 0, got {self.min_step_bits}")
-        if self.selection not in ("pfr", "mrc"):
-            raise ValueError(f"unknown selection mode {self.selection!r} (expected 'pfr' or 'mrc')")
+        if self.selection not in ("pfr", "mrc", "trellis"):
+            raise ValueError(f"unknown selection mode {self.selection!r} (expected 'pfr', 'mrc' or 'trellis')")
+        if not (0.25 <= self.rate_factor <= 4.0 and math.isfinite(self.rate_factor)):
+            raise ValueError(f"rate_factor must be in [0.25, 4], got {self.rate_factor}")
+        if self.selection == "trellis":
+            b = self.chunk_bits
+            if b != int(b) or not 1 <= b <= 16:
+                raise ValueError(f"trellis: chunk_bits (path bits per segment) must be an integer in [1, 16], got {b}")
+            sb = int(self.log2_candidates) - int(b)
+            if sb < 0 or (0 < sb < b):
+                raise ValueError(f"trellis: log2_candidates - chunk_bits (state bits) must be 0 or >= chunk_bits, "
+                                 f"got {self.log2_candidates} - {int(b)}")
         if not (self.chunks_rel_scale >= 0 and math.isfinite(self.chunks_rel_scale)):
             raise ValueError(f"chunks_rel_scale must be >= 0, got {self.chunks_rel_scale}")
+        if not (self.chunks_abs_scale > 0 and math.isfinite(self.chunks_abs_scale)):
+            raise ValueError(f"chunks_abs_scale must be > 0, got {self.chunks_abs_scale}")
 
     @property
     def num_candidates(self) -> int:
         return 1 << int(self.log2_candidates)
+
+    @property
+    def state_bits(self) -> int:
+        """Trellis: log2 of the number of states (0 for the other selections)."""
+        return int(self.log2_candidates) - int(self.chunk_bits) if self.selection == "trellis" else 0
 
 
 @dataclass
@@ -157,7 +198,8 @@ def _check_vars(var_q: float, var_p: float) -> None:
 
 
 def num_chunks_for(kl: float, dim: int, cfg: RCCConfig) -> int:
-    """The encoder's rule: 0 if KL < min_step_bits, else min(D, max(1, round(KL/chunk_bits))).
+    """The encoder's rule: 0 if KL < min_step_bits, else min(D, max(1, round(f·KL/chunk_bits))),
+    f = ``rate_factor``.
 
     (ceil, round and floor measure within 0.01 of each other in bits/KL; round was lowest.)
     """
@@ -165,14 +207,14 @@ def num_chunks_for(kl: float, dim: int, cfg: RCCConfig) -> int:
         raise ValueError(f"non-finite KL {kl}")
     if kl < cfg.min_step_bits:
         return 0
-    return int(min(dim, max(1, math.floor(kl / cfg.chunk_bits + 0.5))))
+    return int(min(dim, max(1, math.floor(cfg.rate_factor * kl / cfg.chunk_bits + 0.5))))
 
 
 def expected_chunks(expected_kl_bits: float, dim: int, cfg: RCCConfig) -> float:
     """A ``predicted_chunks`` for :func:`write_step` from a predicted step KL (bits)."""
     if expected_kl_bits < cfg.min_step_bits:
         return 0.0
-    return float(min(dim, max(1.0, expected_kl_bits / cfg.chunk_bits)))
+    return float(min(dim, max(1.0, cfg.rate_factor * expected_kl_bits / cfg.chunk_bits)))
 
 
 # ----------------------------------------------------------------------------- shared layout
@@ -310,6 +352,76 @@ def _select(scores: torch.Tensor, r: int, cfg: RCCConfig, rng: np.random.Generat
     return e_t.argmin(1).cpu().numpy().astype(np.int64)
 
 
+class _Viterbi:
+    """Exact best path through the trellis codebook for ``G`` items with ``C`` segments each.
+
+    Branch ``y`` from state ``σ`` is candidate ``n = σ·B + y`` (``B = 2^b``) and leads to state
+    ``(σ·B + y) mod S``; paths start in state 0. Fed the segments' scores in order (pool-row
+    order, ``[nb, G, M]``), it keeps the best score per state (float64) and a back pointer per
+    (segment, state); :meth:`best_paths` traces the best final state back to candidate indices.
+    """
+
+    def __init__(self, g: int, c: int, cfg: RCCConfig, device):
+        self.S = 1 << cfg.state_bits
+        self.B = 1 << int(cfg.chunk_bits)
+        self.H = max(1, self.S // self.B)
+        self.c = c
+        self.score = torch.full((g, self.S), -math.inf, dtype=torch.float64, device=device)
+        self.score[:, 0] = 0.0
+        self.back = torch.empty((c, g, self.S), dtype=torch.int16 if self.B <= 1 << 15 else torch.int32,
+                                device=device)
+        self.j = 0
+
+    def feed(self, s: torch.Tensor, offsets: list[int]) -> None:
+        g = s.shape[1]
+        # candidate n sits on pool row (n + r) mod M: rotate each item's rows into candidate order
+        sb = torch.stack([torch.roll(s[:, gi, :], -int(offsets[gi]), dims=1) for gi in range(g)], 1)
+        S, B, H = self.S, self.B, self.H
+        for k in range(sb.shape[0]):
+            cand = self.score[:, :, None] + sb[k].view(g, S, B)  # [G, S, B] (float64)
+            if S == 1:
+                best, arg = cand.view(g, B).max(1)
+                self.score = best[:, None]
+                self.back[self.j] = arg[:, None].to(self.back.dtype)
+            else:  # σ = k·H + h --y--> h·B + y: the B predecessors of a state differ in k
+                best, arg = cand.view(g, B, H, B).max(1)
+                self.score = best.reshape(g, S)
+                self.back[self.j] = arg.reshape(g, S).to(self.back.dtype)
+            self.j += 1
+
+    def best_paths(self) -> np.ndarray:
+        if self.j != self.c:
+            raise RuntimeError(f"Viterbi fed {self.j} of {self.c} segments")
+        back = self.back.cpu().numpy().astype(np.int64)
+        state = self.score.argmax(1).cpu().numpy()
+        g = len(state)
+        out = np.empty((g, self.c), np.int64)
+        S, B, H = self.S, self.B, self.H
+        for gi in range(g):
+            sig = int(state[gi])
+            for j in range(self.c - 1, -1, -1):
+                if S == 1:
+                    out[gi, j] = back[j, gi, 0]
+                    continue
+                y, h = sig % B, sig // B
+                prev = int(back[j, gi, sig]) * H + h
+                out[gi, j] = prev * B + y
+                sig = prev
+        return out
+
+
+def trellis_states(indices: np.ndarray, cfg: RCCConfig) -> np.ndarray:
+    """The state each segment starts from, given candidate indices ``n_j = σ_j·B + y_j``."""
+    S, B = 1 << cfg.state_bits, 1 << int(cfg.chunk_bits)
+    idx = np.asarray(indices, dtype=np.int64)
+    states = np.zeros(len(idx), np.int64)
+    sig = 0
+    for j, n in enumerate(idx):
+        states[j] = sig
+        sig = int(n) % S  # (σ·B + y) mod S
+    return states
+
+
 def _block_scores(pool: torch.Tensor, a: torch.Tensor, bounds: np.ndarray, b0: int, b1: int,
                   sqp: torch.Tensor | None = None, beta: float = 0.0) -> torch.Tensor:
     """log w up to a constant for blocks ``b0..b1-1``: ``[G, D] -> [b1-b0, G, M]``.
@@ -402,11 +514,18 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, var_q: float, var_p: flo
                 a = a_rows.index_select(0, rows)
                 nb_max = max(1, (1 << 23) // (m * len(grp)))
                 sel = np.empty((len(grp), int(c)), np.int64)
+                offsets = [layouts[int(b)][1] for b in grp]
+                vit = _Viterbi(len(grp), int(c), cfg, device) if cfg.selection == "trellis" else None
                 for b0 in range(0, int(c), nb_max):
                     b1 = min(int(c), b0 + nb_max)
                     s = _block_scores(pool, a, bounds, b0, b1, sqp, beta)  # [nb, G, M]
-                    for gi, b in enumerate(grp):
-                        sel[gi, b0:b1] = _select(s[:, gi, :].contiguous(), layouts[int(b)][1], cfg, rng, tgen)
+                    if vit is not None:
+                        vit.feed(s, offsets)
+                        continue
+                    for gi in range(len(grp)):
+                        sel[gi, b0:b1] = _select(s[:, gi, :].contiguous(), offsets[gi], cfg, rng, tgen)
+                if vit is not None:
+                    sel = vit.best_paths()
                 for gi, b in enumerate(grp):
                     indices[int(b)] = sel[gi]
     code = StepCode(num_chunks=nchunks, indices=indices, dim=dim)
@@ -442,6 +561,8 @@ def decode_step(code: StepCode, *, dim: int, seed: int, step: int, cfg: RCCConfi
     for b, idx in enumerate(code.indices):
         if len(idx) != int(code.num_chunks[b]) or (len(idx) and (idx.min() < 0 or idx.max() >= m)):
             raise ValueError(f"item {b}: indices inconsistent with C={code.num_chunks[b]} and M={m}")
+        if cfg.selection == "trellis" and np.any(np.asarray(idx) >> int(cfg.chunk_bits) != trellis_states(idx, cfg)):
+            raise ValueError(f"item {b}: indices are not a path through the trellis")
     return torch.from_numpy(_epsilon(code, seed, step, cfg)).to(device or "cpu")
 
 
@@ -478,6 +599,8 @@ def _index_code_bits(idx: np.ndarray, cfg: RCCConfig) -> float:
     L = int(cfg.log2_candidates)
     if cfg.selection == "mrc":
         return float(L * len(idx))
+    if cfg.selection == "trellis":
+        return float(int(cfg.chunk_bits) * len(idx))
     b = _bucket(idx)
     p = index_bucket_probs(cfg)
     raw = np.where(b < L, b, 0)
@@ -500,13 +623,13 @@ _COUNT_FLOOR = 2.0**-10  # mass spread uniformly over [0, D]: caps a mispredicti
 
 def _chunk_count_probs(pred: float, dim: int, cfg: RCCConfig) -> np.ndarray:
     """P(C) over [0, D]: two-sided geometric around c0 = round(pred) with mean absolute
-    deviation ``0.01 + chunks_rel_scale·c0``, mixed with a uniform floor of mass 2^-10.
+    deviation ``chunks_abs_scale + chunks_rel_scale·c0``, mixed with a uniform floor of mass 2^-10.
 
     Only IEEE basic arithmetic (no exp/pow), so both sides build identical float inputs; only
     round(pred) matters. ``pred = 0`` makes a free step cost ~0.014 bits.
     """
     c0 = int(min(dim, max(0, math.floor(pred + 0.5))))
-    scale = 0.01 + cfg.chunks_rel_scale * c0
+    scale = cfg.chunks_abs_scale + cfg.chunks_rel_scale * c0
     rho = scale / (scale + 1.0)  # geometric ratio with mean deviation `scale`
     up = np.cumprod(np.full(dim - c0, rho))  # rho^1..rho^(D-c0), sequential IEEE products
     down = np.cumprod(np.full(c0, rho))
@@ -520,12 +643,13 @@ def _coders():
     return constriction
 
 
-def write_step(encoder, code: StepCode, cfg: RCCConfig, predicted_chunks: float | None = None) -> None:
+def write_step(encoder, code: StepCode, cfg: RCCConfig, predicted_chunks=None) -> None:
     """Append one step's code to a ``constriction.stream.queue.RangeEncoder``.
 
     Order: all ``C_b`` (B symbols), then per item its buckets, then its raw offsets.
     ``predicted_chunks``: the caller's prediction of ``C`` (e.g. :func:`expected_chunks` of a
-    KL predicted from model statistics; must be identical on both sides), or None.
+    KL predicted from model statistics; must be identical on both sides), one float or one per
+    item, or None. Items are coded in groups of equal ``round(prediction)``, in order.
     """
     cn = _coders()
     model = cn.stream.model
@@ -545,6 +669,12 @@ def write_step(encoder, code: StepCode, cfg: RCCConfig, predicted_chunks: float 
         if cfg.selection == "mrc":
             _write_raw(encoder, idx, np.full(len(idx), L, np.int64))
             continue
+        if cfg.selection == "trellis":
+            bb = int(cfg.chunk_bits)
+            if np.any(idx >> bb != trellis_states(idx, cfg)):
+                raise ValueError(f"item {b}: indices are not a path through the trellis")
+            _write_raw(encoder, idx & ((1 << bb) - 1), np.full(len(idx), bb, np.int64))
+            continue
         if cat is None:
             cat = model.Categorical(index_bucket_probs(cfg), perfect=False)
         bk = _bucket(idx)
@@ -553,7 +683,7 @@ def write_step(encoder, code: StepCode, cfg: RCCConfig, predicted_chunks: float 
         _write_raw(encoder, idx[inner] + 1 - (1 << bk[inner]), bk[inner])
 
 
-def read_step(decoder, batch: int, dim: int, cfg: RCCConfig, predicted_chunks: float | None = None) -> StepCode:
+def read_step(decoder, batch: int, dim: int, cfg: RCCConfig, predicted_chunks=None) -> StepCode:
     """Inverse of :func:`write_step`. Raises ValueError on data that cannot be a step code."""
     cn = _coders()
     model = cn.stream.model
@@ -571,6 +701,16 @@ def read_step(decoder, batch: int, dim: int, cfg: RCCConfig, predicted_chunks: f
                 continue
             if cfg.selection == "mrc":
                 indices.append(_read_raw(decoder, np.full(c, L, np.int64)))
+                continue
+            if cfg.selection == "trellis":
+                bb = int(cfg.chunk_bits)
+                y = _read_raw(decoder, np.full(c, bb, np.int64))
+                idx = np.empty(c, np.int64)
+                sig, S = 0, 1 << cfg.state_bits
+                for j in range(c):
+                    idx[j] = (sig << bb) + int(y[j])
+                    sig = int(idx[j]) % S
+                indices.append(idx)
                 continue
             if cat is None:
                 cat = model.Categorical(index_bucket_probs(cfg), perfect=False)
@@ -618,15 +758,28 @@ def _read_raw(decoder, nbits: np.ndarray) -> np.ndarray:
     return out
 
 
+def _count_groups(pred, batch: int) -> list[tuple[float, np.ndarray]]:
+    """Items sharing a prediction, in order of first appearance: [(prediction, item indices)].
+
+    ``pred`` is one float for all items or one per item (the codec's per-tile predictions)."""
+    p = np.broadcast_to(np.asarray(pred, dtype=np.float64), (batch,))
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise ValueError(f"predicted_chunks must be finite and >= 0, got {pred}")
+    c0 = np.floor(p + 0.5)
+    groups: dict[float, list[int]] = {}
+    for i, c in enumerate(c0):
+        groups.setdefault(float(c), []).append(i)
+    return [(c, np.array(m, np.int64)) for c, m in groups.items()]
+
+
 def _write_counts(encoder, nc: np.ndarray, dim: int, cfg: RCCConfig, pred: float | None) -> None:
     cn = _coders()
     if len(nc) == 0:
         return
     if pred is not None:
-        if not math.isfinite(pred) or pred < 0:
-            raise ValueError(f"predicted_chunks must be finite and >= 0, got {pred}")
-        cat = cn.stream.model.Categorical(_chunk_count_probs(pred, dim, cfg), perfect=False)
-        encoder.encode(nc.astype(np.int32), cat)
+        for centre, members in _count_groups(pred, len(nc)):
+            cat = cn.stream.model.Categorical(_chunk_count_probs(centre, dim, cfg), perfect=False)
+            encoder.encode(nc[members].astype(np.int32), cat)
         return
     # Elias-gamma-like default: g = bit length of C (uniform over 0..bitlen(D)), then g-1 bits
     gmax = int(dim).bit_length()
@@ -641,10 +794,10 @@ def _read_counts(decoder, batch: int, dim: int, cfg: RCCConfig, pred: float | No
     if batch == 0:
         return np.zeros(0, np.int64)
     if pred is not None:
-        if not math.isfinite(pred) or pred < 0:
-            raise ValueError(f"predicted_chunks must be finite and >= 0, got {pred}")
-        cat = cn.stream.model.Categorical(_chunk_count_probs(pred, dim, cfg), perfect=False)
-        nc = np.asarray(decoder.decode(cat, batch), dtype=np.int64)
+        nc = np.zeros(batch, np.int64)
+        for centre, members in _count_groups(pred, batch):
+            cat = cn.stream.model.Categorical(_chunk_count_probs(centre, dim, cfg), perfect=False)
+            nc[members] = np.asarray(decoder.decode(cat, len(members)), dtype=np.int64)
     else:
         gmax = int(dim).bit_length()
         g = np.asarray(decoder.decode(cn.stream.model.Categorical(np.ones(gmax + 1), perfect=False), batch),
