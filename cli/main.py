@@ -456,11 +456,17 @@ def info(file):
     click.echo(f"model fingerprint {h.fingerprint.hex()}, seed {h.seed}, "
                f"{'lossless' if h.lossless else 'lossy'}{', TRUNCATED' if parsed.truncated else ''}")
     prof = f"profile {h.profile}" if h.profile else "explicit schedule"
+    if settings.selection == "trellis":
+        coder = (f"trellis coder: 2^{settings.log2_candidates - settings.chunk_bits} states, {settings.chunk_bits} "
+                 f"path bits per segment, {settings.rate_percent}% rate")
+    else:
+        coder = f"{settings.selection} coder: {settings.chunk_bits}-bit chunks, 2^{settings.log2_candidates} candidates"
     click.echo(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
-               f"t_end {settings.t_end}, chunk {settings.chunk_bits} bits, 2^{settings.log2_candidates} candidates, "
-               f"variance {settings.variance}")
+               f"t_end {settings.t_end}, variance {settings.variance}; {coder}")
     payload = sum(len(s.payload) for s in f.segments) + (len(f.x0) if f.x0 else 0)
     click.echo(f"header and framing: {len(data) - payload} bytes")
+    if f.segments:
+        click.echo("segments (cut from one coded stream):" if h.one_stream else "segments (one coded stream each):")
     step = 0
     for i, s in enumerate(f.segments):
         click.echo(f"  segment {i}: steps {step + 1}-{step + s.num_steps}, {len(s.payload)} bytes")

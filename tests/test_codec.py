@@ -177,6 +177,7 @@ def test_cli_round_trip_in_separate_processes(model, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), img)
     r = subprocess.run(exe + ["info", str(tmp_path / "x.ddpm")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "lossless" in r.stdout
+    assert "trellis coder: 2^6 states, 2 path bits per segment" in r.stdout and "one coded stream" in r.stdout
     # a damaged file: clear message, non-zero exit, no output written
     data = bytearray((tmp_path / "x.ddpm").read_bytes())
     data[len(data) // 2] ^= 0xFF
