@@ -10,7 +10,8 @@ mrc     PFR vs minimal random coding (index sent flat) at equal candidate counts
 chain   A Gaussian toy diffusion (data N(0, I), exact reverse model, var_p > var_q), 50 steps
         coded with RCC, then x_0 from x_τ: total bits vs the ideal −log2 p(x_0), split into
         coding overhead (real bits − Σ KL of the realised chain) and sample-quality penalty
-        (Σ KL + final cost − ideal): what imperfect samples cost later in the chain.
+        (Σ KL + final cost − ideal): what imperfect samples cost later in the chain. PFR per
+        chunk against the trellis coder (one Viterbi search per step) at equal pool sizes.
 budget  RCC seconds of one 50-step chain of one 3072-dim image (B = 1).
 
 Timings are noisy on a shared 2-core machine: compare rows measured side by side.
@@ -216,20 +217,24 @@ def toy_chain(cfg, images=4, steps=50, seed=0, dim=D, keep_codes=False):
     return dict(real=real, kl=klsum, final=final, ideal=ideal, secs=secs, codes=codes)
 
 
-def bench_chain(quick=False):
+def bench_chain(quick=False, selections=("pfr", "mrc", "trellis")):
     print("\n### Toy chain (D = 3072, 50 steps, exact model): what the RCC layer costs end to end\n")
     print("Per image, bits/dim: ideal = −log2 p(x_0); overhead = (real − Σ KL)/D; quality = (Σ KL + final − ideal)/D;")
     print("total excess = (real + final − ideal)/D, relative to the coded part Σ KL.\n")
-    print("| chunk_bits | log2 M | selection | real/ΣKL | overhead bpd | quality bpd | total excess bpd | excess / ideal ΣKL | RCC s/image |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    configs = [(6, 12, "pfr"), (8, 12, "pfr"), (10, 12, "pfr"), (11, 12, "pfr"), (10, 12, "mrc"), (10, 13, "pfr"),
-               (11, 13, "pfr"), (12, 13, "pfr"), (12, 13, "mrc"), (8, 14, "pfr"), (12, 14, "pfr"), (13, 14, "pfr"),
-               (14, 15, "pfr")]
+    print("| chunk_bits | log2 M | selection | rate % | real/ΣKL | overhead bpd | quality bpd | total excess bpd | excess / ideal ΣKL | RCC s/image |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    configs = [(6, 12, "pfr", 100), (8, 12, "pfr", 100), (10, 12, "pfr", 100), (11, 12, "pfr", 100),
+               (10, 12, "mrc", 100), (10, 13, "pfr", 100), (11, 13, "pfr", 100), (12, 13, "pfr", 100),
+               (12, 13, "mrc", 100), (8, 14, "pfr", 100), (10, 14, "pfr", 100), (12, 14, "pfr", 100),
+               (13, 14, "pfr", 100), (14, 15, "pfr", 100),
+               (4, 12, "trellis", 110), (4, 14, "trellis", 100), (4, 14, "trellis", 110), (4, 14, "trellis", 120),
+               (2, 14, "trellis", 110), (4, 16, "trellis", 110)]
     if quick:
-        configs = [(8, 12, "pfr"), (12, 13, "pfr")]
+        configs = [(8, 12, "pfr", 100), (12, 13, "pfr", 100), (4, 12, "trellis", 110)]
+    configs = [c for c in configs if c[2] in selections]
     ideal_kl = None
-    for k, L, sel in configs:
-        cfg = rcc.RCCConfig(chunk_bits=k, log2_candidates=L, selection=sel)
+    for k, L, sel, rate in configs:
+        cfg = rcc.RCCConfig(chunk_bits=k, log2_candidates=L, selection=sel, rate_factor=rate / 100)
         r = toy_chain(cfg, images=6 if not quick else 2)
         over = (r["real"] - r["kl"]) / D
         qual = (r["kl"] + r["final"] - r["ideal"]) / D
@@ -237,7 +242,7 @@ def bench_chain(quick=False):
         se = tot.std(ddof=1) / math.sqrt(len(tot)) if len(tot) > 1 else float("nan")
         # Σ KL of an exactly sampled chain of the same images = ideal − final (in expectation)
         ideal_kl = (r["ideal"] - r["final"]).mean() if ideal_kl is None else ideal_kl
-        print(f"| {k} | {L} | {sel} | {(r['real'] / r['kl']).mean():.3f} | {over.mean():.3f} | {qual.mean():.3f} ± "
+        print(f"| {k} | {L} | {sel} | {rate} | {(r['real'] / r['kl']).mean():.3f} | {over.mean():.3f} | {qual.mean():.3f} ± "
               f"{qual.std(ddof=1) / math.sqrt(len(qual)):.3f} | {tot.mean():.3f} ± {se:.3f} | "
               f"{tot.mean() * D / ideal_kl:.3f} | {r['secs'] / len(tot):.2f} |", flush=True)
     print("\n(exact sampling from q, same images: overhead = quality = 0 up to ±0.03 bpd, checked separately)")
@@ -276,12 +281,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["pool", "grid", "mrc", "chain", "budget"])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--selection", nargs="*", default=["pfr", "mrc", "trellis"], help="chain: coders to run")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, numpy {np.__version__}, threads {torch.get_num_threads()}")
     for w in args.what:
         {"pool": bench_pool, "grid": lambda: bench_grid(args.quick), "mrc": lambda: bench_mrc(args.quick),
-         "chain": lambda: bench_chain(args.quick), "budget": bench_budget}[w]()
+         "chain": lambda: bench_chain(args.quick, args.selection), "budget": bench_budget}[w]()
 
 
 if __name__ == "__main__":

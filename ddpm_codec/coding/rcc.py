@@ -359,6 +359,7 @@ class _Viterbi:
     ``(σ·B + y) mod S``; paths start in state 0. Fed the segments' scores in order (pool-row
     order, ``[nb, G, M]``), it keeps the best score per state (float64) and a back pointer per
     (segment, state); :meth:`best_paths` traces the best final state back to candidate indices.
+    Scores accumulate in float32 (only the encoder searches; any path decodes exactly).
     """
 
     def __init__(self, g: int, c: int, cfg: RCCConfig, device):
@@ -366,7 +367,7 @@ class _Viterbi:
         self.B = 1 << int(cfg.chunk_bits)
         self.H = max(1, self.S // self.B)
         self.c = c
-        self.score = torch.full((g, self.S), -math.inf, dtype=torch.float64, device=device)
+        self.score = torch.full((g, self.S), -math.inf, dtype=torch.float32, device=device)
         self.score[:, 0] = 0.0
         self.back = torch.empty((c, g, self.S), dtype=torch.int16 if self.B <= 1 << 15 else torch.int32,
                                 device=device)
@@ -374,19 +375,25 @@ class _Viterbi:
 
     def feed(self, s: torch.Tensor, offsets: list[int]) -> None:
         g = s.shape[1]
-        # candidate n sits on pool row (n + r) mod M: rotate each item's rows into candidate order
-        sb = torch.stack([torch.roll(s[:, gi, :], -int(offsets[gi]), dims=1) for gi in range(g)], 1)
         S, B, H = self.S, self.B, self.H
-        for k in range(sb.shape[0]):
-            cand = self.score[:, :, None] + sb[k].view(g, S, B)  # [G, S, B] (float64)
+        rs = [int(r) for r in offsets]
+        for k in range(s.shape[0]):
+            # candidate n sits on pool row (n + r) mod M: rotate each item's rows into candidate order
+            # (per segment: rotating the whole [nb, G, M] block at once costs more than the search)
+            if g == 1:
+                row = s[k, 0]
+                br = torch.cat((row[rs[0]:], row[: rs[0]])).view(1, S, B)
+            else:
+                br = torch.stack([torch.cat((s[k, gi, rs[gi]:], s[k, gi, : rs[gi]])) for gi in range(g)]).view(g, S, B)
+            cand = br.add_(self.score[:, :, None])  # [G, S, B]
             if S == 1:
                 best, arg = cand.view(g, B).max(1)
                 self.score = best[:, None]
-                self.back[self.j] = arg[:, None].to(self.back.dtype)
+                self.back[self.j] = arg[:, None]
             else:  # σ = k·H + h --y--> h·B + y: the B predecessors of a state differ in k
                 best, arg = cand.view(g, B, H, B).max(1)
                 self.score = best.reshape(g, S)
-                self.back[self.j] = arg.reshape(g, S).to(self.back.dtype)
+                self.back[self.j] = arg.reshape(g, S)
             self.j += 1
 
     def best_paths(self) -> np.ndarray:
