@@ -405,3 +405,18 @@ def test_count_model_per_item_predictions():
     assert [(c, list(m)) for c, m in rcc._count_groups(pred, 5)] == [(3.0, [0]), (40.0, [1, 3]), (0.0, [2]), (7.0, [4])]
     with pytest.raises(ValueError, match="finite"):
         rcc._count_groups(np.array([1.0, np.nan]), 2)
+
+
+def test_trellis_items_searched_together_match_alone():
+    """Items with equal C share the pool pass and one batched Viterbi: each item's path equals the
+    one it gets when the other items of the batch are free steps (searched alone)."""
+    cfg = _trellis(4, 10, rate_factor=1.1)
+    mu_q, mu_p, vq, vp = _pair(3, D, 120.0, seed=9)  # equal KL -> equal C: one group of 3
+    code, eps, _ = rcc.encode_step(mu_q, mu_p, vq, vp, seed=4, step=6, cfg=cfg, generator=torch.Generator())
+    assert len(set(code.num_chunks.tolist())) == 1 and code.num_chunks[0] > 1
+    for i in range(3):
+        alone_q = mu_p.clone()  # the other items: KL 0 -> free, not searched
+        alone_q[i] = mu_q[i]
+        c1, e1, _ = rcc.encode_step(alone_q, mu_p, vq, vp, seed=4, step=6, cfg=cfg, generator=torch.Generator())
+        assert c1.num_chunks[i] == code.num_chunks[i] and np.array_equal(c1.indices[i], code.indices[i])
+        assert torch.equal(e1[i], eps[i])
