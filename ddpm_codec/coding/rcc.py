@@ -357,9 +357,9 @@ class _Viterbi:
 
     Branch ``y`` from state ``σ`` is candidate ``n = σ·B + y`` (``B = 2^b``) and leads to state
     ``(σ·B + y) mod S``; paths start in state 0. Fed the segments' scores in order (pool-row
-    order, ``[nb, G, M]``), it keeps the best score per state (float64) and a back pointer per
-    (segment, state); :meth:`best_paths` traces the best final state back to candidate indices.
-    Scores accumulate in float32 (only the encoder searches; any path decodes exactly).
+    order, ``[nb, G, M]``), it keeps the best score per state and a back pointer per (segment,
+    state); :meth:`best_paths` traces the best final state back to candidate indices. Scores
+    accumulate in float32: only the encoder searches, and whichever path it picks decodes exactly.
     """
 
     def __init__(self, g: int, c: int, cfg: RCCConfig, device):
