@@ -285,3 +285,27 @@ def test_files_with_one_stream_per_segment_still_decode(model):
                   segments=[container.Segment(f.segments[0].num_steps, words.astype("<u4").tobytes())])
     dec = codec.decode(container.pack(old), model)
     assert dec.lossless and np.array_equal(dec.image, img)
+
+
+def test_corrupted_or_cut_trellis_files_fail_cleanly(model):
+    """Random byte changes and cuts of a one-stream trellis file: a format or decode error (never
+    another exception, never a wrong 'lossless' image), or, for cuts, a decode of complete segments."""
+    import random
+
+    img = smooth_images(1, seed=14)[0]
+    data = codec.encode(img, model, settings=TRELLIS, min_segment_bytes=8).data
+    rng = random.Random(0)
+    for trial in range(24):
+        bad = bytearray(data)
+        if trial % 3 == 0:
+            bad = bad[: rng.randrange(1, len(bad))]
+        else:
+            for _ in range(rng.randint(1, 3)):
+                bad[rng.randrange(len(bad))] ^= rng.randrange(1, 256)
+        try:
+            dec = codec.decode(bytes(bad), model)
+        except (container.DdpmFormatError, codec.DecodeError):
+            continue
+        assert dec.truncated or np.array_equal(dec.image, img)
+        if dec.lossless:
+            assert np.array_equal(dec.image, img)
