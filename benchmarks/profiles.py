@@ -1,0 +1,68 @@
+"""Codec profiles side by side on the same images, image by image (lossless files).
+
+    python benchmarks/profiles.py -n 24 3 4          # default model, first 24 CIFAR-10 test images
+    python benchmarks/profiles.py -n 12 3 --set log2_candidates=15 --set rate_percent=115
+
+Prints per profile (or profile with overrides) the mean file size in bits/dim, the same without
+each file's header and trailer (a changed value makes an explicit schedule, 7 bytes longer than a
+profile id), encode seconds per image, and for each one after the first the paired difference
+to the first (± standard error over images) and the encode-time ratio. Encodes alternate
+image by image so that machine noise hits all of them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm_codec import codec
+from ddpm_codec.coding import container
+from ddpm_codec.models.registry import resolve_model
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("profiles", nargs="+", type=int)
+    ap.add_argument("-n", type=int, default=12)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override for every profile after the first")
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--model", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    model = resolve_model(a.model)
+    over = {k: (v if k in ("schedule_kind", "selection", "variance") else int(v))
+            for k, v in (kv.split("=", 1) for kv in a.set)}
+    runs = [(p, codec.PROFILES[p] if i == 0 or not over else replace(codec.PROFILES[p], **over))
+            for i, p in enumerate(a.profiles)]
+    imgs = np.load(Path(a.data) / "cifar10-subset.npz")["test_images"][a.start:a.start + a.n]
+    bpd = np.zeros((len(runs), len(imgs)))
+    body = np.zeros_like(bpd)
+    secs = np.zeros(len(runs))
+    for j, img in enumerate(imgs):
+        for i, (_, st) in enumerate(runs):
+            t0 = time.perf_counter()
+            data = codec.encode(img, model, settings=st, metrics=False).data
+            secs[i] += time.perf_counter() - t0
+            f = container.unpack(data).file
+            bpd[i, j] = 8 * len(data) / img.size
+            body[i, j] = 8 * (sum(len(s.payload) for s in f.segments) + len(f.x0 or b"")) / img.size
+    print(f"model {model.name} ({model.fingerprint[:8]}), CIFAR-10 test images {a.start}..{a.start + len(imgs) - 1}")
+    print("| run | bits/dim | w/o header and trailer | encode s/img | vs first: bits/dim (± s.e.) | time ratio |")
+    print("|---|---|---|---|---|---|")
+    for i, (p, st) in enumerate(runs):
+        name = f"profile {p}" + (f" {a.set}" if i > 0 and over else "")
+        d = bpd[i] - bpd[0]
+        cmp = "" if i == 0 else f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
+        ratio = "" if i == 0 else f"{secs[i] / secs[0]:.2f}"
+        print(f"| {name} | {bpd[i].mean():.4f} | {body[i].mean():.4f} | {secs[i] / len(imgs):.2f} | {cmp} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
