@@ -109,9 +109,9 @@ PROFILES: dict[int, CodecSettings] = {
     # 100 % +0.03 (docs/results/codec-benchmark.md).
     3: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                      selection="trellis", rate_percent=105),
-    # profile 3 with a 4x larger pool (2^12 states): ~0.03 bits/dim smaller files at ~2.4x the
-    # encode time on this CPU and 1.6 GB of pool tables (for GPUs or patient encoders; decoding
-    # costs the same: it regenerates only the chosen candidates)
+    # profile 3 with a 4x larger pool (2^12 states): 0.026 +- 0.006 bits/dim smaller files at 2.2x
+    # the encode time on this CPU and 1.6 GB of pool tables (benchmarks/profiles.py -n 24 3 4; for
+    # GPUs or patient encoders; decoding costs the same: it regenerates only the chosen candidates)
     4: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=16,
                      selection="trellis", rate_percent=105),
 }
@@ -475,14 +475,6 @@ def _stream_bytes(words: np.ndarray) -> bytes:
 def _stream_words(data: bytes) -> np.ndarray:
     """Inverse of :func:`_stream_bytes` for any prefix: missing low-order bytes read as zero."""
     return np.frombuffer(_pad4(data), dtype=">u4").astype(np.uint32)
-
-
-def _uv_len(v: int) -> int:
-    n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
 
 
 def _x0_model(diffusion: GaussianDiffusion, x: torch.Tensor, tau: int, eps: torch.Tensor, variance: str):

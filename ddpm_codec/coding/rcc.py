@@ -417,6 +417,17 @@ class _Viterbi:
         return out
 
 
+def trellis_path(branches: np.ndarray, cfg: RCCConfig) -> np.ndarray:
+    """Candidate indices ``n_j = σ_j·B + y_j`` of the path with branch symbols ``y_j`` (from state 0)."""
+    S, bb = 1 << cfg.state_bits, int(cfg.chunk_bits)
+    idx = np.empty(len(branches), np.int64)
+    sig = 0
+    for j, y in enumerate(branches):
+        idx[j] = (sig << bb) + int(y)
+        sig = int(idx[j]) % S
+    return idx
+
+
 def trellis_states(indices: np.ndarray, cfg: RCCConfig) -> np.ndarray:
     """The state each segment starts from, given candidate indices ``n_j = σ_j·B + y_j``."""
     S, B = 1 << cfg.state_bits, 1 << int(cfg.chunk_bits)
@@ -710,14 +721,7 @@ def read_step(decoder, batch: int, dim: int, cfg: RCCConfig, predicted_chunks=No
                 indices.append(_read_raw(decoder, np.full(c, L, np.int64)))
                 continue
             if cfg.selection == "trellis":
-                bb = int(cfg.chunk_bits)
-                y = _read_raw(decoder, np.full(c, bb, np.int64))
-                idx = np.empty(c, np.int64)
-                sig, S = 0, 1 << cfg.state_bits
-                for j in range(c):
-                    idx[j] = (sig << bb) + int(y[j])
-                    sig = int(idx[j]) % S
-                indices.append(idx)
+                indices.append(trellis_path(_read_raw(decoder, np.full(c, int(cfg.chunk_bits), np.int64)), cfg))
                 continue
             if cat is None:
                 cat = model.Categorical(index_bucket_probs(cfg), perfect=False)
