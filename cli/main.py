@@ -70,8 +70,11 @@ def main():
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--no-resume", is_flag=True, help="Start fresh even if RUN_DIR has a checkpoint.")
+@click.option("--time-limit", type=float, default=0, show_default=True,
+              help="Stop after this many minutes with a checkpoint and exported weights (0: run to --steps).")
 def train(data, split, eval_data, download, preset, dropout, run_dir, steps, batch_size, lr, warmup, ema_decay,
-          loss, no_flip, seed, ckpt_every, eval_every, eval_images, sample_every, device, threads, no_resume):
+          loss, no_flip, seed, ckpt_every, eval_every, eval_images, sample_every, device, threads, no_resume,
+          time_limit):
     """Train a DDPM (Algorithm 1). Resumes RUN_DIR/checkpoint.pt exactly; run under
     `torchrun --nproc_per_node N` for several GPUs (NCCL) or CPU processes (gloo)."""
     import torch
@@ -92,7 +95,7 @@ def train(data, split, eval_data, download, preset, dropout, run_dir, steps, bat
         raise CliError(str(e)) from None
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay, loss=loss,
                       hflip=not no_flip, seed=seed, ckpt_every=ckpt_every, eval_every=eval_every,
-                      eval_images=eval_images, sample_every=sample_every)
+                      eval_images=eval_images, sample_every=sample_every, time_limit=60 * time_limit)
     trainer = Trainer(ucfg, images, run_dir, cfg, device=device, eval_images=held,
                       card={"preset": preset, "data": str(data), "num_train_images": int(len(images))})
     if not no_resume and trainer.load_checkpoint():

@@ -229,12 +229,19 @@ def _metrics(x0_hat: torch.Tensor, ref_uint8: np.ndarray, height: int, width: in
 
 @contextlib.contextmanager
 def _deterministic_threads():
+    """Settings under which both sides compute the same floats: one CPU thread (the thread count
+    changes float sums), and on CUDA only deterministic cuDNN kernels (some fast forward
+    convolutions reduce with atomics, so two runs on one GPU differ) and no TF32."""
     old = torch.get_num_threads()
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    flags = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
     torch.set_num_threads(CODEC_THREADS)
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
     try:
         yield
     finally:
         torch.set_num_threads(old)
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = flags
 
 
 class _Net:

@@ -45,6 +45,7 @@ class TrainConfig:
     eval_exact_tail: int = 20           # terms t <= 20 always evaluated (the largest; see nll_bound)
     bf16: bool = True                   # autocast on CUDA only
     num_workers: int = 0
+    time_limit: float = 0.0             # seconds of this run (0: none); stops cleanly with a checkpoint
 
 
 def select_device(name: str | None = None) -> torch.device:
@@ -78,8 +79,8 @@ def init_distributed(device: torch.device) -> bool:
 
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        # one fused kernel per dtype group instead of two per tensor (launch-bound on GPU)
+        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
 
@@ -223,6 +224,10 @@ class Trainer:
         return x[self.rank * per:(self.rank + 1) * per]
 
     def train_step(self) -> float:
+        """One optimisation step; returns the batch loss."""
+        return float(self._step())
+
+    def _step(self) -> torch.Tensor:
         cfg = self.cfg
         self.model.train()
         x0 = self._batch()
@@ -241,7 +246,7 @@ class Trainer:
         decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
         ema_update(self.ema, self.model, decay)
         del gen_state
-        return float(loss.detach())
+        return loss.detach()          # a tensor: reading it would wait for the GPU every step
 
     def _rank_gen(self) -> torch.Generator:
         # one generator per step and rank, derived from the shared stream: deterministic, resumable
@@ -275,13 +280,14 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
         t0, n0, avg = time.time(), self.step, None
         while self.step < cfg.steps:
-            loss = self.train_step()
+            loss = self._step()
             avg = loss if avg is None else 0.98 * avg + 0.02 * loss
             bar.update(1)
+            out_of_time = cfg.time_limit > 0 and time.time() - t0 >= cfg.time_limit
             if self.step % cfg.log_every == 0:
                 rate = (self.step - n0) / max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{avg:.4f}", its=f"{rate:.2f}")
-                self.history.append({"step": self.step, "loss": avg, "it_s": rate, "time": time.time()})
+                bar.set_postfix(loss=f"{float(avg):.4f}", its=f"{rate:.2f}")
+                self.history.append({"step": self.step, "loss": float(avg), "it_s": rate, "time": time.time()})
             if cfg.eval_every and self.eval_images is not None and self.step % cfg.eval_every == 0 and self.rank == 0:
                 bpd = self.evaluate()
                 self.history.append({"step": self.step, "eval_bpd": bpd})
@@ -292,8 +298,11 @@ class Trainer:
                     self.export("best", extra={"eval_bpd_mc": bpd})
             if cfg.sample_every and self.step % cfg.sample_every == 0 and self.rank == 0:
                 self.write_samples()
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or out_of_time:
                 self.save_checkpoint()
+            if out_of_time:
+                bar.write(f"time limit of {cfg.time_limit:g} s reached at step {self.step}; checkpoint saved")
+                break
         bar.close()
         if self.rank == 0:
             self.export("ema")

@@ -97,6 +97,32 @@ def test_resume_is_bit_exact(tmp_path):
         assert torch.equal(v, straight.ema.state_dict()[k])
 
 
+def test_time_limit_stops_with_checkpoint_and_resumes(tmp_path):
+    tr = _trainer(tmp_path, _cfg(steps=10 ** 6, time_limit=1e-9))   # out of time after the first step
+    assert tr.run()["step"] == 1
+    assert (tmp_path / "ema.safetensors").exists()
+    again = _trainer(tmp_path, _cfg(steps=3))
+    assert again.load_checkpoint() and again.step == 1
+    assert again.run()["step"] == 3
+
+
+def test_ema_update_is_the_convex_combination():
+    """e <- d e + (1 - d) m for every parameter; buffers copied."""
+    from ddpm_codec.train import ema_update
+
+    g = torch.Generator().manual_seed(0)
+    ema, model = torch.nn.BatchNorm1d(5), torch.nn.BatchNorm1d(5)
+    for net in (ema, model):
+        for p in net.parameters():
+            p.data = torch.randn(p.shape, generator=g, dtype=torch.float64)
+    model.running_mean.normal_(generator=g)
+    before = [p.detach().clone() for p in ema.parameters()]
+    ema_update(ema, model, 0.75)
+    for e, b, m in zip(ema.parameters(), before, model.parameters()):
+        torch.testing.assert_close(e, 0.75 * b + 0.25 * m, rtol=0, atol=1e-15)
+    assert torch.equal(ema.running_mean, model.running_mean)
+
+
 def test_resume_rejects_other_config(tmp_path):
     tr = _trainer(tmp_path, _cfg(steps=1))
     tr.run()
