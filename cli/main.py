@@ -132,7 +132,8 @@ def _model_option(fn):
 
 def _device_option(fn):
     return click.option("--device", default="cpu", show_default=True,
-                        help="Where the network runs (cpu, cuda, mps, auto).")(fn)
+                        help="Where the network runs (cpu, cuda, mps, auto). Encode files you keep on cpu: "
+                             "a GPU-encoded file failed to decode in a second process in our H200 test.")(fn)
 
 
 def _load(model_spec, device="cpu"):

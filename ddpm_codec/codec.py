@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Literal
@@ -244,6 +245,19 @@ def _deterministic_threads():
         cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = flags
 
 
+ACCELERATOR_WARNING = (
+    "the network runs on {device}: a file encoded there decodes only where the network's outputs are "
+    "bit-identical, and in our one test (an H200, 2026-11-26) a GPU-encoded file failed its checksum "
+    "when decoded in a second process on the same GPU. Files encoded on a CPU decoded bit-exactly on "
+    "another x86 CPU (AVX2 -> AVX-512). Encode files you keep on the CPU (the CLI's default); "
+    "benchmarks/determinism.py shows where two runs differ.")
+
+
+def _warn_if_accelerated(model: LoadedModel) -> None:
+    if model.device.type != "cpu":
+        warnings.warn(ACCELERATOR_WARNING.format(device=model.device), RuntimeWarning, stacklevel=3)
+
+
 class _Net:
     """The network as both sides call it: one batch of all tiles, float32, timed."""
 
@@ -311,6 +325,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     """
     settings = settings or default_settings()
     image = check_image(image)
+    _warn_if_accelerated(model)
     height, width = image.shape[:2]
     diffusion = model.diffusion
     T = diffusion.num_timesteps

@@ -309,3 +309,17 @@ def test_corrupted_or_cut_trellis_files_fail_cleanly(model):
         assert dec.truncated or np.array_equal(dec.image, img)
         if dec.lossless:
             assert np.array_equal(dec.image, img)
+
+
+def test_encoding_on_an_accelerator_warns(model, monkeypatch):
+    """GPU-encoded files failed to decode across processes on an H200 (2026-11-26): say so."""
+    import warnings
+
+    from ddpm_codec.models.checkpoint import LoadedModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codec._warn_if_accelerated(model)                      # CPU: silent
+    monkeypatch.setattr(LoadedModel, "device", property(lambda self: torch.device("cuda", 0)))
+    with pytest.warns(RuntimeWarning, match="cuda:0.*failed its checksum"):
+        codec._warn_if_accelerated(model)
