@@ -229,10 +229,11 @@ def _metrics(x0_hat: torch.Tensor, ref_uint8: np.ndarray, height: int, width: in
 
 
 @contextlib.contextmanager
-def _deterministic_threads():
+def _deterministic_settings():
     """Settings under which both sides compute the same floats: one CPU thread (the thread count
-    changes float sums), and on CUDA only deterministic cuDNN kernels (some fast forward
-    convolutions reduce with atomics, so two runs on one GPU differ) and no TF32."""
+    changes float sums); on CUDA only cuDNN kernels marked deterministic, and no TF32 (measured on
+    an H200: CUDA ε̂ within 2.6e-6 of the CPU's instead of 6.7e-4). Whether that suffices on a GPU
+    is open: see docs/results/gpu-2026-11-26.md."""
     old = torch.get_num_threads()
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     flags = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
@@ -354,7 +355,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     records: list[StepRecord] = []
     cum_kl = 0.0
 
-    with _deterministic_threads():
+    with _deterministic_settings():
         # Step T: x_T ~ q(x_T | x_0) sent using p(x_T) = N(0, I) (L_T; usually free).
         a_T = float(diffusion.sqrt_alphas_cumprod[T])
         mu_q, var_q = a_T * x0, 1.0 - a_T ** 2
@@ -582,7 +583,7 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
     x, eps = None, None
     last_s, decoded = T + 1, 0
     shots: list[tuple[int, np.ndarray]] = []
-    with _deterministic_threads():
+    with _deterministic_settings():
         for i, dec in step_iter():
             t, s = chain[i]
             if steps is not None and T - s + 1 > steps:
@@ -683,7 +684,7 @@ def trace_theoretical(image: np.ndarray, model: LoadedModel, *, settings: CodecS
     net = _Net(model)
     start = time.perf_counter()
     records, cum_kl = [], 0.0
-    with _deterministic_threads():
+    with _deterministic_settings():
         q = diffusion.q_mean_variance(x0, T)
         kl = float(diffusion.prior_kl(x0).sum()) / math.log(2)
         x = q.mean + torch.sqrt(q.variance) * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
