@@ -463,6 +463,8 @@ def info(file):
     if settings.selection == "trellis":
         coder = (f"trellis coder: 2^{settings.log2_candidates - settings.chunk_bits} states, {settings.chunk_bits} "
                  f"path bits per segment, {settings.rate_percent}% rate")
+        if settings.count_model:
+            coder += f", count model {settings.count_model}"
     else:
         coder = f"{settings.selection} coder: {settings.chunk_bits}-bit chunks, 2^{settings.log2_candidates} candidates"
     click.echo(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "

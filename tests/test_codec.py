@@ -323,3 +323,24 @@ def test_encoding_on_an_accelerator_warns(model, monkeypatch):
     monkeypatch.setattr(LoadedModel, "device", property(lambda self: torch.device("cuda", 0)))
     with pytest.warns(RuntimeWarning, match="cuda:0.*failed its checksum"):
         codec._warn_if_accelerated(model)
+
+
+def test_count_model_travels_in_an_explicit_schedule(model):
+    """Count model 1 (spike at the predicted count) is the high nibble of the selection byte:
+    an explicit trellis schedule with it round-trips, and both count models decode bit-exactly."""
+    img = smooth_images(1, seed=11)[0]
+    base = codec.CodecSettings(num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
+                               selection="trellis", rate_percent=105)
+    for cm in (0, 1):
+        s = replace(base, count_model=cm)
+        assert s.to_schedule().selection == 2 | (cm << 4)
+        res = codec.encode(img, model, settings=s)
+        parsed, back = codec.read_header(res.data)
+        assert parsed.file.header.profile is None and back == s
+        assert np.array_equal(codec.decode(res.data, model).image, img)
+    # an unknown count model is refused as a corrupt file, not decoded with a guess
+    bad = replace(base.to_schedule(), selection=2 | (7 << 4))
+    with pytest.raises(container.CorruptFileError, match="count model"):
+        codec.CodecSettings.from_schedule(bad)
+    with pytest.raises(ValueError, match="count model"):
+        replace(base, count_model=9)

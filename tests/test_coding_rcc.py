@@ -420,3 +420,58 @@ def test_trellis_items_searched_together_match_alone():
         c1, e1, _ = rcc.encode_step(alone_q, mu_p, vq, vp, seed=4, step=6, cfg=cfg, generator=torch.Generator())
         assert c1.num_chunks[i] == code.num_chunks[i] and np.array_equal(c1.indices[i], code.indices[i])
         assert torch.equal(e1[i], eps[i])
+
+
+def test_count_spike_model_closed_form_and_code_length():
+    """Count model 1: P(c0) = spike + floor/(D+1); elsewhere the geometric without its centre,
+    scaled to 1 − spike − floor. A count equal to the centre costs −log2(0.8) ≈ 0.32 bits."""
+    dim, c0 = 100, 40
+    cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=14, selection="trellis", chunks_abs_scale=0.6,
+                        chunks_rel_scale=0.03, count_spike=0.8)
+    p = rcc._chunk_count_probs(c0, dim, cfg)
+    floor = 2.0**-10
+    scale = 0.6 + 0.03 * c0
+    rho = scale / (scale + 1)
+    g = np.array([0.0 if c == c0 else rho ** abs(c - c0) for c in range(dim + 1)])
+    want = (1 - 0.8 - floor) * g / g.sum() + floor / (dim + 1)
+    want[c0] += 0.8
+    np.testing.assert_allclose(p, want, rtol=1e-12)
+    assert abs(p.sum() - 1) < 1e-12
+    # real code length of 400 centred counts in a range coder: ~0.32 bits each
+    code = rcc.StepCode(num_chunks=np.full(400, 3, np.int64),
+                        indices=[np.zeros(3, np.int64)] * 400, dim=dim)
+    cfg_small = rcc.RCCConfig(chunk_bits=8, log2_candidates=12, count_spike=0.8)
+    back, bits = _roundtrip(code, cfg_small, pred=3.2)
+    assert np.array_equal(back.num_chunks, code.num_chunks)
+    index_bits = rcc._index_code_bits(np.zeros(3, np.int64), cfg_small) * 400
+    count_bits = bits - index_bits
+    assert abs(count_bits / 400 + math.log2(0.8)) < 0.05, count_bits / 400
+
+
+def test_snap_chunks_window():
+    cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=14, selection="trellis", count_spike=0.8,
+                        snap_up=0.1, snap_down=0.05, snap_abs=2)
+    nc = np.array([100, 100, 100, 100, 100, 3, 3, 0, 5, 50])
+    pred = np.array([110.4, 110.6, 95.2, 94.6, 100.0, 5.0, 0.4, 2.0, 5.0, 4000.0])
+    # 110 ≤ 100+10 snaps; 111 does not; 95 ≥ 100−5 snaps; 95 (94.6 rounds to 95) snaps;
+    # 3 → 5 within the absolute window of 2; a centre of 0 and a free step (nc = 0) never move;
+    # a centre beyond D never replaces a count
+    got = rcc.snap_chunks(nc, pred, cfg, dim=3072)
+    assert got.tolist() == [110, 100, 95, 95, 100, 5, 3, 0, 5, 50]
+
+
+def test_spike_counts_round_trip_through_encode_step():
+    """encode_step with a prediction sends the snapped count and the decoder gets the same ε."""
+    cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=8, selection="trellis", rate_factor=1.05,
+                        chunks_abs_scale=0.6, chunks_rel_scale=0.03, count_spike=0.8)
+    mu_q, mu_p, vq, vp = _pair(3, 256, 80.0)
+    exact = rcc.num_chunks_for(float(rcc.kl_bits(mu_q, mu_p, vq, vp)[0]), 256, cfg)
+    pred = np.array([exact + 1.0, exact + 40.0, exact - 1.0])
+    code, eps, _ = rcc.encode_step(mu_q, mu_p, vq, vp, seed=1, step=7, cfg=cfg,
+                                   generator=torch.Generator().manual_seed(0), predicted_chunks=pred)
+    nc = code.num_chunks
+    assert nc[0] == exact + 1 and nc[2] == exact - 1 and abs(nc[1] - exact) <= 1
+    back, _ = _roundtrip(code, cfg, pred)
+    assert np.array_equal(back.num_chunks, nc)
+    eps2 = rcc.decode_step(back, dim=256, seed=1, step=7, cfg=cfg)
+    assert torch.equal(eps, eps2)
