@@ -475,10 +475,14 @@ def info(file):
         click.echo("segments (cut from one coded stream):" if h.one_stream else "segments (one coded stream each):")
     step = 0
     for i, s in enumerate(f.segments):
-        click.echo(f"  segment {i}: steps {step + 1}-{step + s.num_steps}, {len(s.payload)} bytes")
+        tail = " (ending with x0)" if h.x0_in_stream and i == parsed.declared_segments - 1 else ""
+        click.echo(f"  segment {i}: steps {step + 1}-{step + s.num_steps}, {len(s.payload)} bytes{tail}")
         step += s.num_steps
     if f.x0 is not None:
         click.echo(f"  x0 (lossless): {len(f.x0)} bytes, pixel crc32 {f.pixel_crc:08x}")
+    elif h.x0_in_stream and f.pixel_crc is not None:
+        click.echo(f"  x0 (lossless): coded at the end of the last segment (format version 2), "
+                   f"pixel crc32 {f.pixel_crc:08x}")
 
 
 

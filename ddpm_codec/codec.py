@@ -331,7 +331,7 @@ class _CountPredictor:
 def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
            max_reverse_time: int | None = None, max_bpd: float | None = None, lossless: bool | None = None,
            seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
-           metrics: bool = True) -> EncodeResult:
+           metrics: bool = True, x0_in_stream: bool = True) -> EncodeResult:
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
@@ -341,7 +341,9 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     boundaries; a segment holds at least this many bytes and 2.5 times the previous one (64: 3-4
     segments in a lossless 32x32 file, at ~64, ~240 and ~700 bytes, each costing only its ~3-byte
     table entry). A file cut at
-    a segment boundary decodes to that segment's last step.
+    a segment boundary decodes to that segment's last step. ``x0_in_stream``: a lossless file codes
+    x_0 at the end of that stream (format version 2); False writes version 1 (x_0 as an ANS
+    payload of its own: ~5 bytes more, readable by releases before version 2).
     """
     settings = settings or default_settings()
     image = check_image(image)
@@ -367,8 +369,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     profile = _profile_of(settings)
     header = container.Header(fingerprint=bytes.fromhex(model.fingerprint[:8]), height=height, width=width, seed=seed,
                               schedule=None if profile is not None else settings.to_schedule(), profile=profile,
-                              lossless=lossless, one_stream=True)
-    header_bytes = len(container.pack(container.DdpmFile(header=replace(header, lossless=False))))
+                              lossless=lossless, one_stream=True, x0_in_stream=lossless and x0_in_stream)
+    header_bytes = len(container.pack(container.DdpmFile(header=replace(header, lossless=False, x0_in_stream=False))))
 
     stream = _StepStream(B, dims_tile, cfg, min_segment_bytes)
     records: list[StepRecord] = []
@@ -415,7 +417,6 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             if (max_reverse_time is not None and i + 1 < len(chain) and T - chain[i + 1][1] + 1 > max_reverse_time) \
                     or (max_bpd is not None and rec.cum_bpd >= max_bpd):
                 break
-        segments = stream.segments()
         completed_all = len(records) == len(chain)
         x0_payload, crc, x0_bits, x0_ideal = None, None, 0.0, 0.0
         if lossless:
@@ -424,11 +425,17 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             tau = ts[-1]
             means, scales = _x0_model(diffusion, x, tau, eps_next, settings.variance)
             mask = _inside_mask(height, width, size)
-            pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy()
-            x0_payload = entropy.encode_pixels(pix[mask].astype(np.uint8), means[mask], scales[mask])
-            x0_ideal = float(entropy.ideal_bits(pix[mask].astype(np.uint8), means[mask], scales[mask]))
-            x0_bits = 8.0 * len(x0_payload)
+            pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy()[mask].astype(np.uint8)
+            x0_ideal = float(entropy.ideal_bits(pix, means[mask], scales[mask]))
+            if header.x0_in_stream:
+                before = stream.num_bits()
+                stream.write_x0(pix, means[mask], scales[mask])
+                x0_bits = float(stream.num_bits() - before)
+            else:
+                x0_payload = entropy.encode_pixels(pix, means[mask], scales[mask])
+                x0_bits = 8.0 * len(x0_payload)
             crc = zlib.crc32(image.tobytes())
+        segments = stream.segments()
     data = container.pack(container.DdpmFile(header=header, segments=segments, x0=x0_payload, pixel_crc=crc))
     return EncodeResult(data=data, steps=records, lossless=lossless, x0_bits=x0_bits, x0_ideal_bits=x0_ideal,
                         seconds=time.perf_counter() - start, network_seconds=net.seconds, num_dims=num_dims)
@@ -455,6 +462,7 @@ class _StepStream:
         self.cuts: list[tuple[int, int]] = []   # (steps before the cut, stream bits when decided)
         self.last_cut_bits = 0
         self.last_size = 0
+        self.x0 = None   # (pixels, means, scales) coded after the last step (format version 2)
 
     def num_bits(self) -> int:
         return int(self.enc.num_bits())
@@ -465,6 +473,10 @@ class _StepStream:
     def write(self, code: "rcc.StepCode", centres) -> None:
         rcc.write_step(self.enc, code, self.cfg, centres)
         self.written.append((code, centres))
+
+    def write_x0(self, pixels, means, scales) -> None:
+        entropy.write_pixels(self.enc, pixels, means, scales)
+        self.x0 = (pixels, means, scales)
 
     def maybe_end_segment(self) -> None:
         size = self.num_bits() - self.last_cut_bits
@@ -477,7 +489,7 @@ class _StepStream:
             return []
         # big-endian words: a cut inside a word zeroes its least significant bytes (byte-exact cuts)
         data = _stream_bytes(self.enc.get_compressed())
-        data = data[: self._prefix_len(data, len(self.written), len(data) - 4)]  # drop unread tail bytes
+        data = data[: self._prefix_len(data, len(self.written), len(data) - 4, x0=self.x0 is not None)]  # unread tail
         out, start, steps_before = [], 0, 0
         for steps, bits in self.cuts:
             if steps >= len(self.written):
@@ -488,13 +500,13 @@ class _StepStream:
         out.append(container.Segment(num_steps=len(self.written) - steps_before, payload=data[start:]))
         return out
 
-    def _prefix_len(self, data: bytes, steps: int, lo: int) -> int:
+    def _prefix_len(self, data: bytes, steps: int, lo: int, x0: bool = False) -> int:
         for n in range(max(0, lo), len(data)):
-            if self._reads_back(data[:n], steps):
+            if self._reads_back(data[:n], steps, x0):
                 return n
         return len(data)
 
-    def _reads_back(self, data: bytes, steps: int) -> bool:
+    def _reads_back(self, data: bytes, steps: int, x0: bool = False) -> bool:
         import constriction
 
         try:
@@ -504,6 +516,8 @@ class _StepStream:
                 if not (np.array_equal(got.num_chunks, code.num_chunks)
                         and all(np.array_equal(a, b) for a, b in zip(got.indices, code.indices))):
                     return False
+            if x0 and not np.array_equal(entropy.read_pixels(dec, self.x0[1], self.x0[2]), self.x0[0]):
+                return False
         except (ValueError, RuntimeError):
             return False
         return True
@@ -585,11 +599,14 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
     start = time.perf_counter()
     import constriction
 
+    one_dec = None
+    if h.one_stream:  # the complete segments are consecutive pieces of one stream
+        one_dec = constriction.stream.queue.RangeDecoder(
+            _stream_words(b"".join(s.payload for s in parsed.file.segments)))
+
     def step_iter() -> Iterator[tuple[int, "rcc.StepCode | None", object]]:
         i = 0
-        dec = None
-        if h.one_stream:  # the complete segments are consecutive pieces of one stream
-            dec = constriction.stream.queue.RangeDecoder(_stream_words(b"".join(s.payload for s in parsed.file.segments)))
+        dec = one_dec
         for seg in parsed.file.segments:
             if not h.one_stream:
                 dec = constriction.stream.queue.RangeDecoder(np.frombuffer(_pad4(seg.payload), dtype=np.uint32).copy())
@@ -632,11 +649,15 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
             raise DecodeError("the file holds no complete coding step (truncated inside its first segment?)")
         exact = None
         full_chain = decoded == len(chain) and steps is None
-        if full_chain and parsed.file.x0 is not None:
+        x0_present = parsed.file.x0 is not None or (h.x0_in_stream and parsed.file.pixel_crc is not None)
+        if full_chain and x0_present:
             means, scales = _x0_model(diffusion, x, ts[-1], eps, settings.variance)
             mask = _inside_mask(height, width, size)
             try:
-                pix = entropy.decode_pixels(parsed.file.x0, means[mask], scales[mask])
+                if h.x0_in_stream:
+                    pix = entropy.read_pixels(one_dec, means[mask], scales[mask])
+                else:
+                    pix = entropy.decode_pixels(parsed.file.x0, means[mask], scales[mask])
             except ValueError:
                 pix = None
             tiles = np.zeros(shape, dtype=np.uint8)

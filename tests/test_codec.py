@@ -93,18 +93,35 @@ def test_lossy_encode_stops_early_and_is_smaller(model):
     assert dec.reverse_time == lossy.steps[-1].reverse_time
 
 
-def test_truncated_file_decodes_its_complete_segments(model):
+@pytest.mark.parametrize("x0_in_stream", [True, False])
+def test_truncated_file_decodes_its_complete_segments(model, x0_in_stream):
     img = smooth_images(1, seed=8)[0]
-    res = codec.encode(img, model, settings=SETTINGS, min_segment_bytes=8)
+    res = codec.encode(img, model, settings=SETTINGS, min_segment_bytes=8, x0_in_stream=x0_in_stream)
     parsed = container.unpack(res.data)
+    assert parsed.file.header.x0_in_stream == x0_in_stream and res.data[2] >> 4 == (2 if x0_in_stream else 1)
     segs = parsed.file.segments
     assert len(segs) >= 3
     # cut the file right after the second segment's payload
-    header_len = len(res.data) - 2 - sum(len(s.payload) for s in segs) - len(parsed.file.x0) - 4
+    header_len = len(res.data) - 2 - sum(len(s.payload) for s in segs) - len(parsed.file.x0 or b"") - 4
     cut = header_len + len(segs[0].payload) + len(segs[1].payload)
     dec = codec.decode(res.data[:cut], model)
     assert dec.truncated and not dec.lossless
     assert dec.steps_decoded == segs[0].num_steps + segs[1].num_steps
+    # every step but no pixel checksum: the whole chain decodes, nothing claims to be exact
+    dec = codec.decode(res.data[:-6], model)
+    assert dec.truncated and not dec.lossless and dec.steps_decoded == sum(s.num_steps for s in segs)
+
+
+def test_x0_in_stream_is_smaller_and_both_versions_decode(model):
+    """Version 2 codes x_0 at the end of the step stream: no x0_length field and no ANS state of
+    its own, so the same image's file is smaller than version 1's, and both decode exactly."""
+    total = {True: 0, False: 0}
+    for img in smooth_images(3, seed=21):
+        for v2 in (True, False):
+            res = codec.encode(img, model, settings=SETTINGS, x0_in_stream=v2)
+            assert np.array_equal(codec.decode(res.data, model).image, img)
+            total[v2] += len(res.data)
+    assert total[True] < total[False]
 
 
 def test_wrong_model_is_refused(model):
@@ -229,7 +246,7 @@ def _cut_points(data: bytes):
     """(byte offset after segment k, steps in segments 0..k) for every segment but the last."""
     parsed = container.unpack(data)
     segs = parsed.file.segments
-    tail = 2 + (len(parsed.file.x0) + 4 if parsed.file.x0 is not None else 0)
+    tail = 2 + (len(parsed.file.x0 or b"") + 4 if parsed.file.header.lossless else 0)
     pos = len(data) - tail - sum(len(s.payload) for s in segs)
     steps, out = 0, []
     for s in segs[:-1]:
@@ -277,7 +294,7 @@ def test_files_with_one_stream_per_segment_still_decode(model):
     """Files written before the one-stream layout (each segment its own stream, little-endian
     words) decode: a single-segment file converted to that layout gives the same pixels."""
     img = smooth_images(1, seed=13)[0]
-    res = codec.encode(img, model, settings=SETTINGS, min_segment_bytes=1 << 30)
+    res = codec.encode(img, model, settings=SETTINGS, min_segment_bytes=1 << 30, x0_in_stream=False)
     f = container.unpack(res.data).file
     assert len(f.segments) == 1
     words = codec._stream_words(f.segments[0].payload)

@@ -201,6 +201,8 @@ def random_file(rng: random.Random) -> DdpmFile:
         lossless=lossless,
         one_stream=rng.random() < 0.5,
     )
+    if lossless and header.one_stream and rng.random() < 0.5:  # version 2: x0 inside the stream
+        return DdpmFile(replace(header, x0_in_stream=True), segments, None, rng.getrandbits(32))
     if lossless:
         return DdpmFile(header, segments, rng.randbytes(rng.randint(0, 400)), rng.getrandbits(32))
     return DdpmFile(header, segments)
@@ -386,8 +388,8 @@ def test_foreign_and_unsupported():
         unpack(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(ForeignFileError):
         unpack(b"x")
-    with pytest.raises(UnsupportedVersionError, match="version 2"):
-        unpack(MAGIC + b"\x21" + TINY_BYTES[3:])
+    with pytest.raises(UnsupportedVersionError, match="version 3"):
+        unpack(MAGIC + b"\x31" + TINY_BYTES[3:])
     with pytest.raises(TypeError):
         unpack("8ddd")
     for cls in (ForeignFileError, UnsupportedVersionError, CorruptFileError, TruncatedFileError):
@@ -455,3 +457,55 @@ def _good_header(**changes) -> Header:
 def test_pack_rejects_bad_fields(f, match):
     with pytest.raises(ValueError, match=match):
         pack(f)
+
+
+# Version 2: TINY as a one-stream lossless file with x_0 inside the segment stream (no x0_length,
+# no x0 payload; the pixel CRC follows the last segment). Bytes derived by hand from
+# docs/FORMAT.md; the checksums come from the reference implementations above.
+TINY_V2 = DdpmFile(
+    header=replace(TINY.header, one_stream=True, x0_in_stream=True),
+    segments=[Segment(1, b"\xaa"), Segment(200, b"\xbb\xcc")],
+    pixel_crc=0xDEADBEEF,
+)
+TINY_V2_HEADER = bytes.fromhex(
+    "8ddd"  # magic
+    "29"  # version 2, flags: lossless (0x1) + one stream (0x8)
+    "01020304" "02" "03" "01" "ac02"  # fingerprint, 2x3, profile 1, seed 300
+    "02" "0101" "c80102"  # 2 segments: (1 step, 1 byte), (200 steps, 2 bytes); no x0_length
+)
+
+
+def test_pinned_bytes_version_2():
+    body = TINY_V2_HEADER + bytes([ref_crc8(TINY_V2_HEADER)]) + bytes.fromhex("aa" "bbcc" "efbeadde")
+    want = body + ref_crc16(body).to_bytes(2, "little")
+    assert pack(TINY_V2) == want
+    assert len(want) == len(TINY_BYTES) - 4  # x0_length byte and the 3-byte x0 payload gone
+    parsed = unpack(want)
+    assert parsed.file == TINY_V2 and not parsed.truncated
+    # cut inside the pixel CRC: every segment, but no checksum; cut inside segment 1: segment 0
+    part = unpack(want[:-3])
+    assert part.truncated and part.complete_segments == 2 and part.file.pixel_crc is None
+    part = unpack(want[: len(TINY_V2_HEADER) + 3])
+    assert part.truncated and part.complete_segments == 1
+    # one more byte is corrupt, a changed payload byte fails the CRC-16
+    with pytest.raises(CorruptFileError, match="declares"):
+        unpack(want + b"\x00")
+    bad = bytearray(want)
+    bad[len(TINY_V2_HEADER) + 2] ^= 0x40
+    with pytest.raises(CorruptFileError, match="checksum mismatch"):
+        unpack(bytes(bad))
+
+
+def test_version_2_must_be_lossless_one_stream():
+    for flags in (0x1, 0x8, 0x0):  # lossless without one stream, one stream without lossless, neither
+        hdr = bytearray(TINY_V2_HEADER)
+        hdr[2] = 0x20 | flags
+        data = bytes(hdr) + bytes([ref_crc8(bytes(hdr))]) + b"\xaa\xbb\xcc" + b"\x00" * 6
+        with pytest.raises(CorruptFileError, match="version-2"):
+            unpack(data)
+    with pytest.raises(ValueError, match="x0_in_stream"):
+        pack(replace(TINY_V2, header=replace(TINY_V2.header, one_stream=False)))
+    with pytest.raises(ValueError, match="x0_in_stream"):
+        pack(replace(TINY_V2, x0=b"\x11"))
+    with pytest.raises(ValueError, match="pixel_crc"):
+        pack(replace(TINY_V2, pixel_crc=None))

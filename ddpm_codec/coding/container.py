@@ -4,8 +4,9 @@ Full specification with a worked byte-by-byte example: ``docs/FORMAT.md``. Summa
 (all integers little-endian; "uv" = unsigned LEB128 varint, canonical, at most 10 bytes):
 
     magic          2 bytes   8D DD
-    ver_flags      u8        high nibble: version (1); bit0: lossless x0 present,
-                             bit1: explicit schedule (else profile id), bits 2-3: 0
+    ver_flags      u8        high nibble: version (1, or 2: lossless with x0 at the end of the
+                             one segment stream); bit0: lossless, bit1: explicit schedule
+                             (else profile id), bit2: coder fields, bit3: one stream
     fingerprint    4 bytes   model fingerprint (first 4 bytes of a hash)
     height, width  uv, uv    1..65535 each, height * width <= 2**28
     schedule       explicit: kind u8, num_steps uv, t_end uv, chunk_bits u8,
@@ -14,10 +15,11 @@ Full specification with a worked byte-by-byte example: ``docs/FORMAT.md``. Summa
     seed           uv
     num_segments   uv
     segment table  num_segments x (num_steps uv >= 1, length uv)
-    x0_length      uv        only if lossless
+    x0_length      uv        only if lossless, version 1
     header_crc8    u8        CRC-8 (poly 0x07) of all header bytes before it
     payloads       the segment payloads, back to back
-    x0 payload     x0_length bytes, then pixel_crc32 u32 (only if lossless)
+    x0 payload     x0_length bytes (only if lossless, version 1)
+    pixel_crc32    u32       only if lossless
     file_crc16     u16       CRC-16/CCITT-FALSE of every byte before it
 
 The lengths sit in the header, under their own checksum, so that a reader knows the exact
@@ -62,7 +64,10 @@ __all__ = [
 
 MAGIC = b"\x8d\xdd"
 """0x8D is not printable in Latin-1/cp1252 and cannot start a UTF-8 character; "DD" for DDPM."""
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest version written. Version 2 differs from 1 only in lossless files: x_0 is coded at
+the end of the one segment stream (no ``x0_length``, no x0 payload of its own). Both are read."""
+_VERSIONS = (1, 2)
 
 FLAG_LOSSLESS = 0x1
 FLAG_EXPLICIT_SCHEDULE = 0x2
@@ -220,6 +225,7 @@ class Header:
     profile: int | None = None  # u8, an id the codec maps to a Schedule
     lossless: bool = False  # an x0 segment follows the steps
     one_stream: bool = False  # segments split one stream (else each is a stream of its own)
+    x0_in_stream: bool = False  # version 2: x0 is coded at the end of the one stream (lossless only)
 
 
 @dataclass
@@ -232,8 +238,8 @@ class Segment:
 class DdpmFile:
     header: Header
     segments: list[Segment] = field(default_factory=list)
-    x0: bytes | None = None  # lossless x0 payload; present iff header.lossless
-    pixel_crc: int | None = None  # CRC-32 (zlib) of the raw HWC uint8 pixels, iff x0
+    x0: bytes | None = None  # lossless x0 payload (version 1); iff lossless and not x0_in_stream
+    pixel_crc: int | None = None  # CRC-32 (zlib) of the raw HWC uint8 pixels, iff lossless
 
 
 @dataclass
@@ -274,10 +280,15 @@ def pack(f: DdpmFile) -> bytes:
     seed = _int("seed", h.seed, 0, MAX_SEED)
     if (h.schedule is None) == (h.profile is None):
         raise ValueError("exactly one of header.schedule and header.profile must be given")
-    if bool(h.lossless) != (f.x0 is not None):
+    if h.x0_in_stream:
+        if not (h.lossless and h.one_stream):
+            raise ValueError("x0_in_stream needs a lossless one-stream file")
+        if f.x0 is not None:
+            raise ValueError("x0_in_stream: x0 is coded in the segment stream, not given as a payload")
+    elif bool(h.lossless) != (f.x0 is not None):
         raise ValueError("header.lossless must be True exactly when x0 is given")
-    if (f.x0 is None) != (f.pixel_crc is None):
-        raise ValueError("pixel_crc must be given exactly when x0 is given")
+    if bool(h.lossless) != (f.pixel_crc is not None):
+        raise ValueError("pixel_crc must be given exactly when the file is lossless")
     if len(f.segments) > MAX_SEGMENTS:
         raise ValueError(f"at most {MAX_SEGMENTS} segments, got {len(f.segments)}")
 
@@ -287,7 +298,7 @@ def pack(f: DdpmFile) -> bytes:
         FLAG_ONE_STREAM if h.one_stream else 0
     )
     out = bytearray(MAGIC)
-    out.append((FORMAT_VERSION << 4) | flags)
+    out.append(((2 if h.x0_in_stream else 1) << 4) | flags)
     out += fingerprint
     out += varint_encode(height) + varint_encode(width)
     if h.schedule is not None:
@@ -316,12 +327,14 @@ def pack(f: DdpmFile) -> bytes:
         out += varint_encode(steps) + varint_encode(len(seg.payload))
     if f.x0 is not None:
         out += varint_encode(_int("len(x0)", len(f.x0), 0, MAX_PAYLOAD))
+    if h.lossless:
         pixel_crc = _int("pixel_crc", f.pixel_crc, 0, 0xFFFFFFFF)
     out.append(crc8(out))
     for seg in f.segments:
         out += seg.payload
     if f.x0 is not None:
         out += f.x0
+    if h.lossless:
         out += pixel_crc.to_bytes(4, "little")
     out += crc16(out).to_bytes(2, "little")
     return bytes(out)
@@ -392,16 +405,19 @@ def unpack(data: bytes) -> ParsedFile:
     r = _HeaderReader(data, len(MAGIC))
     ver_flags = r.u8("version")
     version, flags = ver_flags >> 4, ver_flags & 0x0F
-    if version != FORMAT_VERSION:
+    if version not in _VERSIONS:
         raise UnsupportedVersionError(
-            f".ddpm format version {version} is not supported (this reader knows version "
-            f"{FORMAT_VERSION})"
+            f".ddpm format version {version} is not supported (this reader knows versions "
+            f"{', '.join(map(str, _VERSIONS))})"
         )
     if flags & _RESERVED_FLAGS:
         raise UnsupportedVersionError(
             f"reserved flag bits set (0x{flags:x}): written by a newer format revision"
         )
     lossless = bool(flags & FLAG_LOSSLESS)
+    x0_in_stream = version == 2
+    if x0_in_stream and not (lossless and flags & FLAG_ONE_STREAM):
+        raise CorruptFileError("a version-2 file must be lossless and one-stream: the file is corrupted")
     fingerprint = r.take(4, "fingerprint")
     height = r.uv("height", 1, MAX_DIM)
     width = r.uv("width", 1, MAX_DIM)
@@ -449,7 +465,7 @@ def unpack(data: bytes) -> ParsedFile:
                 f"segments declare more than {MAX_STEPS} steps in total: the file is corrupted"
             )
         table.append((steps, r.uv(f"segments[{i}].length", 0, MAX_PAYLOAD)))
-    x0_length = r.uv("x0_length", 0, MAX_PAYLOAD) if lossless else None
+    x0_length = r.uv("x0_length", 0, MAX_PAYLOAD) if lossless and not x0_in_stream else None
     header_end = r.pos
     if r.u8("header checksum") != crc8(data[:header_end]):
         raise CorruptFileError("header checksum mismatch: the file is corrupted")
@@ -457,7 +473,7 @@ def unpack(data: bytes) -> ParsedFile:
     body = r.pos
     expected = body + sum(length for _, length in table) + _TRAILER_BYTES
     if lossless:
-        expected += x0_length + _PIXEL_CRC_BYTES
+        expected += (x0_length or 0) + _PIXEL_CRC_BYTES
     if len(data) > expected:
         raise CorruptFileError(
             f"the file is {len(data)} bytes, its header declares {expected}: it is corrupted"
@@ -477,10 +493,11 @@ def unpack(data: bytes) -> ParsedFile:
         pos += length
     x0 = pixel_crc = None
     if lossless and len(segments) == num_segments:
-        end = pos + x0_length + _PIXEL_CRC_BYTES
+        n = x0_length or 0
+        end = pos + n + _PIXEL_CRC_BYTES
         if end <= len(data):
-            x0 = data[pos : pos + x0_length]
-            pixel_crc = int.from_bytes(data[pos + x0_length : end], "little")
+            x0 = None if x0_in_stream else data[pos : pos + n]
+            pixel_crc = int.from_bytes(data[pos + n : end], "little")
 
     header = Header(
         fingerprint=fingerprint,
@@ -491,6 +508,7 @@ def unpack(data: bytes) -> ParsedFile:
         profile=profile,
         lossless=lossless,
         one_stream=bool(flags & FLAG_ONE_STREAM),
+        x0_in_stream=x0_in_stream,
     )
     return ParsedFile(
         file=DdpmFile(header=header, segments=segments, x0=x0, pixel_crc=pixel_crc),

@@ -68,6 +68,8 @@ __all__ = [
     "discretized_gaussian_probs",
     "encode_pixels",
     "ideal_bits",
+    "read_pixels",
+    "write_pixels",
 ]
 
 NUM_LEVELS = 256
@@ -290,4 +292,30 @@ def decode_pixels(data: bytes, means, scales) -> np.ndarray:
             "x0 payload is corrupted or does not match the model: "
             "data left over after decoding all pixels"
         )
+    return np.asarray(symbols).astype(np.uint8)
+
+
+def write_pixels(encoder, pixels, means, scales) -> None:
+    """Appends pixels to a ``constriction.stream.queue.RangeEncoder`` (a queue: in order)
+    under the same model as :func:`encode_pixels` (format version 2: x_0 at the end of the
+    one coded stream, so it shares that stream's end instead of paying its own ANS state and
+    length field)."""
+    mean_pix, std_pix = coder_params(means, scales)
+    pixels = _check_pixels(pixels, np.shape(means))
+    symbols = np.ascontiguousarray(pixels.reshape(-1), dtype=np.int32)
+    if symbols.size:
+        encoder.encode(symbols, _model_family(), mean_pix, std_pix)
+
+
+def read_pixels(decoder, means, scales) -> np.ndarray:
+    """Inverse of :func:`write_pixels` from a ``RangeDecoder`` positioned after the steps:
+    uint8 ``[N]`` (flat, C order of ``means``). Raises ValueError on data the coder rejects;
+    garbage it accepts decodes to garbage pixels, which the pixel CRC-32 catches."""
+    mean_pix, std_pix = coder_params(means, scales)
+    if not mean_pix.size:
+        return np.zeros(0, np.uint8)
+    try:
+        symbols = decoder.decode(_model_family(), mean_pix, std_pix)
+    except Exception as exc:  # constriction reports invalid data as ValueError
+        raise ValueError(f"x0 data is corrupted: {exc}") from exc
     return np.asarray(symbols).astype(np.uint8)
