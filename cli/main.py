@@ -330,12 +330,15 @@ def _schedule_options(f):
         click.option("--log2-candidates", "--candidates", "log2_candidates", type=int, default=None,
                      help="log2 of the candidates per chunk (trellis: state bits + path bits per segment)."),
         click.option("--rate-percent", type=int, default=None, help="trellis: bits sent per 100 bits of KL."),
+        click.option("--reuse-bits", type=int, default=None,
+                     help="trellis: 2^K times the states on the same candidate pool (0-3; the search's "
+                          "recursion costs 2^K times, memory the same)."),
         click.option("--variance", type=click.Choice(["fitted", "fixedsmall", "fixedlarge"]), default=None),
     ]
 
     @functools.wraps(f)
     def wrapper(*args, profile, num_steps, t_end, schedule_kind, selection, chunk_bits, log2_candidates,
-                rate_percent, variance, **kw):
+                rate_percent, reuse_bits, variance, **kw):
         from ddpm_codec.codec import DEFAULT_PROFILE, PROFILES
 
         if profile is not None and profile not in PROFILES:
@@ -343,7 +346,7 @@ def _schedule_options(f):
         return f(*args, schedule=dict(profile=DEFAULT_PROFILE if profile is None else profile, num_steps=num_steps,
                                       t_end=t_end, schedule_kind=schedule_kind, selection=selection,
                                       chunk_bits=chunk_bits, log2_candidates=log2_candidates,
-                                      rate_percent=rate_percent, variance=variance), **kw)
+                                      rate_percent=rate_percent, reuse_bits=reuse_bits, variance=variance), **kw)
 
     for o in reversed(opts):
         wrapper = o(wrapper)
@@ -463,6 +466,10 @@ def info(file):
     if settings.selection == "trellis":
         coder = (f"trellis coder: 2^{settings.log2_candidates - settings.chunk_bits} states, {settings.chunk_bits} "
                  f"path bits per segment, {settings.rate_percent}% rate")
+        if settings.reuse_bits:
+            coder = coder.replace(f"2^{settings.log2_candidates - settings.chunk_bits} states",
+                                  f"2^{settings.log2_candidates - settings.chunk_bits + settings.reuse_bits} states "
+                                  f"on 2^{settings.log2_candidates} pool rows")
         if settings.count_model:
             coder += f", count model {settings.count_model}"
     else:

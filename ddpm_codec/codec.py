@@ -31,8 +31,9 @@ RECONSTRUCT_MODES = ("denoise", "ancestral", "flow")
 SCHEDULE_KINDS = ("quadratic", "uniform", "cubic")   # file ids: append only
 VARIANCE_IDS = ("fixedsmall", "fitted", "fixedlarge")
 SELECTION_IDS = ("pfr", "mrc", "trellis")
-# count models (the high nibble of an explicit schedule's selection byte): the mass the chunk-count
-# model puts on the decoder's prediction (coding.rcc._chunk_count_probs); ids append only
+# count models (bits 4-5 of an explicit schedule's selection byte; bits 0-3: the selection, bits 6-7:
+# the trellis's reuse_bits): the mass the chunk-count model puts on the decoder's prediction
+# (coding.rcc._chunk_count_probs); ids append only
 COUNT_SPIKES = {0: 0.0, 1: 0.8}
 TRELLIS_COUNT_SCALE = (0.6, 0.03)   # (abs, rel) deviation of the chunk-count model; part of the format
 SEGMENT_GROWTH = 2.5   # each segment at least this many times the previous one (encoder policy; 1.5 until
@@ -57,6 +58,7 @@ class CodecSettings:
     selection: str = "pfr"                  # the reverse channel coder (coding.rcc)
     rate_percent: int = 100                 # bits sent per 100 bits of KL (trellis)
     count_model: int = 0                    # chunk counts: 0 geometric; 1 with 80 % at the prediction
+    reuse_bits: int = 0                     # trellis: 2^reuse_bits x the states on the same pool (coding.rcc)
 
     def __post_init__(self):
         if self.schedule_kind not in SCHEDULE_KINDS:
@@ -69,6 +71,8 @@ class CodecSettings:
             raise ValueError(f"unknown selection {self.selection!r}; expected one of {SELECTION_IDS}")
         if self.count_model not in COUNT_SPIKES:
             raise ValueError(f"unknown count model {self.count_model}; expected one of {sorted(COUNT_SPIKES)}")
+        if not 0 <= self.reuse_bits <= 3:
+            raise ValueError(f"reuse_bits must be in [0, 3], got {self.reuse_bits}")
         if not 25 <= self.rate_percent <= 255:
             raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
         self.rcc_config()  # validates the combination (e.g. trellis state bits)
@@ -81,21 +85,22 @@ class CodecSettings:
             return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
                                  selection=self.selection, rate_factor=self.rate_percent / 100,
                                  chunks_abs_scale=TRELLIS_COUNT_SCALE[0], chunks_rel_scale=TRELLIS_COUNT_SCALE[1],
-                                 count_spike=COUNT_SPIKES[self.count_model])
+                                 count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits)
         return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
                              selection=self.selection, rate_factor=self.rate_percent / 100,
-                             count_spike=COUNT_SPIKES[self.count_model])
+                             count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits)
 
     def to_schedule(self) -> container.Schedule:
         return container.Schedule(kind=SCHEDULE_KINDS.index(self.schedule_kind), num_steps=self.num_steps,
                                   t_end=self.t_end, chunk_bits=self.chunk_bits,
                                   log2_candidates=self.log2_candidates, variance_kind=VARIANCE_IDS.index(self.variance),
-                                  selection=SELECTION_IDS.index(self.selection) | (self.count_model << 4),
+                                  selection=SELECTION_IDS.index(self.selection) | (self.count_model << 4)
+                                  | (self.reuse_bits << 6),
                                   rate_percent=self.rate_percent)
 
     @classmethod
     def from_schedule(cls, s: container.Schedule) -> "CodecSettings":
-        sel, count_model = s.selection & 0x0F, s.selection >> 4
+        sel, count_model, reuse_bits = s.selection & 0x0F, (s.selection >> 4) & 0x3, s.selection >> 6
         if s.kind >= len(SCHEDULE_KINDS) or s.variance_kind >= len(VARIANCE_IDS) or sel >= len(SELECTION_IDS) \
                 or count_model not in COUNT_SPIKES:
             raise container.CorruptFileError("file names an unknown schedule, variance, coder or count model")
@@ -103,7 +108,7 @@ class CodecSettings:
             return cls(num_steps=s.num_steps, t_end=s.t_end, schedule_kind=SCHEDULE_KINDS[s.kind],
                        chunk_bits=s.chunk_bits, log2_candidates=s.log2_candidates,
                        variance=VARIANCE_IDS[s.variance_kind], selection=SELECTION_IDS[sel],
-                       rate_percent=s.rate_percent, count_model=count_model)
+                       rate_percent=s.rate_percent, count_model=count_model, reuse_bits=reuse_bits)
         except ValueError as exc:
             raise container.CorruptFileError(f"file names impossible coding settings: {exc}") from exc
 
@@ -133,8 +138,15 @@ PROFILES: dict[int, CodecSettings] = {
     # -52.7 +- 15.8 bits per image (-0.017 bits/dim) against profile 3.
     5: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                      selection="trellis", rate_percent=105, count_model=1),
+    # profile 5 with 8x the trellis states (2^13) on the same 2^14-row pool (coding.rcc, reuse_bits):
+    # the Viterbi recursion costs 8x, the pool pass (and memory) the same. CIFAR-10 test 0-23:
+    # reuse 2 -74.0 +- 17.8 bits/image against 0 at 1.12x the encode time; reuse 3 a further
+    # -31.0 +- 17.7 at 1.12x (toy chain of benchmarks/rcc.py, excess/KL: 9.3 % -> 7.8 %, 7.1 %;
+    # reuse 4 and 5: 6.7 % and 6.3 % at ~1.6x and ~3x the RCC time).
+    6: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
+                     selection="trellis", rate_percent=105, count_model=1, reuse_bits=3),
 }
-DEFAULT_PROFILE = 5
+DEFAULT_PROFILE = 6
 
 
 def default_settings() -> CodecSettings:
@@ -142,8 +154,12 @@ def default_settings() -> CodecSettings:
 
 
 def settings_with(profile: int = DEFAULT_PROFILE, **overrides) -> CodecSettings:
-    """A profile's settings with the non-None ``overrides`` applied (validated)."""
-    return replace(PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None})
+    """A profile's settings with the non-None ``overrides`` applied (validated). Another coder than
+    the trellis drops the profile's ``reuse_bits`` (trellis states) unless given."""
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if over.get("selection", "trellis") != "trellis":
+        over.setdefault("reuse_bits", 0)
+    return replace(PROFILES[profile], **over)
 
 
 def _profile_of(settings: CodecSettings) -> int | None:

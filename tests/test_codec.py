@@ -194,7 +194,7 @@ def test_cli_round_trip_in_separate_processes(model, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), img)
     r = subprocess.run(exe + ["info", str(tmp_path / "x.ddpm")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "lossless" in r.stdout
-    assert "trellis coder: 2^6 states, 2 path bits per segment" in r.stdout and "one coded stream" in r.stdout
+    assert "trellis coder: 2^9 states on 2^8 pool rows, 2 path bits per segment" in r.stdout and "one coded stream" in r.stdout
     # a damaged file: clear message, non-zero exit, no output written
     data = bytearray((tmp_path / "x.ddpm").read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -343,21 +343,31 @@ def test_encoding_on_an_accelerator_warns(model, monkeypatch):
 
 
 def test_count_model_travels_in_an_explicit_schedule(model):
-    """Count model 1 (spike at the predicted count) is the high nibble of the selection byte:
-    an explicit trellis schedule with it round-trips, and both count models decode bit-exactly."""
+    """Count model 1 (spike at the predicted count) and the trellis's reuse_bits travel in bits 4-5
+    and 6-7 of the selection byte: an explicit trellis schedule with them round-trips, and decodes
+    bit-exactly."""
     img = smooth_images(1, seed=11)[0]
     base = codec.CodecSettings(num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
                                selection="trellis", rate_percent=105)
-    for cm in (0, 1):
-        s = replace(base, count_model=cm)
-        assert s.to_schedule().selection == 2 | (cm << 4)
+    for cm, rb in ((0, 0), (1, 0), (1, 3)):
+        s = replace(base, count_model=cm, reuse_bits=rb)
+        assert s.to_schedule().selection == 2 | (cm << 4) | (rb << 6)
         res = codec.encode(img, model, settings=s)
         parsed, back = codec.read_header(res.data)
         assert parsed.file.header.profile is None and back == s
         assert np.array_equal(codec.decode(res.data, model).image, img)
     # an unknown count model is refused as a corrupt file, not decoded with a guess
-    bad = replace(base.to_schedule(), selection=2 | (7 << 4))
+    bad = replace(base.to_schedule(), selection=2 | (3 << 4))
     with pytest.raises(container.CorruptFileError, match="count model"):
         codec.CodecSettings.from_schedule(bad)
     with pytest.raises(ValueError, match="count model"):
         replace(base, count_model=9)
+
+
+def test_settings_with_another_coder_drops_trellis_states():
+    s = codec.settings_with(6, selection="pfr", chunk_bits=10)
+    assert s.selection == "pfr" and s.reuse_bits == 0 and s.rcc_config().state_bits == 0
+    assert codec.settings_with(6, reuse_bits=1).reuse_bits == 1
+    assert codec.settings_with(6).reuse_bits == 3 == codec.PROFILES[6].rcc_config().reuse_bits
+    with pytest.raises(ValueError, match="reuse_bits"):
+        codec.settings_with(6, selection="pfr", reuse_bits=2)

@@ -296,19 +296,23 @@ def _paths(c, b, state_bits):
         yield np.array(idx)
 
 
-@pytest.mark.parametrize("b,L,ratio", [(2, 6, 1.0), (2, 6, 1.2), (3, 3, 1.0), (2, 2, 0.8), (1, 4, 1.0)])
-def test_trellis_viterbi_finds_the_best_path(b, L, ratio):
+@pytest.mark.parametrize("b,L,ratio,reuse", [(2, 6, 1.0, 0), (2, 6, 1.2, 0), (3, 3, 1.0, 0), (2, 2, 0.8, 0),
+                                             (1, 4, 1.0, 0), (2, 4, 1.0, 1), (2, 4, 1.1, 2), (1, 3, 1.0, 2)])
+def test_trellis_viterbi_finds_the_best_path(b, L, ratio, reuse):
     """Brute force over every path of the trellis codebook: Viterbi's path has the largest log q/p
-    (computed here from the decoded ε and the two Gaussian densities, not from the coder's scores)."""
+    (computed here from the decoded ε and the two Gaussian densities, not from the coder's scores).
+    With ``reuse`` the trellis has 2^reuse times the states on the same 2^L pool rows: the codebook
+    is whatever the decoder's ``_item_epsilon`` makes of each index sequence."""
     dim, c = 20, 5
     g = torch.Generator().manual_seed(b * 100 + L)
     mu_p = torch.randn(1, dim, generator=g, dtype=torch.float64)
     mu_q = mu_p + 0.7 * torch.randn(1, dim, generator=g, dtype=torch.float64)
     vq, vp = 0.5, 0.5 * ratio
     kl = float(rcc.kl_bits(mu_q, mu_p, vq, vp)[0])
-    cfg = _trellis(b, L, min_step_bits=0.0, rate_factor=c * b / kl)
+    cfg = _trellis(b, L, min_step_bits=0.0, rate_factor=c * b / kl, reuse_bits=reuse)
     code, eps, rep = rcc.encode_step(mu_q, mu_p, vq, vp, seed=3, step=7, cfg=cfg, generator=torch.Generator())
     assert code.num_chunks[0] == c
+    assert cfg.state_bits == L - b + reuse
 
     def log_w(e):
         z = mu_p[0] + math.sqrt(vp) * e
@@ -390,6 +394,11 @@ def test_trellis_config_validation():
         rcc.RCCConfig(chunk_bits=2.5, log2_candidates=8, selection="trellis")
     with pytest.raises(ValueError, match="rate_factor"):
         _trellis(2, 8, rate_factor=10.0)
+    with pytest.raises(ValueError, match="reuse_bits"):
+        rcc.RCCConfig(chunk_bits=8, log2_candidates=12, reuse_bits=1)  # PFR has no states to multiply
+    with pytest.raises(ValueError, match="reuse_bits"):
+        _trellis(4, 4, reuse_bits=2)  # a one-state trellis: no state groups
+    assert _trellis(4, 14, reuse_bits=2).num_indices == 1 << 16
     assert _trellis(4, 14).state_bits == 10 and _trellis(4, 4).state_bits == 0
 
 

@@ -37,7 +37,16 @@ Why: any scheme that sends an index into a codebook of ``p`` draws pays about
 ``log2(sqrt(2π)·‖Δ‖/σ)`` bits beyond the information it delivers *per independent selection*
 (≈ 3 bits per chunk here: 20–30% of a 10–14-bit chunk); one selection per step over an
 exponentially large but searchable codebook pays it once per step instead (measured: 7–9%
-at ``S = 2^10, b = 4``). The selected sample is not distributed as ``q`` (it is the codebook's
+at ``S = 2^10, b = 4``).
+
+``reuse_bits = k`` multiplies the states by ``K = 2^k`` without a larger pool: the states fall into
+``K`` groups of ``M/2^b``, and group ``h`` reads the pool rotated by ``h·shift_j`` at segment ``j``
+(:func:`_reuse_shift`), so candidate ``n < K·M`` of segment ``j`` is pool row
+``(n mod M + r + (n div M)·shift_j) mod M``. The search costs ``K`` times the Viterbi recursion
+but no more of the pool pass (the dominant cost), and memory stays that of the ``M``-row pool.
+Measured on the toy chain of ``benchmarks/rcc.py`` (2^14 rows, 110 %): excess 0.476 ± 0.008
+bits/dim with ``k = 2``, the same as a 4× larger pool (2^16 rows, 0.476 ± 0.009), against 0.570 ±
+0.008 with ``k = 0``: sharing rows between states costs nothing measurable. The selected sample is not distributed as ``q`` (it is the codebook's
 best match, less noisy along the segments' directions of ``Δ``); what counts is what the rest
 of the chain then costs, which ``benchmarks/codec.py`` measures end to end.
 """
@@ -113,6 +122,7 @@ class RCCConfig:
     snap_up: float = 0.12
     snap_down: float = 0.04
     snap_abs: float = 2.0
+    reuse_bits: int = 0
 
     def __post_init__(self):
         if not (self.chunk_bits > 0 and math.isfinite(self.chunk_bits)):
@@ -133,6 +143,10 @@ class RCCConfig:
             if sb < 0 or (0 < sb < b):
                 raise ValueError(f"trellis: log2_candidates - chunk_bits (state bits) must be 0 or >= chunk_bits, "
                                  f"got {self.log2_candidates} - {int(b)}")
+        if not 0 <= int(self.reuse_bits) <= 8 or (self.reuse_bits and (
+                self.selection != "trellis" or int(self.log2_candidates) - int(self.chunk_bits) < int(self.chunk_bits))):
+            raise ValueError(f"reuse_bits must be in [0, 8], and nonzero only for a trellis with >= 2^chunk_bits "
+                             f"states, got {self.reuse_bits}")
         if not (self.chunks_rel_scale >= 0 and math.isfinite(self.chunks_rel_scale)):
             raise ValueError(f"chunks_rel_scale must be >= 0, got {self.chunks_rel_scale}")
         if not (self.chunks_abs_scale > 0 and math.isfinite(self.chunks_abs_scale)):
@@ -151,7 +165,20 @@ class RCCConfig:
     @property
     def state_bits(self) -> int:
         """Trellis: log2 of the number of states (0 for the other selections)."""
-        return int(self.log2_candidates) - int(self.chunk_bits) if self.selection == "trellis" else 0
+        if self.selection != "trellis":
+            return 0
+        return int(self.log2_candidates) - int(self.chunk_bits) + int(self.reuse_bits)
+
+    @property
+    def num_indices(self) -> int:
+        """Range of a chunk's index: the pool rows, times ``2^reuse_bits`` for the trellis."""
+        return self.num_candidates << int(self.reuse_bits)
+
+
+def _reuse_shift(j: int, m: int) -> int:
+    """Trellis with ``reuse_bits``: index ``n`` of segment ``j`` sits on pool row
+    ``(n mod M + r + (n div M)·shift_j) mod M``; shift_j is a fixed odd pseudo-random number."""
+    return ((j + 1) * 0x9E3779B97F4A7C15 >> 13) % m | 1
 
 
 @dataclass
@@ -288,7 +315,14 @@ def _item_epsilon(seed: int, step: int, item: int, dim: int, m: int, idx: np.nda
         return _free_epsilon(seed, step, item, dim)
     perm, signs, r = _item_layout(seed, step, item, dim, m)
     bounds = _block_bounds(dim, c)
-    rows_per_col = np.repeat((np.asarray(idx, dtype=np.int64) + r) % m, np.diff(bounds))
+    idx = np.asarray(idx, dtype=np.int64)
+    hi = idx // m
+    if np.any(hi):
+        shifts = np.array([_reuse_shift(j, m) for j in range(c)], dtype=np.int64)
+        rows = (idx % m + r + hi * shifts) % m
+    else:
+        rows = (idx + r) % m
+    rows_per_col = np.repeat(rows, np.diff(bounds))
     counters = rows_per_col.astype(np.uint64) * np.uint64(dim) + np.arange(dim, dtype=np.uint64)
     vals = normals_at(POOL_KEY, counters) * signs  # sign flip: exact
     eps = np.empty(dim, dtype=np.float32)
@@ -397,6 +431,7 @@ class _Viterbi:
 
     def __init__(self, g: int, c: int, cfg: RCCConfig, device):
         self.S = 1 << cfg.state_bits
+        self.K = 1 << int(cfg.reuse_bits)   # groups of S/K states, each on the pool rotated by its own shift
         self.B = 1 << int(cfg.chunk_bits)
         self.H = max(1, self.S // self.B)
         self.c = c
@@ -413,7 +448,13 @@ class _Viterbi:
         for k in range(s.shape[0]):
             # candidate n sits on pool row (n + r) mod M: rotate each item's rows into candidate order
             # (per segment: rotating the whole [nb, G, M] block at once costs more than the search)
-            if g == 1:
+            if self.K > 1:  # group h of S/K states reads the pool rotated by r + h·shift_j
+                m = s.shape[2]
+                sh = _reuse_shift(self.j, m)
+                s2 = torch.cat((s[k], s[k]), dim=1)  # rotations are slices of the doubled row
+                br = torch.stack([torch.cat([s2[gi, o: o + m] for o in ((rs[gi] + h * sh) % m for h in range(self.K))])
+                                  for gi in range(g)]).view(g, S, B)
+            elif g == 1:
                 row = s[k, 0]
                 br = torch.cat((row[rs[0]:], row[: rs[0]])).view(1, S, B)
             else:
@@ -611,7 +652,7 @@ def decode_step(code: StepCode, *, dim: int, seed: int, step: int, cfg: RCCConfi
     """ε ``[B, D]`` float32 from the code alone (bit-identical to the encoder's)."""
     if dim != code.dim:
         raise ValueError(f"code is for dim {code.dim}, asked for {dim}")
-    m = cfg.num_candidates
+    m = cfg.num_indices
     for b, idx in enumerate(code.indices):
         if len(idx) != int(code.num_chunks[b]) or (len(idx) and (idx.min() < 0 or idx.max() >= m)):
             raise ValueError(f"item {b}: indices inconsistent with C={code.num_chunks[b]} and M={m}")
@@ -719,7 +760,7 @@ def write_step(encoder, code: StepCode, cfg: RCCConfig, predicted_chunks=None) -
         raise ValueError("num_chunks out of range")
     _write_counts(encoder, nc, code.dim, cfg, predicted_chunks)
     L = int(cfg.log2_candidates)
-    m = cfg.num_candidates
+    m = cfg.num_indices
     cat = None
     for b in range(code.batch):
         idx = np.asarray(code.indices[b], dtype=np.int64)
