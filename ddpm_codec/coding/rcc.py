@@ -437,8 +437,9 @@ class _Viterbi:
         self.c = c
         self.score = torch.full((g, self.S), -math.inf, dtype=torch.float32, device=device)
         self.score[:, 0] = 0.0
-        self.back = torch.empty((c, g, self.S), dtype=torch.int16 if self.B <= 1 << 15 else torch.int32,
-                                device=device)
+        back_dtype = torch.int16 if self.B <= 1 << 15 else torch.int32
+        self.back = torch.empty((c, g, self.S), dtype=back_dtype, device=device)
+        self.k_index = torch.arange(self.B, dtype=back_dtype, device=device).view(1, self.B, 1)
         self.j = 0
 
     def feed(self, s: torch.Tensor, offsets: list[int]) -> None:
@@ -465,9 +466,10 @@ class _Viterbi:
                 self.score = best[:, None]
                 self.back[self.j] = arg[:, None]
             else:  # σ = k·H + h --y--> h·B + y: the B predecessors of a state differ in k
-                best, arg = cand.view(g, B, H, B).max(1)
-                self.score = best.reshape(g, S)
-                self.back[self.j] = arg.reshape(g, S)
+                c4 = cand.view(g, B, S)
+                best = c4.amax(1)  # max and argmax apart: 2x faster than max(dim) with indices on CPU
+                self.score = best
+                self.back[self.j] = ((c4 == best[:, None, :]) * self.k_index).amax(1)
             self.j += 1
 
     def best_paths(self) -> np.ndarray:
