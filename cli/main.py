@@ -464,12 +464,9 @@ def info(file):
                f"{'lossless' if h.lossless else 'lossy'}{', TRUNCATED' if parsed.truncated else ''}")
     prof = f"profile {h.profile}" if h.profile else "explicit schedule"
     if settings.selection == "trellis":
-        coder = (f"trellis coder: 2^{settings.log2_candidates - settings.chunk_bits} states, {settings.chunk_bits} "
+        pool = f" on 2^{settings.log2_candidates} pool rows" if settings.reuse_bits else ""
+        coder = (f"trellis coder: 2^{settings.rcc_config().state_bits} states{pool}, {settings.chunk_bits} "
                  f"path bits per segment, {settings.rate_percent}% rate")
-        if settings.reuse_bits:
-            coder = coder.replace(f"2^{settings.log2_candidates - settings.chunk_bits} states",
-                                  f"2^{settings.log2_candidates - settings.chunk_bits + settings.reuse_bits} states "
-                                  f"on 2^{settings.log2_candidates} pool rows")
         if settings.count_model:
             coder += f", count model {settings.count_model}"
     else:

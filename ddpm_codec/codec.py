@@ -358,8 +358,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     ``min_segment_bytes``: all steps form one range-coded stream, cut into segments at step
     boundaries; a segment holds at least this many bytes and 2.5 times the previous one (64: 3-4
     segments in a lossless 32x32 file, at ~64, ~240 and ~700 bytes, each costing only its ~3-byte
-    table entry). A file cut at
-    a segment boundary decodes to that segment's last step. ``x0_in_stream``: a lossless file codes
+    table entry). A file cut at a segment boundary decodes to that segment's last step.
+    ``x0_in_stream``: a lossless file codes
     x_0 at the end of that stream (format version 2); False writes version 1 (x_0 as an ANS
     payload of its own: ~5 bytes more, readable by releases before version 2).
     """

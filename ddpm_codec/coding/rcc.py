@@ -37,7 +37,9 @@ Why: any scheme that sends an index into a codebook of ``p`` draws pays about
 ``log2(sqrt(2π)·‖Δ‖/σ)`` bits beyond the information it delivers *per independent selection*
 (≈ 3 bits per chunk here: 20–30% of a 10–14-bit chunk); one selection per step over an
 exponentially large but searchable codebook pays it once per step instead (measured: 7–9%
-at ``S = 2^10, b = 4``).
+at ``S = 2^10, b = 4``). The selected sample is not distributed as ``q`` (it is the codebook's
+best match, less noisy along the segments' directions of ``Δ``); what counts is what the rest
+of the chain then costs, which ``benchmarks/codec.py`` measures end to end.
 
 ``reuse_bits = k`` multiplies the states by ``K = 2^k`` without a larger pool: the states fall into
 ``K`` groups of ``M/2^b``, and group ``h`` reads the pool rotated by ``h·shift_j`` at segment ``j``
@@ -46,9 +48,7 @@ at ``S = 2^10, b = 4``).
 but no more of the pool pass (the dominant cost), and memory stays that of the ``M``-row pool.
 Measured on the toy chain of ``benchmarks/rcc.py`` (2^14 rows, 110 %): excess 0.476 ± 0.008
 bits/dim with ``k = 2``, the same as a 4× larger pool (2^16 rows, 0.476 ± 0.009), against 0.570 ±
-0.008 with ``k = 0``: sharing rows between states costs nothing measurable. The selected sample is not distributed as ``q`` (it is the codebook's
-best match, less noisy along the segments' directions of ``Δ``); what counts is what the rest
-of the chain then costs, which ``benchmarks/codec.py`` measures end to end.
+0.008 with ``k = 0``: sharing rows between states costs nothing measurable.
 """
 
 from __future__ import annotations
