@@ -331,14 +331,17 @@ def _schedule_options(f):
                      help="log2 of the candidates per chunk (trellis: state bits + path bits per segment)."),
         click.option("--rate-percent", type=int, default=None, help="trellis: bits sent per 100 bits of KL."),
         click.option("--reuse-bits", type=int, default=None,
-                     help="trellis: 2^K times the states on the same candidate pool (0-3; the search's "
-                          "recursion costs 2^K times, memory the same)."),
+                     help="trellis: 2^K times the states on the same candidate pool (0-8; the search's "
+                          "recursion costs 2^K times, the pool the same)."),
         click.option("--variance", type=click.Choice(["fitted", "fixedsmall", "fixedlarge"]), default=None),
+        click.option("--x0-scale-bits", type=click.Choice(["0", "4"]), default=None,
+                     help="Lossless x0: 4 sends each 32x32 tile's decoder scale factor in 4 bits (the "
+                          "encoder picks the one of 16 that codes the tile shortest); 0 uses the model's."),
     ]
 
     @functools.wraps(f)
     def wrapper(*args, profile, num_steps, t_end, schedule_kind, selection, chunk_bits, log2_candidates,
-                rate_percent, reuse_bits, variance, **kw):
+                rate_percent, reuse_bits, variance, x0_scale_bits, **kw):
         from ddpm_codec.codec import DEFAULT_PROFILE, PROFILES
 
         if profile is not None and profile not in PROFILES:
@@ -346,7 +349,8 @@ def _schedule_options(f):
         return f(*args, schedule=dict(profile=DEFAULT_PROFILE if profile is None else profile, num_steps=num_steps,
                                       t_end=t_end, schedule_kind=schedule_kind, selection=selection,
                                       chunk_bits=chunk_bits, log2_candidates=log2_candidates,
-                                      rate_percent=rate_percent, reuse_bits=reuse_bits, variance=variance), **kw)
+                                      rate_percent=rate_percent, reuse_bits=reuse_bits, variance=variance,
+                                      x0_scale_bits=None if x0_scale_bits is None else int(x0_scale_bits)), **kw)
 
     for o in reversed(opts):
         wrapper = o(wrapper)
@@ -471,8 +475,9 @@ def info(file):
             coder += f", count model {settings.count_model}"
     else:
         coder = f"{settings.selection} coder: {settings.chunk_bits}-bit chunks, 2^{settings.log2_candidates} candidates"
+    x0_scale = ", per-tile x0 scale" if settings.x0_scale_bits else ""
     click.echo(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
-               f"t_end {settings.t_end}, variance {settings.variance}; {coder}")
+               f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}")
     payload = sum(len(s.payload) for s in f.segments) + (len(f.x0) if f.x0 else 0)
     click.echo(f"header and framing: {len(data) - payload} bytes")
     if f.segments:

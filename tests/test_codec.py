@@ -194,7 +194,9 @@ def test_cli_round_trip_in_separate_processes(model, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), img)
     r = subprocess.run(exe + ["info", str(tmp_path / "x.ddpm")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "lossless" in r.stdout
-    assert "trellis coder: 2^9 states on 2^8 pool rows, 2 path bits per segment" in r.stdout and "one coded stream" in r.stdout
+    states = 8 - 2 + codec.default_settings().reuse_bits  # 2^(candidates - path bits + reuse) states
+    assert f"trellis coder: 2^{states} states on 2^8 pool rows, 2 path bits per segment" in r.stdout
+    assert "one coded stream" in r.stdout
     # a damaged file: clear message, non-zero exit, no output written
     data = bytearray((tmp_path / "x.ddpm").read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -372,3 +374,55 @@ def test_settings_with_another_coder_drops_trellis_states():
     assert p6.rcc_config().state_bits == p6.log2_candidates - p6.chunk_bits + p6.reuse_bits > 10
     with pytest.raises(ValueError, match="reuse_bits"):
         codec.settings_with(6, selection="pfr", reuse_bits=2)
+
+
+def test_x0_scale_factors_are_the_documented_powers_of_two():
+    """X0_SCALE_FACTORS is written out (not computed) so both sides build identical scales; it must
+    still be 2^((i - 10)/16) to the last bit or so, computed here independently."""
+    f = np.array(codec.X0_SCALE_FACTORS)
+    assert len(f) == 16 and f[10] == 1.0
+    assert np.allclose(f, [2.0 ** ((i - 10) / 16) for i in range(16)], rtol=2e-16, atol=0)
+    assert np.all(np.diff(f) > 0)
+
+
+def test_x0_scale_choice_recovers_a_known_residual_scale():
+    """Pixels drawn as round(mean + s·σ·z): the encoder's factor is the grid point nearest s (the
+    Gaussian ML scale; σ is large against the 1-level bins, so rounding barely matters); two tiles
+    with different s get their own factors."""
+    rng = np.random.default_rng(7)
+    size, sigma = 32, 12 / 127.5
+    means = rng.uniform(-0.5, 0.5, size=(2, 3, size, size))
+    true_s = np.array([0.75, 1.15])
+    x = means + true_s[:, None, None, None] * sigma * rng.standard_normal(means.shape)
+    pix = np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
+    scales = np.full_like(means, sigma)
+    mask = np.ones(means.shape, bool)
+    idx = codec._choose_x0_scales(pix, means, scales, mask)
+    chosen = np.array(codec.X0_SCALE_FACTORS)[idx]
+    # 3072 samples per tile: the ML scale is within ~2 % of s; the grid step is 2^(1/16) = 4.4 %
+    assert np.all(np.abs(np.log(chosen / true_s)) < np.log(2) / 16)
+    assert idx[0] < 10 < idx[1]
+
+
+def test_x0_scale_and_large_reuse_travel_in_an_explicit_schedule(model):
+    """x0_scale_bits rides in bits 4-7 of the variance byte, reuse_bits > 3 in bits 6-7 (low) and
+    2-3 (high) of the selection byte; such files decode bit-exactly, on several tiles; old-style
+    bytes (bits 2-3 and 4-7 zero) read as before; a version-1 file cannot carry the scales."""
+    base = codec.CodecSettings(num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
+                               selection="trellis", rate_percent=105, count_model=1)
+    img = smooth_images(1, size=48, seed=12)[0][:40, :45]
+    for rb, xs in ((0, 4), (5, 0), (8, 4)):
+        s = replace(base, reuse_bits=rb, x0_scale_bits=xs)
+        sch = s.to_schedule()
+        assert sch.selection == 2 | ((rb >> 2) << 2) | (1 << 4) | ((rb & 3) << 6)
+        assert sch.variance_kind == 1 | (xs << 4)
+        res = codec.encode(img, model, settings=s)
+        parsed, back = codec.read_header(res.data)
+        assert back == s and back.rcc_config().state_bits == 10 - 4 + rb
+        assert np.array_equal(codec.decode(res.data, model).image, img)
+    old = codec.CodecSettings.from_schedule(replace(base.to_schedule(), selection=2 | (1 << 4) | (3 << 6)))
+    assert old.reuse_bits == 3 and old.x0_scale_bits == 0
+    with pytest.raises(container.CorruptFileError, match="impossible"):
+        codec.CodecSettings.from_schedule(replace(base.to_schedule(), variance_kind=1 | (3 << 4)))
+    with pytest.raises(ValueError, match="version 2"):
+        codec.encode(img, model, settings=replace(base, x0_scale_bits=4), x0_in_stream=False)

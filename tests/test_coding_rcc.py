@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec.coding import rcc
+from ddpm_codec.coding import rcc, viterbi
 
 D = 3072
 CFG = rcc.RCCConfig(chunk_bits=8, log2_candidates=12)
@@ -297,7 +297,8 @@ def _paths(c, b, state_bits):
 
 
 @pytest.mark.parametrize("b,L,ratio,reuse", [(2, 6, 1.0, 0), (2, 6, 1.2, 0), (3, 3, 1.0, 0), (2, 2, 0.8, 0),
-                                             (1, 4, 1.0, 0), (2, 4, 1.0, 1), (2, 4, 1.1, 2), (1, 3, 1.0, 2)])
+                                             (1, 4, 1.0, 0), (2, 4, 1.0, 1), (2, 4, 1.1, 2), (1, 3, 1.0, 2),
+                                             (1, 3, 1.0, 4), (2, 4, 1.0, 3)])
 def test_trellis_viterbi_finds_the_best_path(b, L, ratio, reuse):
     """Brute force over every path of the trellis codebook: Viterbi's path has the largest log q/p
     (computed here from the decoded ε and the two Gaussian densities, not from the coder's scores).
@@ -325,6 +326,34 @@ def test_trellis_viterbi_finds_the_best_path(b, L, ratio, reuse):
     best = max(scores, key=scores.get)
     assert tuple(code.indices[0]) == best
     assert log_w(eps[0].double()) == pytest.approx(scores[best], abs=1e-9)
+
+
+@pytest.mark.skipif(not viterbi.HAVE_KERNEL, reason="numba not installed")
+@pytest.mark.parametrize("b,L,reuse,g", [(4, 10, 0, 1), (4, 10, 3, 3), (2, 6, 2, 2), (3, 9, 1, 1), (4, 8, 4, 2)])
+def test_compiled_viterbi_equals_the_torch_recursion(b, L, reuse, g, monkeypatch):
+    """The numba recursion (coding.viterbi) and the torch one make the same decisions: same final
+    scores, back pointers and paths, on random scores and on scores with many exact ties (small
+    integers), fed in uneven blocks of segments."""
+    cfg = _trellis(b, L, reuse_bits=reuse)
+    m, c = cfg.num_candidates, 23
+    rng = np.random.default_rng(b * 1000 + L * 10 + reuse)
+    for tied in (False, True):
+        s = rng.integers(0, 3, (c, g, m)) if tied else rng.standard_normal((c, g, m))
+        s = torch.from_numpy(s.astype(np.float32))
+        offsets = [int(v) for v in rng.integers(0, m, g)]
+        runs = []
+        for force_torch in (False, True):
+            monkeypatch.setattr(rcc, "_FORCE_TORCH_VITERBI", force_torch)
+            v = rcc._Viterbi(g, c, cfg, "cpu")
+            assert v.compiled == (not force_torch)
+            for lo, hi in ((0, 1), (1, 8), (8, c)):
+                v.feed(s[lo:hi].clone(), offsets)
+            score = v.score if v.compiled else v.score.numpy()
+            back = v.back if v.compiled else v.back.numpy()
+            runs.append((score.copy(), back.astype(np.int64), v.best_paths()))
+        assert np.array_equal(runs[0][0], runs[1][0])
+        assert np.array_equal(runs[0][1], runs[1][1])
+        assert np.array_equal(runs[0][2], runs[1][2])
 
 
 def test_trellis_stream_roundtrip_and_exact_length():

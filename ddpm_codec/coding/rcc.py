@@ -65,6 +65,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from . import viterbi
 from .prng import POOL_KEY, candidate_pool_t, derive_key, hash64, normals_at
 
 __all__ = [
@@ -361,6 +362,7 @@ def _sqnorm_prefix(dim: int, m: int, device: str) -> torch.Tensor:
 
 
 _FORCE_TORCH_SELECTION = False  # tests: run the GPU selection code path on CPU
+_FORCE_TORCH_VITERBI = False  # tests/benchmarks: the torch Viterbi recursion on CPU instead of coding.viterbi
 
 
 class _Buffers(threading.local):
@@ -435,17 +437,32 @@ class _Viterbi:
         self.B = 1 << int(cfg.chunk_bits)
         self.H = max(1, self.S // self.B)
         self.c = c
+        self.j = 0
+        # CPU: one compiled pass per segment (coding.viterbi); GPU, one-state trellises or no numba: torch
+        self.compiled = (viterbi.HAVE_KERNEL and torch.device(device).type == "cpu" and self.S > 1
+                         and self.B <= 128 and not _FORCE_TORCH_VITERBI)
+        if self.compiled:
+            self.score = np.full((g, self.S), -np.inf, dtype=np.float32)
+            self.score[:, 0] = 0.0
+            self.back = np.empty((c, g, self.S), dtype=np.int8)
+            return
         self.score = torch.full((g, self.S), -math.inf, dtype=torch.float32, device=device)
         self.score[:, 0] = 0.0
         back_dtype = torch.int16 if self.B <= 1 << 15 else torch.int32
         self.back = torch.empty((c, g, self.S), dtype=back_dtype, device=device)
         self.k_index = torch.arange(self.B, dtype=back_dtype, device=device).view(1, self.B, 1)
-        self.j = 0
 
     def feed(self, s: torch.Tensor, offsets: list[int]) -> None:
         g = s.shape[1]
         S, B, H = self.S, self.B, self.H
         rs = [int(r) for r in offsets]
+        if self.compiled:
+            m = s.shape[2]
+            shifts = np.array([_reuse_shift(j, m) for j in range(self.j, self.j + s.shape[0])], dtype=np.int64)
+            viterbi.feed_kernel(s.contiguous().numpy(), np.array(rs, dtype=np.int64), shifts, self.score,
+                                self.back, self.j, B)
+            self.j += s.shape[0]
+            return
         for k in range(s.shape[0]):
             # candidate n sits on pool row (n + r) mod M: rotate each item's rows into candidate order
             # (per segment: rotating the whole [nb, G, M] block at once costs more than the search)
@@ -475,8 +492,8 @@ class _Viterbi:
     def best_paths(self) -> np.ndarray:
         if self.j != self.c:
             raise RuntimeError(f"Viterbi fed {self.j} of {self.c} segments")
-        back = self.back.cpu().numpy().astype(np.int64)
-        state = self.score.argmax(1).cpu().numpy()
+        back = self.back if self.compiled else self.back.cpu().numpy()
+        state = self.score.argmax(1) if self.compiled else self.score.argmax(1).cpu().numpy()
         g = len(state)
         out = np.empty((g, self.c), np.int64)
         S, B, H = self.S, self.B, self.H
@@ -605,6 +622,8 @@ def encode_step(mu_q: torch.Tensor, mu_p: torch.Tensor, var_q: float, var_p: flo
             sqp = _sqnorm_prefix(dim, m, str(device)) if beta != 0.0 else None
             # bound the [blocks, G, M] score tensor to ~2^23 floats
             g_max = max(1, (1 << 23) // (m * min(int(c), 64)))
+            if cfg.selection == "trellis":  # and the Viterbi's back pointers [C, G, S] to ~2^28 bytes
+                g_max = max(1, min(g_max, (1 << 28) // (int(c) << cfg.state_bits)))
             for g0 in range(0, len(members), g_max):
                 grp = members[g0 : g0 + g_max]
                 rows = torch.as_tensor(np.searchsorted(active, grp), device=device)
