@@ -47,6 +47,11 @@ X0_SCALE_FACTORS = (0.6484197773255048, 0.6771277734684463, 0.7071067811865476, 
                     0.7711054127039704, 0.8052451659746271, 0.8408964152537145, 0.8781260801866497,
                     0.9170040432046712, 0.9576032806985737, 1.0, 1.0442737824274138, 1.0905077326652577,
                     1.1387886347566916, 1.189207115002721, 1.241857812073484)
+# Cross-channel x_0 prediction (CodecSettings.x0_channel_bits = 3): channels are coded R, G, B; the
+# mean of G is x_hat_0's plus a_GR times R's residual (x_0 - x_hat_0 at the decoded R), B's adds
+# a_BR·r_R + a_BG·r_G; each tile's three coefficients are indices into this table (3 raw bits each).
+# Exact binary fractions, part of the format.
+X0_CHANNEL_COEFS = (-0.0625, 0.0, 0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375)
 
 
 class DecodeError(ValueError):
@@ -68,6 +73,7 @@ class CodecSettings:
     count_model: int = 0                    # chunk counts: 0 geometric; 1 with 80 % at the prediction
     reuse_bits: int = 0                     # trellis: 2^reuse_bits x the states on the same pool (coding.rcc)
     x0_scale_bits: int = 0                  # 4: each tile's x_0 decoder scale x X0_SCALE_FACTORS[i], i sent
+    x0_channel_bits: int = 0                # 3: x_0's G and B means predicted from decoded R (G) residuals
 
     def __post_init__(self):
         if self.schedule_kind not in SCHEDULE_KINDS:
@@ -84,6 +90,8 @@ class CodecSettings:
             raise ValueError(f"reuse_bits must be in [0, 8], got {self.reuse_bits}")
         if self.x0_scale_bits not in (0, 4):
             raise ValueError(f"x0_scale_bits must be 0 or 4, got {self.x0_scale_bits}")
+        if self.x0_channel_bits not in (0, 3):
+            raise ValueError(f"x0_channel_bits must be 0 or 3, got {self.x0_channel_bits}")
         if not 25 <= self.rate_percent <= 255:
             raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
         self.rcc_config()  # validates the combination (e.g. trellis state bits)
@@ -105,7 +113,8 @@ class CodecSettings:
         return container.Schedule(kind=SCHEDULE_KINDS.index(self.schedule_kind), num_steps=self.num_steps,
                                   t_end=self.t_end, chunk_bits=self.chunk_bits,
                                   log2_candidates=self.log2_candidates,
-                                  variance_kind=VARIANCE_IDS.index(self.variance) | (self.x0_scale_bits << 4),
+                                  variance_kind=VARIANCE_IDS.index(self.variance) | (self.x0_scale_bits << 4)
+                                  | (0x80 if self.x0_channel_bits else 0),
                                   selection=SELECTION_IDS.index(self.selection) | (self.reuse_bits >> 2 << 2)
                                   | (self.count_model << 4) | ((self.reuse_bits & 3) << 6),
                                   rate_percent=self.rate_percent)
@@ -115,8 +124,9 @@ class CodecSettings:
         # selection byte: bits 0-1 coder, 4-5 count model, 6-7 and 2-3 the low and high bits of reuse_bits
         sel, count_model = s.selection & 0x3, (s.selection >> 4) & 0x3
         reuse_bits = (s.selection >> 6) | (((s.selection >> 2) & 0x3) << 2)
-        # variance byte: bits 0-3 the variance kind, 4-7 x0_scale_bits
-        variance, x0_scale_bits = s.variance_kind & 0x0F, s.variance_kind >> 4
+        # variance byte: bits 0-3 the variance kind, 4-6 x0_scale_bits, 7 cross-channel x0 (3-bit coefficients)
+        variance, x0_scale_bits = s.variance_kind & 0x0F, (s.variance_kind >> 4) & 0x7
+        x0_channel_bits = 3 if s.variance_kind & 0x80 else 0
         if s.kind >= len(SCHEDULE_KINDS) or variance >= len(VARIANCE_IDS) or sel >= len(SELECTION_IDS) \
                 or count_model not in COUNT_SPIKES:
             raise container.CorruptFileError("file names an unknown schedule, variance, coder or count model")
@@ -125,7 +135,7 @@ class CodecSettings:
                        chunk_bits=s.chunk_bits, log2_candidates=s.log2_candidates,
                        variance=VARIANCE_IDS[variance], selection=SELECTION_IDS[sel],
                        rate_percent=s.rate_percent, count_model=count_model, reuse_bits=reuse_bits,
-                       x0_scale_bits=x0_scale_bits)
+                       x0_scale_bits=x0_scale_bits, x0_channel_bits=x0_channel_bits)
         except ValueError as exc:
             raise container.CorruptFileError(f"file names impossible coding settings: {exc}") from exc
 
@@ -171,8 +181,13 @@ PROFILES: dict[int, CodecSettings] = {
     # rate 102 % +35 +- 14 and 108 % -9 +- 14 bits against 105 %. Per-tile scale: see the codec benchmark.
     7: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                      selection="trellis", rate_percent=105, count_model=1, reuse_bits=7, x0_scale_bits=4),
+    # profile 7 with cross-channel x_0 prediction (x0_channel_bits 3: G's mean shifted by a_GR times R's
+    # residual, B's by a_BR, a_BG times R's and G's; per-tile coefficients from X0_CHANNEL_COEFS).
+    8: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
+                     selection="trellis", rate_percent=105, count_model=1, reuse_bits=7, x0_scale_bits=4,
+                     x0_channel_bits=3),
 }
-DEFAULT_PROFILE = 7
+DEFAULT_PROFILE = 8
 
 
 def default_settings() -> CodecSettings:
@@ -328,6 +343,8 @@ class _Net:
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         t0 = time.perf_counter()
+        if torch.get_num_threads() != CODEC_THREADS:  # anything run since (an OpenMP library such as the
+            torch.set_num_threads(CODEC_THREADS)      # encoder's numba search) may have reset the count
         out = self.model.eps(x.float(), t).double()
         self.seconds += time.perf_counter() - t0
         return out
@@ -401,8 +418,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         lossless = max_reverse_time is None and max_bpd is None
     if settings.variance == "fitted" and diffusion.x0_mse is None:
         raise ValueError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
-    if lossless and settings.x0_scale_bits and not x0_in_stream:
-        raise ValueError("per-tile x_0 scales (x0_scale_bits) need format version 2 (x0_in_stream=True)")
+    if lossless and (settings.x0_scale_bits or settings.x0_channel_bits) and not x0_in_stream:
+        raise ValueError("per-tile x_0 scales or channel coefficients need format version 2 (x0_in_stream=True)")
     ts = settings.timesteps(T)
     cfg = settings.rcc_config()
     net = _Net(model)
@@ -470,15 +487,13 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             means, scales = _x0_model(diffusion, x, tau, eps_next, settings.variance)
             mask = _inside_mask(height, width, size)
             tiles_pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy().astype(np.uint8)
-            scale_idx = None
-            if settings.x0_scale_bits:
-                scale_idx = _choose_x0_scales(tiles_pix, means, scales, mask)
-                scales = _x0_scaled(scales, scale_idx)
+            side = _X0Side.choose(settings, tiles_pix, means, scales, mask)
+            eff_means, eff_scales = side.apply(means, scales, tiles_pix, mask)
             pix = tiles_pix[mask]
-            x0_ideal = float(entropy.ideal_bits(pix, means[mask], scales[mask]))
+            x0_ideal = float(entropy.ideal_bits(pix, eff_means[mask], eff_scales[mask]))
             if header.x0_in_stream:
                 before = stream.num_bits()
-                stream.write_x0(pix, means[mask], scales[mask], scale_idx, settings.x0_scale_bits)
+                stream.write_x0(tiles_pix, means, scales, mask, side)
                 x0_bits = float(stream.num_bits() - before)
             else:
                 x0_payload = entropy.encode_pixels(pix, means[mask], scales[mask])
@@ -523,11 +538,10 @@ class _StepStream:
         rcc.write_step(self.enc, code, self.cfg, centres)
         self.written.append((code, centres))
 
-    def write_x0(self, pixels, means, scales, scale_idx=None, scale_bits: int = 0) -> None:
-        if scale_bits:  # each tile's x_0 scale index, raw bits, before the pixels
-            rcc._write_raw(self.enc, scale_idx, np.full(len(scale_idx), scale_bits, np.int64))
-        entropy.write_pixels(self.enc, pixels, means, scales)
-        self.x0 = (pixels, means, scales, scale_idx, scale_bits)
+    def write_x0(self, tiles_pix, means, scales, mask, side: "_X0Side") -> None:
+        side.write(self.enc)
+        side.write_pixels(self.enc, tiles_pix, means, scales, mask)
+        self.x0 = (tiles_pix, means, scales, mask, side)
 
     def maybe_end_segment(self) -> None:
         size = self.num_bits() - self.last_cut_bits
@@ -568,11 +582,11 @@ class _StepStream:
                         and all(np.array_equal(a, b) for a, b in zip(got.indices, code.indices))):
                     return False
             if x0:
-                pixels, means, scales, scale_idx, scale_bits = self.x0
-                if scale_bits and not np.array_equal(
-                        rcc._read_raw(dec, np.full(len(scale_idx), scale_bits, np.int64)), scale_idx):
+                tiles_pix, means, scales, mask, side = self.x0
+                got = _X0Side.read(dec, side.settings, len(tiles_pix))
+                if not (np.array_equal(got.scale_idx, side.scale_idx) and np.array_equal(got.chan_idx, side.chan_idx)):
                     return False
-                if not np.array_equal(entropy.read_pixels(dec, means, scales), pixels):
+                if not np.array_equal(got.read_pixels(dec, means, scales, mask)[mask], tiles_pix[mask]):
                     return False
         except (ValueError, RuntimeError):
             return False
@@ -600,6 +614,107 @@ def _x0_model(diffusion: GaussianDiffusion, x: torch.Tensor, tau: int, eps: torc
 def _x0_scaled(scales: np.ndarray, scale_idx: np.ndarray) -> np.ndarray:
     """Tile ``b``'s scales times ``X0_SCALE_FACTORS[scale_idx[b]]`` (IEEE products: both sides agree)."""
     return scales * np.asarray(X0_SCALE_FACTORS, dtype=np.float64)[np.asarray(scale_idx)][:, None, None, None]
+
+
+@dataclass
+class _X0Side:
+    """Per-tile side information of the lossless x_0 stage and the ONE place that turns it into the
+    coder's means and scales (encoder, decoder and the segment cutter all go through here).
+
+    Stream layout after the last step: the tiles' scale indices (4 raw bits each, if
+    ``x0_scale_bits``), their channel coefficients (3 x 3 raw bits each: G|R, B|R, B|G, if
+    ``x0_channel_bits``), then the pixels: without channel coefficients all of them in the C order of
+    the masked ``[B, 3, H, W]`` tiles (one model); with them channel by channel (R, then G, then B of
+    every tile), each channel's means shifted by the decoded residuals of the channels before it.
+    """
+
+    settings: CodecSettings
+    scale_idx: np.ndarray    # [B] int64 (zeros when unused)
+    chan_idx: np.ndarray     # [B, 3] int64
+
+    @classmethod
+    def choose(cls, settings: CodecSettings, tiles_pix, means, scales, mask) -> "_X0Side":
+        """The encoder's choice (policy): channel coefficients by least squares on the tile's
+        residuals, rounded to the table; then the scale factor with the fewest ideal bits."""
+        b = len(means)
+        side = cls(settings, np.full(b, 10, np.int64) if settings.x0_scale_bits else np.zeros(b, np.int64),
+                   np.zeros((b, 3), np.int64))
+        if settings.x0_channel_bits:
+            res = np.where(mask, tiles_pix / 127.5 - 1.0 - means, 0.0)
+            table = np.asarray(X0_CHANNEL_COEFS)
+            for i in range(b):
+                r, g, bl = (res[i, c][mask[i, c]] for c in range(3))
+                a_gr = float(g @ r) / max(float(r @ r), 1e-300)
+                a_b = np.linalg.lstsq(np.stack([r, g], 1), bl, rcond=None)[0] if len(r) >= 2 else np.zeros(2)
+                side.chan_idx[i] = [int(np.argmin(np.abs(table - a))) for a in (a_gr, a_b[0], a_b[1])]
+        if settings.x0_scale_bits:
+            eff_means, _ = side.apply(means, scales, tiles_pix, mask)
+            side.scale_idx = _choose_x0_scales(tiles_pix, eff_means, scales, mask)
+        return side
+
+    def apply(self, means, scales, tiles_pix, mask):
+        """Effective (means, scales) ``[B, 3, H, W]`` given all the pixels (encoder side)."""
+        if self.settings.x0_scale_bits:
+            scales = _x0_scaled(scales, self.scale_idx)
+        if self.settings.x0_channel_bits:
+            res = np.where(mask, tiles_pix / 127.5 - 1.0 - means, 0.0)
+            means = np.stack([self._channel_means(means, res, c) for c in range(3)], 1)
+        return means, scales
+
+    def _channel_means(self, means, res, c: int) -> np.ndarray:
+        a = np.asarray(X0_CHANNEL_COEFS, dtype=np.float64)[self.chan_idx][:, :, None, None]  # [B, 3, 1, 1]
+        if c == 0:
+            return means[:, 0]
+        if c == 1:
+            return means[:, 1] + a[:, 0] * res[:, 0]
+        return means[:, 2] + a[:, 1] * res[:, 0] + a[:, 2] * res[:, 1]
+
+    def write(self, enc) -> None:
+        b = len(self.scale_idx)
+        if self.settings.x0_scale_bits:
+            rcc._write_raw(enc, self.scale_idx, np.full(b, self.settings.x0_scale_bits, np.int64))
+        if self.settings.x0_channel_bits:
+            rcc._write_raw(enc, self.chan_idx.reshape(-1), np.full(3 * b, self.settings.x0_channel_bits, np.int64))
+
+    @classmethod
+    def read(cls, dec, settings: CodecSettings, b: int) -> "_X0Side":
+        try:
+            scale_idx = (rcc._read_raw(dec, np.full(b, settings.x0_scale_bits, np.int64))
+                         if settings.x0_scale_bits else np.zeros(b, np.int64))
+            chan_idx = (rcc._read_raw(dec, np.full(3 * b, settings.x0_channel_bits, np.int64)).reshape(b, 3)
+                        if settings.x0_channel_bits else np.zeros((b, 3), np.int64))
+        except Exception as exc:  # constriction's own errors on a damaged stream
+            raise ValueError(f"x0 side information: {exc}") from exc
+        return cls(settings, np.asarray(scale_idx, np.int64), np.asarray(chan_idx, np.int64))
+
+    def write_pixels(self, enc, tiles_pix, means, scales, mask) -> None:
+        if self.settings.x0_scale_bits:
+            scales = _x0_scaled(scales, self.scale_idx)
+        if not self.settings.x0_channel_bits:
+            entropy.write_pixels(enc, tiles_pix[mask], means[mask], scales[mask])
+            return
+        res = np.zeros(means.shape)
+        for c in range(3):
+            m = mask[:, c]
+            entropy.write_pixels(enc, tiles_pix[:, c][m], self._channel_means(means, res, c)[m], scales[:, c][m])
+            res[:, c] = np.where(m, tiles_pix[:, c] / 127.5 - 1.0 - means[:, c], 0.0)
+
+    def read_pixels(self, dec, means, scales, mask) -> np.ndarray:
+        """uint8 tiles ``[B, 3, H, W]`` (zeros outside the image). Raises ValueError on bad data."""
+        if self.settings.x0_scale_bits:
+            scales = _x0_scaled(scales, self.scale_idx)
+        out = np.zeros(means.shape, np.uint8)
+        if not self.settings.x0_channel_bits:
+            out[mask] = entropy.read_pixels(dec, means[mask], scales[mask])
+            return out
+        res = np.zeros(means.shape)
+        for c in range(3):
+            m = mask[:, c]
+            oc = out[:, c]
+            oc[m] = entropy.read_pixels(dec, self._channel_means(means, res, c)[m], scales[:, c][m])
+            out[:, c] = oc
+            res[:, c] = np.where(m, out[:, c] / 127.5 - 1.0 - means[:, c], 0.0)
+        return out
 
 
 def _choose_x0_scales(tiles_pix: np.ndarray, means: np.ndarray, scales: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -725,17 +840,11 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         if full_chain and x0_present:
             means, scales = _x0_model(diffusion, x, ts[-1], eps, settings.variance)
             mask = _inside_mask(height, width, size)
-            if settings.x0_scale_bits and not h.x0_in_stream:
-                raise container.CorruptFileError("a version 1 file cannot carry per-tile x0 scales")
+            if (settings.x0_scale_bits or settings.x0_channel_bits) and not h.x0_in_stream:
+                raise container.CorruptFileError("a version 1 file cannot carry per-tile x0 side information")
             try:
                 if h.x0_in_stream:
-                    if settings.x0_scale_bits:
-                        try:
-                            idx = rcc._read_raw(one_dec, np.full(B, settings.x0_scale_bits, np.int64))
-                        except Exception as exc:  # constriction's own errors on a damaged stream
-                            raise ValueError(f"x0 scale indices: {exc}") from exc
-                        scales = _x0_scaled(scales, idx)
-                    pix = entropy.read_pixels(one_dec, means[mask], scales[mask])
+                    pix = _X0Side.read(one_dec, settings, B).read_pixels(one_dec, means, scales, mask)[mask]
                 else:
                     pix = entropy.decode_pixels(parsed.file.x0, means[mask], scales[mask])
             except ValueError:

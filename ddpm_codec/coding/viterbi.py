@@ -14,7 +14,7 @@ is what the back pointer stores.
 
 Why compiled: the torch formulation needs ~6 passes over the ``S·B`` branch metrics per segment
 (rotation copy, add, max, compare, multiply, max); the loop below makes one, which is what lets
-the default profile afford 2^16 states on a 2-core CPU.
+the default profile afford 2^17 states on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["HAVE_KERNEL", "feed_kernel"]
-
-numba = None  # imported on first use (_compiled)
 
 # numba is a dependency, imported on first use (only the encoder searches: decoding never loads
 # it); without it the torch recursion runs instead
@@ -41,9 +39,9 @@ def _feed(s, offsets, shifts, score, back, j0, B, log2_b, log2_m, log2_s):  # pr
     j0+nb-1`` written); ``B``, ``M``, ``S`` powers of two (their log2 given). New states come in
     blocks of ``B`` (``σ' = h·B + y``); for each block and predecessor index ``k`` the candidates
     ``n = k·S + h·B + y`` are ``B`` consecutive pool rows from ``(n mod M + r + (n div M)·shift)
-    mod M`` (shifts and masks only). Blocks are independent: numba's ``prange`` runs them on all
-    cores (only the encoder searches; thread count changes no result: each block's arithmetic is
-    the same whichever thread runs it).
+    mod M`` (shifts and masks only). Blocks are independent; a ``prange`` over them on both cores
+    was 1.4x faster alone but, through OpenMP's spinning threads, 5x slower with a second encoder
+    running beside it (11 s instead of 2.3 s an image; serial: ~2x, as expected), so it runs serially.
     """
     nb, G, M = s.shape
     S = score.shape[1]
@@ -63,7 +61,7 @@ def _feed(s, offsets, shifts, score, back, j0, B, log2_b, log2_m, log2_s):  # pr
                 row2[M + x] = v
             r = offsets[g]
             sc = score[g]
-            for ch in numba.prange(nchunks):
+            for ch in range(nchunks):
                 for h in range(ch * per, ch * per + per):
                     nv = new[h * B: h * B + B]
                     av = arg[h * B: h * B + B]
@@ -91,14 +89,13 @@ def _feed(s, offsets, shifts, score, back, j0, B, log2_b, log2_m, log2_s):  # pr
 
 @lru_cache(maxsize=None)
 def _compiled():
-    global numba
     import numba
 
-    return numba.njit(cache=True, nogil=True, parallel=True)(_feed)
+    return numba.njit(cache=True, nogil=True)(_feed)
 
 
 def feed_kernel(s, offsets, shifts, score, back, j0, B) -> None:
-    """:func:`_feed` compiled (cached on disk by numba after the first run: a few seconds once, then
-    ~0.5 s per process to load)."""
+    """:func:`_feed` compiled (cached on disk by numba after the first run: ~1 s once, then ~0.3 s
+    per process to load)."""
     m, S = s.shape[2], score.shape[1]
     _compiled()(s, offsets, shifts, score, back, j0, B, B.bit_length() - 1, m.bit_length() - 1, S.bit_length() - 1)
