@@ -2,11 +2,13 @@
 
     python benchmarks/profiles.py -n 24 3 4          # default model, first 24 CIFAR-10 test images
     python benchmarks/profiles.py -n 12 3 --set log2_candidates=15 --set rate_percent=115
+    python benchmarks/profiles.py -n 24 6 6:reuse_bits=5 6:reuse_bits=7   # per-run overrides
 
 Prints per profile (or profile with overrides) the mean file size in bits/dim, the same without
 each file's header and trailer (a changed value makes an explicit schedule, 7 bytes longer than a
-profile id), encode seconds per image, and for each one after the first the paired difference
-to the first (± standard error over images) and the encode-time ratio. Encodes alternate
+profile id), encode seconds per image, and for each one after the first the paired differences
+to the first (± standard error over images; whole files and, in bits per image, the bodies
+without header and trailer) and the encode-time ratio. Encodes alternate
 image by image so that machine noise hits all of them alike.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("profiles", nargs="+", type=int)
+    ap.add_argument("profiles", nargs="+", help="profile id, or id:KEY=VALUE[,KEY=VALUE] for one run's overrides")
     ap.add_argument("-n", type=int, default=12)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override for every profile after the first")
@@ -39,8 +41,18 @@ def main():
     model = resolve_model(a.model)
     over = {k: (v if k in ("schedule_kind", "selection", "variance") else int(v))
             for k, v in (kv.split("=", 1) for kv in a.set)}
-    runs = [(p, codec.PROFILES[p] if i == 0 or not over else replace(codec.PROFILES[p], **over))
-            for i, p in enumerate(a.profiles)]
+    def parse(kv):
+        k, v = kv.split("=", 1)
+        return k, (v if k in ("schedule_kind", "selection", "variance") else int(v))
+
+    runs = []
+    for i, spec in enumerate(a.profiles):
+        pid, _, own = spec.partition(":")
+        st = codec.PROFILES[int(pid)]
+        extra = dict(parse(kv) for kv in own.split(",") if kv)
+        if i > 0 and over:
+            extra = {**over, **extra}
+        runs.append((spec if not (i > 0 and over) else f"{spec} {a.set}", replace(st, **extra) if extra else st))
     imgs = np.load(Path(a.data) / "cifar10-subset.npz")["test_images"][a.start:a.start + a.n]
     bpd = np.zeros((len(runs), len(imgs)))
     body = np.zeros_like(bpd)
@@ -54,14 +66,18 @@ def main():
             bpd[i, j] = 8 * len(data) / img.size
             body[i, j] = 8 * (sum(len(s.payload) for s in f.segments) + len(f.x0 or b"")) / img.size
     print(f"model {model.name} ({model.fingerprint[:8]}), CIFAR-10 test images {a.start}..{a.start + len(imgs) - 1}")
-    print("| run | bits/dim | w/o header and trailer | encode s/img | vs first: bits/dim (± s.e.) | time ratio |")
-    print("|---|---|---|---|---|---|")
-    for i, (p, st) in enumerate(runs):
-        name = f"profile {p}" + (f" {a.set}" if i > 0 and over else "")
+    print("| run | bits/dim | w/o header and trailer | encode s/img | vs first: bits/dim (± s.e.) "
+          "| vs first: body bits/image (± s.e.) | time ratio |")
+    print("|---|---|---|---|---|---|---|")
+    se = lambda d: d.std(ddof=1) / np.sqrt(len(d))  # noqa: E731
+    for i, (name, st) in enumerate(runs):
         d = bpd[i] - bpd[0]
-        cmp = "" if i == 0 else f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
+        db = (body[i] - body[0]) * imgs[0].size
+        cmp = "" if i == 0 else f"{d.mean():+.4f} ± {se(d):.4f}"
+        cmpb = "" if i == 0 else f"{db.mean():+.1f} ± {se(db):.1f}"
         ratio = "" if i == 0 else f"{secs[i] / secs[0]:.2f}"
-        print(f"| {name} | {bpd[i].mean():.4f} | {body[i].mean():.4f} | {secs[i] / len(imgs):.2f} | {cmp} | {ratio} |")
+        print(f"| profile {name} | {bpd[i].mean():.4f} | {body[i].mean():.4f} | {secs[i] / len(imgs):.2f} | {cmp} "
+              f"| {cmpb} | {ratio} |")
 
 
 if __name__ == "__main__":
