@@ -475,7 +475,8 @@ def info(file):
             coder += f", count model {settings.count_model}"
     else:
         coder = f"{settings.selection} coder: {settings.chunk_bits}-bit chunks, 2^{settings.log2_candidates} candidates"
-    x0_side = [n for n, on in (("scale", settings.x0_scale_bits), ("channel coefficients", settings.x0_channel_bits)) if on]
+    x0_side = [n for n, on in (("scale", settings.x0_scale_bits), ("channel coefficients", settings.x0_channel_bits),
+                               ("neighbour coefficients", settings.x0_neighbours)) if on]
     x0_scale = f", per-tile x0 {' and '.join(x0_side)}" if x0_side else ""
     click.echo(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
                f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}")

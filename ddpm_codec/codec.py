@@ -74,6 +74,7 @@ class CodecSettings:
     reuse_bits: int = 0                     # trellis: 2^reuse_bits x the states on the same pool (coding.rcc)
     x0_scale_bits: int = 0                  # 4: each tile's x_0 decoder scale x X0_SCALE_FACTORS[i], i sent
     x0_channel_bits: int = 0                # 3: x_0's G and B means predicted from decoded R (G) residuals
+    x0_neighbours: int = 0                  # 1: and every channel's from the residuals above and to the left
 
     def __post_init__(self):
         if self.schedule_kind not in SCHEDULE_KINDS:
@@ -92,6 +93,8 @@ class CodecSettings:
             raise ValueError(f"x0_scale_bits must be 0 or 4, got {self.x0_scale_bits}")
         if self.x0_channel_bits not in (0, 3):
             raise ValueError(f"x0_channel_bits must be 0 or 3, got {self.x0_channel_bits}")
+        if self.x0_neighbours not in (0, 1) or (self.x0_neighbours and not self.x0_channel_bits):
+            raise ValueError(f"x0_neighbours must be 0 or 1, and 1 only with x0_channel_bits, got {self.x0_neighbours}")
         if not 25 <= self.rate_percent <= 255:
             raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
         self.rcc_config()  # validates the combination (e.g. trellis state bits)
@@ -114,7 +117,7 @@ class CodecSettings:
                                   t_end=self.t_end, chunk_bits=self.chunk_bits,
                                   log2_candidates=self.log2_candidates,
                                   variance_kind=VARIANCE_IDS.index(self.variance) | (self.x0_scale_bits << 4)
-                                  | (0x80 if self.x0_channel_bits else 0),
+                                  | (0x80 if self.x0_channel_bits else 0) | (0x20 if self.x0_neighbours else 0),
                                   selection=SELECTION_IDS.index(self.selection) | (self.reuse_bits >> 2 << 2)
                                   | (self.count_model << 4) | ((self.reuse_bits & 3) << 6),
                                   rate_percent=self.rate_percent)
@@ -124,9 +127,11 @@ class CodecSettings:
         # selection byte: bits 0-1 coder, 4-5 count model, 6-7 and 2-3 the low and high bits of reuse_bits
         sel, count_model = s.selection & 0x3, (s.selection >> 4) & 0x3
         reuse_bits = (s.selection >> 6) | (((s.selection >> 2) & 0x3) << 2)
-        # variance byte: bits 0-3 the variance kind, 4-6 x0_scale_bits, 7 cross-channel x0 (3-bit coefficients)
-        variance, x0_scale_bits = s.variance_kind & 0x0F, (s.variance_kind >> 4) & 0x7
+        # variance byte: bits 0-3 the variance kind, 6 x0_scale_bits 4, 7 cross-channel x0 coefficients
+        # (3 bits each), 5 neighbour coefficients too; bit 4 unused (refused)
+        variance, x0_scale_bits = s.variance_kind & 0x0F, (s.variance_kind >> 4) & 0x5
         x0_channel_bits = 3 if s.variance_kind & 0x80 else 0
+        x0_neighbours = 1 if s.variance_kind & 0x20 else 0
         if s.kind >= len(SCHEDULE_KINDS) or variance >= len(VARIANCE_IDS) or sel >= len(SELECTION_IDS) \
                 or count_model not in COUNT_SPIKES:
             raise container.CorruptFileError("file names an unknown schedule, variance, coder or count model")
@@ -135,7 +140,7 @@ class CodecSettings:
                        chunk_bits=s.chunk_bits, log2_candidates=s.log2_candidates,
                        variance=VARIANCE_IDS[variance], selection=SELECTION_IDS[sel],
                        rate_percent=s.rate_percent, count_model=count_model, reuse_bits=reuse_bits,
-                       x0_scale_bits=x0_scale_bits, x0_channel_bits=x0_channel_bits)
+                       x0_scale_bits=x0_scale_bits, x0_channel_bits=x0_channel_bits, x0_neighbours=x0_neighbours)
         except ValueError as exc:
             raise container.CorruptFileError(f"file names impossible coding settings: {exc}") from exc
 
@@ -188,8 +193,14 @@ PROFILES: dict[int, CodecSettings] = {
     8: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                      selection="trellis", rate_percent=105, count_model=1, reuse_bits=7, x0_scale_bits=4,
                      x0_channel_bits=3),
+    # profile 8 with neighbour terms in x_0's means (x0_neighbours 1: each channel's mean also moves by
+    # the residuals of R, G, B above and to the left, 18 more 3-bit coefficients per tile; pixels are
+    # then decoded one position at a time, all tiles together).
+    9: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
+                     selection="trellis", rate_percent=105, count_model=1, reuse_bits=7, x0_scale_bits=4,
+                     x0_channel_bits=3, x0_neighbours=1),
 }
-DEFAULT_PROFILE = 8
+DEFAULT_PROFILE = 9
 
 
 def default_settings() -> CodecSettings:
@@ -625,30 +636,47 @@ class _X0Side:
 
     Stream layout after the last step: the tiles' scale indices (4 raw bits each, if
     ``x0_scale_bits``), their channel coefficients (3 x 3 raw bits each: G|R, B|R, B|G, if
-    ``x0_channel_bits``), then the pixels: without channel coefficients all of them in the C order of
-    the masked ``[B, 3, H, W]`` tiles (one model); with them channel by channel (R, then G, then B of
-    every tile), each channel's means shifted by the decoded residuals of the channels before it.
+    ``x0_channel_bits``), their neighbour coefficients (18 x 3 raw bits each, if ``x0_neighbours``:
+    for channel R, G, B in turn, the residuals of R, G, B above, then of R, G, B to the left), then
+    the pixels. Pixel order: without coefficients, the C order of the masked ``[B, 3, H, W]`` tiles
+    (one model); with channel coefficients only, channel by channel (every tile's R, then G, then
+    B); with neighbours, pixel by pixel in raster order, R, G, B at each, all tiles together. A
+    channel's mean is x_hat_0's plus, in this order, its channel terms (G: a_GR·r_R; B: a_BR·r_R +
+    a_BG·r_G) and its neighbour terms (3 above, 3 left; residuals outside the tile or image are 0),
+    where r = v/127.5 - 1 - x_hat_0 at the decoded value v: float64, term by term, on both sides.
     """
 
     settings: CodecSettings
     scale_idx: np.ndarray    # [B] int64 (zeros when unused)
     chan_idx: np.ndarray     # [B, 3] int64
+    nb_idx: np.ndarray       # [B, 3, 6] int64: channel c's coefficients on (up R, G, B, left R, G, B)
 
     @classmethod
     def choose(cls, settings: CodecSettings, tiles_pix, means, scales, mask) -> "_X0Side":
-        """The encoder's choice (policy): channel coefficients by least squares on the tile's
+        """The encoder's choice (policy): each channel's coefficients by least squares on the tile's
         residuals, rounded to the table; then the scale factor with the fewest ideal bits."""
         b = len(means)
         side = cls(settings, np.full(b, 10, np.int64) if settings.x0_scale_bits else np.zeros(b, np.int64),
-                   np.zeros((b, 3), np.int64))
+                   np.zeros((b, 3), np.int64), np.zeros((b, 3, 6), np.int64))
         if settings.x0_channel_bits:
             res = np.where(mask, tiles_pix / 127.5 - 1.0 - means, 0.0)
+            up, left = _shifted(res)
             table = np.asarray(X0_CHANNEL_COEFS)
+            nearest = lambda a: int(np.argmin(np.abs(table - a)))  # noqa: E731
             for i in range(b):
-                r, g, bl = (res[i, c][mask[i, c]] for c in range(3))
-                a_gr = float(g @ r) / max(float(r @ r), 1e-300)
-                a_b = np.linalg.lstsq(np.stack([r, g], 1), bl, rcond=None)[0] if len(r) >= 2 else np.zeros(2)
-                side.chan_idx[i] = [int(np.argmin(np.abs(table - a))) for a in (a_gr, a_b[0], a_b[1])]
+                for c in range(3):
+                    m = mask[i, c]
+                    preds = [res[i, k][m] for k in range(c)]
+                    if settings.x0_neighbours:
+                        preds += [up[i, k][m] for k in range(3)] + [left[i, k][m] for k in range(3)]
+                    if not preds:
+                        continue
+                    x = np.stack(preds, 1)
+                    a = np.linalg.lstsq(x, res[i, c][m], rcond=None)[0] if len(x) > x.shape[1] else np.zeros(len(preds))
+                    for k in range(c):   # chan_idx holds (G|R, B|R, B|G)
+                        side.chan_idx[i, c - 1 + k] = nearest(a[k])
+                    if settings.x0_neighbours:
+                        side.nb_idx[i, c] = [nearest(v) for v in a[c:]]
         if settings.x0_scale_bits:
             eff_means, _ = side.apply(means, scales, tiles_pix, mask)
             side.scale_idx = _choose_x0_scales(tiles_pix, eff_means, scales, mask)
@@ -660,16 +688,32 @@ class _X0Side:
             scales = _x0_scaled(scales, self.scale_idx)
         if self.settings.x0_channel_bits:
             res = np.where(mask, tiles_pix / 127.5 - 1.0 - means, 0.0)
-            means = np.stack([self._channel_means(means, res, c) for c in range(3)], 1)
+            up, left = _shifted(res) if self.settings.x0_neighbours else (None, None)
+            means = np.stack([self._means(means, res, up, left, c, np.s_[:, :]) for c in range(3)], 1)
         return means, scales
 
-    def _channel_means(self, means, res, c: int) -> np.ndarray:
-        a = np.asarray(X0_CHANNEL_COEFS, dtype=np.float64)[self.chan_idx][:, :, None, None]  # [B, 3, 1, 1]
-        if c == 0:
-            return means[:, 0]
+    def _coefs(self) -> tuple[np.ndarray, np.ndarray]:
+        table = np.asarray(X0_CHANNEL_COEFS, dtype=np.float64)
+        return table[self.chan_idx], table[self.nb_idx]   # [B, 3], [B, 3, 6]
+
+    def _means(self, means, res, up, left, c: int, at, coefs=None) -> np.ndarray:
+        """Channel ``c``'s means at pixel(s) ``at`` (an index into the trailing [H, W] axes), from the
+        residuals ``res`` (and ``up``/``left``: residuals shifted down/right) — the one formula."""
+        a, u = coefs if coefs is not None else self._coefs()
+        ix = (slice(None),) + at
+        ext = (Ellipsis,) + (None,) * (len(at) - sum(isinstance(v, (int, np.integer)) for v in at))  # [B] over `at`
+        m = means[:, c][ix]
         if c == 1:
-            return means[:, 1] + a[:, 0] * res[:, 0]
-        return means[:, 2] + a[:, 1] * res[:, 0] + a[:, 2] * res[:, 1]
+            m = m + a[:, 0][ext] * res[:, 0][ix]
+        elif c == 2:
+            m = m + a[:, 1][ext] * res[:, 0][ix]
+            m = m + a[:, 2][ext] * res[:, 1][ix]
+        if self.settings.x0_neighbours:
+            for k in range(3):
+                m = m + u[:, c, k][ext] * up[:, k][ix]
+            for k in range(3):
+                m = m + u[:, c, 3 + k][ext] * left[:, k][ix]
+        return m
 
     def write(self, enc) -> None:
         b = len(self.scale_idx)
@@ -677,6 +721,8 @@ class _X0Side:
             rcc._write_raw(enc, self.scale_idx, np.full(b, self.settings.x0_scale_bits, np.int64))
         if self.settings.x0_channel_bits:
             rcc._write_raw(enc, self.chan_idx.reshape(-1), np.full(3 * b, self.settings.x0_channel_bits, np.int64))
+        if self.settings.x0_neighbours:
+            rcc._write_raw(enc, self.nb_idx.reshape(-1), np.full(18 * b, self.settings.x0_channel_bits, np.int64))
 
     @classmethod
     def read(cls, dec, settings: CodecSettings, b: int) -> "_X0Side":
@@ -685,9 +731,12 @@ class _X0Side:
                          if settings.x0_scale_bits else np.zeros(b, np.int64))
             chan_idx = (rcc._read_raw(dec, np.full(3 * b, settings.x0_channel_bits, np.int64)).reshape(b, 3)
                         if settings.x0_channel_bits else np.zeros((b, 3), np.int64))
+            nb_idx = (rcc._read_raw(dec, np.full(18 * b, settings.x0_channel_bits, np.int64)).reshape(b, 3, 6)
+                      if settings.x0_neighbours else np.zeros((b, 3, 6), np.int64))
         except Exception as exc:  # constriction's own errors on a damaged stream
             raise ValueError(f"x0 side information: {exc}") from exc
-        return cls(settings, np.asarray(scale_idx, np.int64), np.asarray(chan_idx, np.int64))
+        return cls(settings, np.asarray(scale_idx, np.int64), np.asarray(chan_idx, np.int64),
+                   np.asarray(nb_idx, np.int64))
 
     def write_pixels(self, enc, tiles_pix, means, scales, mask) -> None:
         if self.settings.x0_scale_bits:
@@ -695,11 +744,19 @@ class _X0Side:
         if not self.settings.x0_channel_bits:
             entropy.write_pixels(enc, tiles_pix[mask], means[mask], scales[mask])
             return
-        res = np.zeros(means.shape)
-        for c in range(3):
-            m = mask[:, c]
-            entropy.write_pixels(enc, tiles_pix[:, c][m], self._channel_means(means, res, c)[m], scales[:, c][m])
-            res[:, c] = np.where(m, tiles_pix[:, c] / 127.5 - 1.0 - means[:, c], 0.0)
+        if not self.settings.x0_neighbours:
+            res = np.zeros(means.shape)
+            for c in range(3):
+                m = mask[:, c]
+                entropy.write_pixels(enc, tiles_pix[:, c][m], self._means(means, res, None, None, c, np.s_[:, :])[m],
+                                     scales[:, c][m])
+                res[:, c] = np.where(m, tiles_pix[:, c] / 127.5 - 1.0 - means[:, c], 0.0)
+            return
+        eff, _ = self.apply(means, scales, tiles_pix, mask)
+        order = (2, 3, 1, 0)   # [H, W, 3, B]: raster order, R G B at each pixel, all tiles together
+        sel = mask.transpose(order)
+        entropy.write_pixels(enc, tiles_pix.transpose(order)[sel], eff.transpose(order)[sel],
+                             scales.transpose(order)[sel])
 
     def read_pixels(self, dec, means, scales, mask) -> np.ndarray:
         """uint8 tiles ``[B, 3, H, W]`` (zeros outside the image). Raises ValueError on bad data."""
@@ -710,13 +767,46 @@ class _X0Side:
             out[mask] = entropy.read_pixels(dec, means[mask], scales[mask])
             return out
         res = np.zeros(means.shape)
-        for c in range(3):
-            m = mask[:, c]
-            oc = out[:, c]
-            oc[m] = entropy.read_pixels(dec, self._channel_means(means, res, c)[m], scales[:, c][m])
-            out[:, c] = oc
-            res[:, c] = np.where(m, out[:, c] / 127.5 - 1.0 - means[:, c], 0.0)
+        if not self.settings.x0_neighbours:
+            for c in range(3):
+                m = mask[:, c]
+                oc = out[:, c]
+                oc[m] = entropy.read_pixels(dec, self._means(means, res, None, None, c, np.s_[:, :])[m], scales[:, c][m])
+                res[:, c] = np.where(m, out[:, c] / 127.5 - 1.0 - means[:, c], 0.0)
+            return out
+        up, left = np.zeros(means.shape), np.zeros(means.shape)
+        _, _, h, w = means.shape
+        coefs = self._coefs()
+        # the coder's parameters as entropy.coder_params makes them (checked once, for all pixels)
+        _, std_pix = entropy.coder_params(means, scales)
+        std_pix = std_pix.reshape(means.shape)
+        for y in range(h):
+            for x in range(w):
+                for c in range(3):
+                    m = mask[:, c, y, x]
+                    if not m.any():
+                        continue
+                    mu = self._means(means, res, up, left, c, (y, x), coefs)
+                    mean_pix = (mu[m] + 1.0) * entropy.PIXEL_SCALE
+                    if not np.all(np.isfinite(mean_pix)):
+                        raise ValueError("x0 means overflow")
+                    v = entropy.read_pixels_params(dec, mean_pix, std_pix[:, c, y, x][m])
+                    out[m, c, y, x] = v
+                    r = np.where(m, out[:, c, y, x] / 127.5 - 1.0 - means[:, c, y, x], 0.0)
+                    res[:, c, y, x] = r
+                    if y + 1 < h:
+                        up[:, c, y + 1, x] = r
+                    if x + 1 < w:
+                        left[:, c, y, x + 1] = r
         return out
+
+
+def _shifted(res: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals moved one row down (``up[.., y, x] = res[.., y-1, x]``) and one column right; 0 at edges."""
+    up, left = np.zeros_like(res), np.zeros_like(res)
+    up[..., 1:, :] = res[..., :-1, :]
+    left[..., :, 1:] = res[..., :, :-1]
+    return up, left
 
 
 def _choose_x0_scales(tiles_pix: np.ndarray, means: np.ndarray, scales: np.ndarray, mask: np.ndarray) -> np.ndarray:
