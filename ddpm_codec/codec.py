@@ -195,7 +195,8 @@ PROFILES: dict[int, CodecSettings] = {
                      x0_channel_bits=3),
     # profile 8 with neighbour terms in x_0's means (x0_neighbours 1: each channel's mean also moves by
     # the residuals of R, G, B above and to the left, 18 more 3-bit coefficients per tile; pixels are
-    # then decoded one position at a time, all tiles together).
+    # then decoded one position at a time, all tiles together). Codec benchmark (test 0-19): 4.2729 bits/dim,
+    # 1.0334 x NELBO; x_0 6328 -> 6163 bits; encode 3.3 s, decode 0.95 s.
     9: CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                      selection="trellis", rate_percent=105, count_model=1, reuse_bits=7, x0_scale_bits=4,
                      x0_channel_bits=3, x0_neighbours=1),
