@@ -311,6 +311,10 @@ def _fmt_row(cols, widths):
     return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cols, widths)) + " |"
 
 
+# --x0-model: (x0_scale_bits, x0_channel_bits, x0_neighbours) of ddpm_codec.codec.CodecSettings
+_X0_MODELS = {"model": (0, 0, 0), "scale": (4, 0, 0), "channels": (4, 3, 0), "neighbours": (4, 3, 1)}
+
+
 def _schedule_options(f):
     """The coding-schedule overrides shared by encode and rd-curve, passed on as ``schedule``."""
     opts = [
@@ -334,14 +338,15 @@ def _schedule_options(f):
                      help="trellis: 2^K times the states on the same candidate pool (0-8; the search's "
                           "recursion costs 2^K times, the pool the same)."),
         click.option("--variance", type=click.Choice(["fitted", "fixedsmall", "fixedlarge"]), default=None),
-        click.option("--x0-scale-bits", type=click.Choice(["0", "4"]), default=None,
-                     help="Lossless x0: 4 sends each 32x32 tile's decoder scale factor in 4 bits (the "
-                          "encoder picks the one of 16 that codes the tile shortest); 0 uses the model's."),
+        click.option("--x0-model", type=click.Choice(list(_X0_MODELS)), default=None,
+                     help="Lossless x0 per 32x32 tile: 'model' the model's decoder as is; 'scale' + a scale "
+                          "factor (4 bits); 'channels' + G, B predicted from decoded R, G residuals (9 bits); "
+                          "'neighbours' + the residuals above and left (54 bits more; profile 9)."),
     ]
 
     @functools.wraps(f)
     def wrapper(*args, profile, num_steps, t_end, schedule_kind, selection, chunk_bits, log2_candidates,
-                rate_percent, reuse_bits, variance, x0_scale_bits, **kw):
+                rate_percent, reuse_bits, variance, x0_model, **kw):
         from ddpm_codec.codec import DEFAULT_PROFILE, PROFILES
 
         if profile is not None and profile not in PROFILES:
@@ -350,7 +355,8 @@ def _schedule_options(f):
                                       t_end=t_end, schedule_kind=schedule_kind, selection=selection,
                                       chunk_bits=chunk_bits, log2_candidates=log2_candidates,
                                       rate_percent=rate_percent, reuse_bits=reuse_bits, variance=variance,
-                                      x0_scale_bits=None if x0_scale_bits is None else int(x0_scale_bits)), **kw)
+                                      **dict(zip(("x0_scale_bits", "x0_channel_bits", "x0_neighbours"),
+                                                 _X0_MODELS.get(x0_model, (None,) * 3)))), **kw)
 
     for o in reversed(opts):
         wrapper = o(wrapper)

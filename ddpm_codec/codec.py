@@ -357,8 +357,8 @@ class _Net:
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         t0 = time.perf_counter()
-        if torch.get_num_threads() != CODEC_THREADS:  # anything run since (an OpenMP library such as the
-            torch.set_num_threads(CODEC_THREADS)      # encoder's numba search) may have reset the count
+        if torch.get_num_threads() != CODEC_THREADS:  # anything run since (an OpenMP library: a parallel numba
+            torch.set_num_threads(CODEC_THREADS)      # search once made undecodable files this way) may reset it
         out = self.model.eps(x.float(), t).double()
         self.seconds += time.perf_counter() - t0
         return out
@@ -598,7 +598,8 @@ class _StepStream:
             if x0:
                 tiles_pix, means, scales, mask, side = self.x0
                 got = _X0Side.read(dec, side.settings, len(tiles_pix))
-                if not (np.array_equal(got.scale_idx, side.scale_idx) and np.array_equal(got.chan_idx, side.chan_idx)):
+                if not all(np.array_equal(a, b) for a, b in ((got.scale_idx, side.scale_idx),
+                                                             (got.chan_idx, side.chan_idx), (got.nb_idx, side.nb_idx))):
                     return False
                 if not np.array_equal(got.read_pixels(dec, means, scales, mask)[mask], tiles_pix[mask]):
                     return False
@@ -660,7 +661,7 @@ class _X0Side:
         side = cls(settings, np.full(b, 10, np.int64) if settings.x0_scale_bits else np.zeros(b, np.int64),
                    np.zeros((b, 3), np.int64), np.zeros((b, 3, 6), np.int64))
         if settings.x0_channel_bits:
-            res = np.where(mask, tiles_pix / 127.5 - 1.0 - means, 0.0)
+            res = _residual(tiles_pix, means, mask)
             up, left = _shifted(res)
             table = np.asarray(X0_CHANNEL_COEFS)
             nearest = lambda a: int(np.argmin(np.abs(table - a)))  # noqa: E731
@@ -688,7 +689,7 @@ class _X0Side:
         if self.settings.x0_scale_bits:
             scales = _x0_scaled(scales, self.scale_idx)
         if self.settings.x0_channel_bits:
-            res = np.where(mask, tiles_pix / 127.5 - 1.0 - means, 0.0)
+            res = _residual(tiles_pix, means, mask)
             up, left = _shifted(res) if self.settings.x0_neighbours else (None, None)
             means = np.stack([self._means(means, res, up, left, c, np.s_[:, :]) for c in range(3)], 1)
         return means, scales
@@ -751,7 +752,7 @@ class _X0Side:
                 m = mask[:, c]
                 entropy.write_pixels(enc, tiles_pix[:, c][m], self._means(means, res, None, None, c, np.s_[:, :])[m],
                                      scales[:, c][m])
-                res[:, c] = np.where(m, tiles_pix[:, c] / 127.5 - 1.0 - means[:, c], 0.0)
+                res[:, c] = _residual(tiles_pix[:, c], means[:, c], m)
             return
         eff, _ = self.apply(means, scales, tiles_pix, mask)
         order = (2, 3, 1, 0)   # [H, W, 3, B]: raster order, R G B at each pixel, all tiles together
@@ -773,7 +774,7 @@ class _X0Side:
                 m = mask[:, c]
                 oc = out[:, c]
                 oc[m] = entropy.read_pixels(dec, self._means(means, res, None, None, c, np.s_[:, :])[m], scales[:, c][m])
-                res[:, c] = np.where(m, out[:, c] / 127.5 - 1.0 - means[:, c], 0.0)
+                res[:, c] = _residual(out[:, c], means[:, c], m)
             return out
         up, left = np.zeros(means.shape), np.zeros(means.shape)
         _, _, h, w = means.shape
@@ -793,13 +794,19 @@ class _X0Side:
                         raise ValueError("x0 means overflow")
                     v = entropy.read_pixels_params(dec, mean_pix, std_pix[:, c, y, x][m])
                     out[m, c, y, x] = v
-                    r = np.where(m, out[:, c, y, x] / 127.5 - 1.0 - means[:, c, y, x], 0.0)
+                    r = _residual(out[:, c, y, x], means[:, c, y, x], m)
                     res[:, c, y, x] = r
                     if y + 1 < h:
                         up[:, c, y + 1, x] = r
                     if x + 1 < w:
                         left[:, c, y, x + 1] = r
         return out
+
+
+def _residual(pix: np.ndarray, means: np.ndarray, inside) -> np.ndarray:
+    """x_0 - x_hat_0 at pixel values ``pix`` in the [-1, 1] convention, 0 where not ``inside`` the
+    image: the one expression both sides evaluate (float64)."""
+    return np.where(inside, pix / 127.5 - 1.0 - means, 0.0)
 
 
 def _shifted(res: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -507,3 +507,23 @@ def test_x0_neighbour_prediction_recovers_known_coefficients_and_round_trips(mod
         replace(base, x0_channel_bits=0)
     with pytest.raises(container.CorruptFileError, match="impossible"):   # bit 4 of the variance byte is unused
         codec.CodecSettings.from_schedule(replace(base.to_schedule(), variance_kind=1 | 0x10))
+
+
+def test_network_runs_on_the_codec_thread_count_whatever_ran_before(model, monkeypatch):
+    """Float sums depend on the thread count, so encoder and decoder must evaluate the network on
+    CODEC_THREADS even if something in between (an OpenMP library; a parallel numba search once did)
+    changed torch's count: the first profile-7 files did not decode because of this."""
+    seen = []
+    real_eps = type(model).eps
+    monkeypatch.setattr(type(model), "eps", lambda self, x, t: (seen.append(torch.get_num_threads()),
+                                                                 real_eps(self, x, t))[1])
+    old = torch.get_num_threads()
+    try:
+        net = codec._Net(model)
+        x = torch.zeros(1, 3, 32, 32, dtype=torch.float64)
+        with codec._deterministic_settings():
+            torch.set_num_threads(2)   # what the parallel search did behind the encoder's back
+            net(x, 5)
+        assert seen == [codec.CODEC_THREADS]
+    finally:
+        torch.set_num_threads(old)

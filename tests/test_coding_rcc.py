@@ -513,18 +513,3 @@ def test_spike_counts_round_trip_through_encode_step():
     assert np.array_equal(back.num_chunks, nc)
     eps2 = rcc.decode_step(back, dim=256, seed=1, step=7, cfg=cfg)
     assert torch.equal(eps, eps2)
-
-
-@pytest.mark.skipif(not viterbi.HAVE_KERNEL, reason="numba not installed")
-def test_compiled_viterbi_leaves_the_thread_count_alone():
-    """The compiled search runs on all cores, but the codec's network must keep running on the
-    thread count it set (float sums depend on it): after a search, torch's count is unchanged."""
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        cfg = _trellis(4, 10, reuse_bits=2)
-        mu_q, mu_p, vq, vp = _pair(1, D, 300.0)
-        rcc.encode_step(mu_q, mu_p, vq, vp, seed=1, step=3, cfg=cfg, generator=torch.Generator())
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(old)

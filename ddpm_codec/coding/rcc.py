@@ -459,10 +459,8 @@ class _Viterbi:
         if self.compiled:
             m = s.shape[2]
             shifts = np.array([_reuse_shift(j, m) for j in range(self.j, self.j + s.shape[0])], dtype=np.int64)
-            threads = torch.get_num_threads()
             viterbi.feed_kernel(s.contiguous().numpy(), np.array(rs, dtype=np.int64), shifts, self.score,
                                 self.back, self.j, B)
-            torch.set_num_threads(threads)  # a parallel (OpenMP) kernel would reset the caller's count
             self.j += s.shape[0]
             return
         for k in range(s.shape[0]):

@@ -47,8 +47,6 @@ def _feed(s, offsets, shifts, score, back, j0, B, log2_b, log2_m, log2_s):  # pr
     S = score.shape[1]
     H = S >> log2_b
     mask = M - 1
-    nchunks = 64 if H >= 64 else H
-    per = H // nchunks
     new = np.empty(S, np.float32)
     arg = np.empty(S, np.int32)
     row2 = np.empty(2 * M, np.float32)  # the row twice: a rotated block never wraps
@@ -61,26 +59,25 @@ def _feed(s, offsets, shifts, score, back, j0, B, log2_b, log2_m, log2_s):  # pr
                 row2[M + x] = v
             r = offsets[g]
             sc = score[g]
-            for ch in range(nchunks):
-                for h in range(ch * per, ch * per + per):
-                    nv = new[h * B: h * B + B]
-                    av = arg[h * B: h * B + B]
+            for h in range(H):
+                nv = new[h * B: h * B + B]
+                av = arg[h * B: h * B + B]
+                for y in range(B):
+                    nv[y] = -np.inf
+                    av[y] = 0
+                hb = h << log2_b
+                for k in range(B):
+                    n0 = (k << log2_s) + hb
+                    row0 = ((n0 & mask) + r + (n0 >> log2_m) * sh) & mask
+                    v0 = sc[k * H + h]
+                    rv = row2[row0: row0 + B]
+                    kk = np.int32(k)
                     for y in range(B):
-                        nv[y] = -np.inf
-                        av[y] = 0
-                    hb = h << log2_b
-                    for k in range(B):
-                        n0 = (k << log2_s) + hb
-                        row0 = ((n0 & mask) + r + (n0 >> log2_m) * sh) & mask
-                        v0 = sc[k * H + h]
-                        rv = row2[row0: row0 + B]
-                        kk = np.int32(k)
-                        for y in range(B):
-                            v = v0 + rv[y]
-                            c = nv[y]
-                            ge = v >= c  # ties: the largest k wins (as the torch fallback)
-                            nv[y] = v if ge else c
-                            av[y] = kk if ge else av[y]
+                        v = v0 + rv[y]
+                        c = nv[y]
+                        ge = v >= c  # ties: the largest k wins (as the torch fallback)
+                        nv[y] = v if ge else c
+                        av[y] = kk if ge else av[y]
             bk = back[j0 + i, g]
             for x in range(S):
                 sc[x] = new[x]
