@@ -13,6 +13,9 @@ chain   A Gaussian toy diffusion (data N(0, I), exact reverse model, var_p > var
         (Σ KL + final cost − ideal): what imperfect samples cost later in the chain. PFR per
         chunk against the trellis coder (one Viterbi search per step) at equal pool sizes.
 budget  RCC seconds of one 50-step chain of one 3072-dim image (B = 1).
+viterbi The trellis recursion per segment: compiled (coding.viterbi) against torch, side by side on
+        the same random scores (2^14 pool rows, 4 path bits, reuse 3 / 6 / 7), and whether both
+        pick the same path.
 
 Timings are noisy on a shared 2-core machine: compare rows measured side by side.
 """
@@ -277,6 +280,29 @@ def bench_budget(configs=((10, 12), (11, 12), (12, 13), (12, 14), (13, 14))):
               flush=True)
 
 
+def bench_viterbi(reuses=(3, 6, 7), segments=32):
+    print("\n### Viterbi recursion per segment (2^14 pool rows, 4 path bits, one item)\n")
+    print("| reuse_bits | states | torch ms/segment | compiled ms/segment | ratio | compiled ns per state-branch | same path |")
+    print("|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for k in reuses:
+        cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=14, selection="trellis", reuse_bits=k)
+        s = torch.from_numpy(rng.standard_normal((segments, 1, cfg.num_candidates)).astype(np.float32))
+        offs = [int(rng.integers(cfg.num_candidates))]
+        out = {}
+        for force in (True, False, False):   # torch; compiled twice (the first run compiles / loads)
+            rcc._FORCE_TORCH_VITERBI = force
+            v = rcc._Viterbi(1, segments, cfg, "cpu")
+            t0 = time.perf_counter()
+            v.feed(s.clone(), offs)
+            out[force] = (time.perf_counter() - t0, v.best_paths())
+        rcc._FORCE_TORCH_VITERBI = False
+        (tt, pt), (tk, pk) = out[True], out[False]
+        S = 1 << cfg.state_bits
+        print(f"| {k} | 2^{cfg.state_bits} | {tt / segments * 1e3:.2f} | {tk / segments * 1e3:.2f} | {tt / tk:.1f} | "
+              f"{tk / segments / (S * 16) * 1e9:.2f} | {np.array_equal(pt, pk)} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["pool", "grid", "mrc", "chain", "budget"])
@@ -287,7 +313,8 @@ def main():
     print(f"torch {torch.__version__}, numpy {np.__version__}, threads {torch.get_num_threads()}")
     for w in args.what:
         {"pool": bench_pool, "grid": lambda: bench_grid(args.quick), "mrc": lambda: bench_mrc(args.quick),
-         "chain": lambda: bench_chain(args.quick, args.selection), "budget": bench_budget}[w]()
+         "chain": lambda: bench_chain(args.quick, args.selection), "budget": bench_budget,
+         "viterbi": bench_viterbi}[w]()
 
 
 if __name__ == "__main__":
