@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ddpm_codec.coding import prng, rcc
+from ddpm_codec.coding.rcc import layout, search
 
 D = 3072
 LN2 = math.log(2)
@@ -67,7 +68,7 @@ def bench_pool(ls=(12, 13, 14)):
         tr = time.perf_counter() - t0
         print(f"| {L} | {(1 << L) * D / 1e6:.0f}M | {tp:.2f} | {tr:.2f} | {tp / tr:.1f} |")
         prng.candidate_pool_t.cache_clear()
-        rcc._pool_on.cache_clear()
+        search._pool_on.cache_clear()
 
 
 def _chunk_stats(code, eps, mu_q, mu_p, vq, vp, cfg, seed, step):
@@ -80,8 +81,8 @@ def _chunk_stats(code, eps, mu_q, mu_p, vq, vp, cfg, seed, step):
         c = int(code.num_chunks[b])
         if c == 0:
             continue
-        perm, _, _ = rcc._item_layout(seed, step, b, D, cfg.num_candidates)
-        bounds = rcc._block_bounds(D, c)[:-1]
+        perm, _, _ = layout.item_layout(seed, step, b, D, cfg.num_candidates)
+        bounds = layout.block_bounds(D, c)[:-1]
         d, x = delta[b, perm], e[b, perm]
         norm = np.sqrt(np.add.reduceat(d * d, bounds))
         proj.append(np.add.reduceat(d * x, bounds) / norm)
@@ -143,8 +144,8 @@ def bench_grid(quick=False):
                           f"{r['bits_per_chunk']:.2f} | {r['mean']:.3f} | {r['var']:.3f} | {r['delivered']:.3f} | "
                           f"{r['excess']:.3f} | {r['enc_ms']:.0f} | "
                           f"{r['dec_ms']:.1f} |", flush=True)
-            rcc._pool_on.cache_clear()
-            rcc._sqnorm_prefix.cache_clear()
+            search._pool_on.cache_clear()
+            search._sqnorm_prefix.cache_clear()
             prng.candidate_pool_t.cache_clear()
 
 
@@ -260,11 +261,11 @@ def bench_budget(configs=((10, 12), (11, 12), (12, 13), (12, 14), (13, 14))):
     for k, L in configs:
         cfg = rcc.RCCConfig(chunk_bits=k, log2_candidates=L)
         prng.candidate_pool_t.cache_clear()
-        rcc._pool_on.cache_clear()
-        rcc._sqnorm_prefix.cache_clear()
+        search._pool_on.cache_clear()
+        search._sqnorm_prefix.cache_clear()
         t0 = time.perf_counter()
-        rcc._pool_on(D, 1 << L, "cpu")
-        rcc._sqnorm_prefix(D, 1 << L, "cpu")
+        search._pool_on(D, 1 << L, "cpu")
+        search._sqnorm_prefix(D, 1 << L, "cpu")
         build = time.perf_counter() - t0
         t0 = time.perf_counter()
         torch.randn(1 << L, D)
@@ -291,12 +292,10 @@ def bench_viterbi(reuses=(3, 6, 7), segments=32):
         offs = [int(rng.integers(cfg.num_candidates))]
         out = {}
         for force in (True, False, False):   # torch; compiled twice (the first run compiles / loads)
-            rcc._FORCE_TORCH_VITERBI = force
-            v = rcc._Viterbi(1, segments, cfg, "cpu")
+            v = search.Viterbi(1, segments, cfg, "cpu", kernel="torch" if force else "auto")
             t0 = time.perf_counter()
             v.feed(s.clone(), offs)
             out[force] = (time.perf_counter() - t0, v.best_paths())
-        rcc._FORCE_TORCH_VITERBI = False
         (tt, pt), (tk, pk) = out[True], out[False]
         S = 1 << cfg.state_bits
         print(f"| {k} | 2^{cfg.state_bits} | {tt / segments * 1e3:.2f} | {tk / segments * 1e3:.2f} | {tt / tk:.1f} | "

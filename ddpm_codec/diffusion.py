@@ -259,6 +259,22 @@ class GaussianDiffusion:
             return torch.sqrt(_gather(self.x0_mse, t, like))
         return torch.sqrt(self.p_variance(t, 0, kind, like))
 
+    def ddim_step(self, xt: torch.Tensor, t: int, s: int, x0_hat: torch.Tensor) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0, probability-flow) step t -> s through a given x_hat_0:
+        x_s = sqrt(abar_s) x_hat_0 + sqrt(1 - abar_s) eps_hat, eps_hat = (x_t - sqrt(abar_t) x_hat_0) / sqrt(1 - abar_t)."""
+        ab = float(self.alphas_cumprod[s])
+        e_hat = (xt - math.sqrt(float(self.alphas_cumprod[t])) * x0_hat) / math.sqrt(1 - float(self.alphas_cumprod[t]))
+        return math.sqrt(ab) * x0_hat + math.sqrt(1 - ab) * e_hat
+
+    def expected_step_kl(self, t: int, s: int, var_q: float, var_p: float, dims: int) -> float | None:
+        """E KL(q(x_s | x_t, x_0) || p_theta(x_s | x_t)) over ``dims`` dims, nats, from the fitted
+        ``x0_mse`` statistics (None without them): the variance term plus c0^2 E|x_0 - x_hat_0|^2 / (2 var_p)."""
+        if self.x0_mse is None:
+            return None
+        c0, _, _ = self.posterior_coefs(t, s, torch.zeros(1))
+        mean_sq = float(c0) ** 2 * float(self.x0_mse[t])
+        return 0.5 * dims * (var_q / var_p - 1 - math.log(var_q / var_p)) + 0.5 * dims * mean_sq / var_p
+
     # ------------------------------------------------------------------ variational bound terms
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) per item, in nats (summed over dims)."""

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ddpm_codec import codec
+from ddpm_codec.codec import chain, stream, x0
 from ddpm_codec.coding import container
 from ddpm_codec.models.checkpoint import fresh_model, save_model, with_stats
 from ddpm_codec.models.presets import get_preset
@@ -137,11 +138,11 @@ def test_diverged_network_is_detected(model, monkeypatch):
     decode must fail loudly (checksum), never write a wrong image silently."""
     img = smooth_images(1, seed=2)[0]
     data = codec.encode(img, model, settings=SETTINGS).data
-    real = codec._Net.__call__
+    real = chain.Net.__call__
 
     def perturbed(self, x, t):
         return real(self, x, t) + 1e-3
-    monkeypatch.setattr(codec._Net, "__call__", perturbed)
+    monkeypatch.setattr(chain.Net, "__call__", perturbed)
     with pytest.raises(codec.DecodeError, match="checksum"):
         codec.decode(data, model)
 
@@ -299,7 +300,7 @@ def test_files_with_one_stream_per_segment_still_decode(model):
     res = codec.encode(img, model, settings=SETTINGS, min_segment_bytes=1 << 30, x0_in_stream=False)
     f = container.unpack(res.data).file
     assert len(f.segments) == 1
-    words = codec._stream_words(f.segments[0].payload)
+    words = stream.stream_words(f.segments[0].payload)
     old = replace(f, header=replace(f.header, one_stream=False),
                   segments=[container.Segment(f.segments[0].num_steps, words.astype("<u4").tobytes())])
     dec = codec.decode(container.pack(old), model)
@@ -338,10 +339,10 @@ def test_encoding_on_an_accelerator_warns(model, monkeypatch):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        codec._warn_if_accelerated(model)                      # CPU: silent
+        chain.warn_if_accelerated(model)                      # CPU: silent
     monkeypatch.setattr(LoadedModel, "device", property(lambda self: torch.device("cuda", 0)))
     with pytest.warns(RuntimeWarning, match="cuda:0.*failed its checksum"):
-        codec._warn_if_accelerated(model)
+        chain.warn_if_accelerated(model)
 
 
 def test_count_model_travels_in_an_explicit_schedule(model):
@@ -397,7 +398,7 @@ def test_x0_scale_choice_recovers_a_known_residual_scale():
     pix = np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
     scales = np.full_like(means, sigma)
     mask = np.ones(means.shape, bool)
-    idx = codec._choose_x0_scales(pix, means, scales, mask)
+    idx = x0.choose_x0_scales(pix, means, scales, mask)
     chosen = np.array(codec.X0_SCALE_FACTORS)[idx]
     # 3072 samples per tile: the ML scale is within ~2 % of s; the grid step is 2^(1/16) = 4.4 %
     assert np.all(np.abs(np.log(chosen / true_s)) < np.log(2) / 16)
@@ -444,7 +445,7 @@ def test_x0_channel_prediction_recovers_known_coefficients_and_round_trips(model
     pix = np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
     scales, mask = np.full_like(means, sigma), np.ones(means.shape, bool)
     s = codec.CodecSettings(x0_channel_bits=3)
-    side = codec._X0Side.choose(s, pix, means, scales, mask)
+    side = x0.X0Side.choose(s, pix, means, scales, mask)
     assert [codec.X0_CHANNEL_COEFS[i] for i in side.chan_idx[0]] == [0.25, 0.125, 0.1875]
     eff_means, eff_scales = side.apply(means, scales, pix, mask)
     assert np.array_equal(eff_means[:, 0], means[:, 0])  # R is coded as before
@@ -488,10 +489,10 @@ def test_x0_neighbour_prediction_recovers_known_coefficients_and_round_trips(mod
     pix = np.clip(np.round((means + r[None] + 1) * 127.5), 0, 255).astype(np.uint8)
     scales, mask = np.full_like(means, sigma), np.ones(means.shape, bool)
     table = np.array(codec.X0_CHANNEL_COEFS)
-    side = codec._X0Side.choose(codec.CodecSettings(x0_channel_bits=3, x0_neighbours=1), pix, means, scales, mask)
+    side = x0.X0Side.choose(codec.CodecSettings(x0_channel_bits=3, x0_neighbours=1), pix, means, scales, mask)
     assert list(table[side.chan_idx[0]]) == [0.25, 0.125, 0.1875]
     assert np.array_equal(table[side.nb_idx[0]], nb)
-    plain = codec._X0Side.choose(codec.CodecSettings(x0_channel_bits=3), pix, means, scales, mask)
+    plain = x0.X0Side.choose(codec.CodecSettings(x0_channel_bits=3), pix, means, scales, mask)
     from ddpm_codec.coding import entropy
     bits = [entropy.ideal_bits(pix, *s.apply(means, scales, pix, mask)) for s in (plain, side)]
     assert bits[1] < bits[0] - 500
@@ -519,11 +520,11 @@ def test_network_runs_on_the_codec_thread_count_whatever_ran_before(model, monke
                                                                  real_eps(self, x, t))[1])
     old = torch.get_num_threads()
     try:
-        net = codec._Net(model)
+        net = chain.Net(model)
         x = torch.zeros(1, 3, 32, 32, dtype=torch.float64)
-        with codec._deterministic_settings():
+        with chain.deterministic_settings():
             torch.set_num_threads(2)   # what the parallel search did behind the encoder's back
             net(x, 5)
-        assert seen == [codec.CODEC_THREADS]
+        assert seen == [chain.CODEC_THREADS]
     finally:
         torch.set_num_threads(old)

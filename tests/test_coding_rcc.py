@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ddpm_codec.coding import rcc, viterbi
+from ddpm_codec.coding.rcc import bitstream, layout, search
 
 D = 3072
 CFG = rcc.RCCConfig(chunk_bits=8, log2_candidates=12)
@@ -133,7 +134,7 @@ def test_index_code_length():
     assert 0.9 * kl < bits < 1.45 * kl
     # compare with the plug-in entropy of the observed buckets + their raw bits
     idx = np.concatenate(code.indices)
-    b = rcc._bucket(idx)
+    b = bitstream.bucket(idx)
     freq = np.bincount(b, minlength=cfg.log2_candidates + 1) / len(b)
     ent = -(freq[freq > 0] * np.log2(freq[freq > 0])).sum() + np.where(b < cfg.log2_candidates, b, 0).mean()
     assert abs(bits / chunks - ent) < 1.0
@@ -265,13 +266,12 @@ def test_gpu_encoder_matches_cpu_decoder():
     assert torch.equal(eps.cpu(), rcc.decode_step(code, dim=D, seed=1, step=1, cfg=cfg))
 
 
-def test_torch_selection_path_on_cpu(monkeypatch):
+def test_torch_selection_path_on_cpu():
     """The GPU code path (torch arrival times) run on CPU: valid code, exact ε, sane samples."""
-    monkeypatch.setattr(rcc, "_FORCE_TORCH_SELECTION", True)
     cfg = rcc.RCCConfig(chunk_bits=8, log2_candidates=10)
     mu_q, mu_p, vq, vp = _pair(6, 512, 40.0, ratio=1.3, seed=8)
     code, eps, rep = rcc.encode_step(mu_q, mu_p, vq, vp, seed=2, step=9, cfg=cfg,
-                                     generator=torch.Generator().manual_seed(0))
+                                     generator=torch.Generator().manual_seed(0), kernel="torch")
     assert torch.equal(eps, rcc.decode_step(code, dim=512, seed=2, step=9, cfg=cfg))
     assert 0.6 < np.mean(rep.proj / rep.proj_target_mean) < 1.1
 
@@ -320,7 +320,7 @@ def test_trellis_viterbi_finds_the_best_path(b, L, ratio, reuse):
         return float((-(z - mu_q[0]) ** 2 / (2 * vq) + (z - mu_p[0]) ** 2 / (2 * vp)).sum())
 
     m = 1 << L
-    scores = {tuple(p): log_w(torch.from_numpy(rcc._item_epsilon(3, 7, 0, dim, m, p)).double())
+    scores = {tuple(p): log_w(torch.from_numpy(layout.item_epsilon(3, 7, 0, dim, m, p)).double())
               for p in _paths(c, b, cfg.state_bits)}
     assert len(scores) == (1 << b) ** c
     best = max(scores, key=scores.get)
@@ -330,7 +330,7 @@ def test_trellis_viterbi_finds_the_best_path(b, L, ratio, reuse):
 
 @pytest.mark.skipif(not viterbi.HAVE_KERNEL, reason="numba not installed")
 @pytest.mark.parametrize("b,L,reuse,g", [(4, 10, 0, 1), (4, 10, 3, 3), (2, 6, 2, 2), (3, 9, 1, 1), (4, 8, 4, 2)])
-def test_compiled_viterbi_equals_the_torch_recursion(b, L, reuse, g, monkeypatch):
+def test_compiled_viterbi_equals_the_torch_recursion(b, L, reuse, g):
     """The numba recursion (coding.viterbi) and the torch one make the same decisions: same final
     scores, back pointers and paths, on random scores and on scores with many exact ties (small
     integers), fed in uneven blocks of segments."""
@@ -343,8 +343,7 @@ def test_compiled_viterbi_equals_the_torch_recursion(b, L, reuse, g, monkeypatch
         offsets = [int(v) for v in rng.integers(0, m, g)]
         runs = []
         for force_torch in (False, True):
-            monkeypatch.setattr(rcc, "_FORCE_TORCH_VITERBI", force_torch)
-            v = rcc._Viterbi(g, c, cfg, "cpu")
+            v = search.Viterbi(g, c, cfg, "cpu", kernel="torch" if force_torch else "auto")
             assert v.compiled == (not force_torch)
             for lo, hi in ((0, 1), (1, 8), (8, c)):
                 v.feed(s[lo:hi].clone(), offsets)
@@ -374,7 +373,7 @@ def test_trellis_stream_roundtrip_and_exact_length():
         words = enc.get_compressed()
         assert torch.equal(_decode_without_mu(words, 3, D, 5, 9, cfg, pred), eps)
         enc_counts = constriction.stream.queue.RangeEncoder()
-        rcc._write_counts(enc_counts, code.num_chunks, D, cfg, pred)
+        bitstream.write_counts(enc_counts, code.num_chunks, D, cfg, pred)
         # paths are raw bits: the step's length is the counts' plus C·b (range coder: ±32 bits)
         assert abs(enc.num_bits() - enc_counts.num_bits() - 4 * code.num_chunks.sum()) <= 32
     bad = rcc.StepCode(num_chunks=code.num_chunks.copy(), indices=[i.copy() for i in code.indices], dim=D)
@@ -403,8 +402,8 @@ def test_trellis_delivered_information_between_closed_forms():
             c = int(code.num_chunks[0])
             assert c == 50
             u = ((mu_q - mu_p)[0] / math.sqrt(vp)).numpy()
-            perm, _, _ = rcc._item_layout(i, 1, 0, dim, cfg.num_candidates)
-            bounds = rcc._block_bounds(dim, c)
+            perm, _, _ = layout.item_layout(i, 1, 0, dim, cfg.num_candidates)
+            bounds = layout.block_bounds(dim, c)
             un = np.array([np.linalg.norm(u[perm[bounds[j]:bounds[j + 1]]]) for j in range(c)])
             expect_s1.append((un.sum() * 1.76599 - (u ** 2).sum() / 2) / math.log(2))
         info[L] = (np.mean(got), np.mean(expect_s1))
@@ -440,9 +439,9 @@ def test_count_model_per_item_predictions():
     back, bits = _roundtrip(code, cfg, pred)
     assert np.array_equal(back.num_chunks, nc)
     # groups: {3: [0]}, {40: [1, 3]}, {0: [2]}, {7: [4]}
-    assert [(c, list(m)) for c, m in rcc._count_groups(pred, 5)] == [(3.0, [0]), (40.0, [1, 3]), (0.0, [2]), (7.0, [4])]
+    assert [(c, list(m)) for c, m in bitstream.count_groups(pred, 5)] == [(3.0, [0]), (40.0, [1, 3]), (0.0, [2]), (7.0, [4])]
     with pytest.raises(ValueError, match="finite"):
-        rcc._count_groups(np.array([1.0, np.nan]), 2)
+        bitstream.count_groups(np.array([1.0, np.nan]), 2)
 
 
 def test_trellis_items_searched_together_match_alone():
@@ -466,7 +465,7 @@ def test_count_spike_model_closed_form_and_code_length():
     dim, c0 = 100, 40
     cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=14, selection="trellis", chunks_abs_scale=0.6,
                         chunks_rel_scale=0.03, count_spike=0.8)
-    p = rcc._chunk_count_probs(c0, dim, cfg)
+    p = bitstream.chunk_count_probs(c0, dim, cfg)
     floor = 2.0**-10
     scale = 0.6 + 0.03 * c0
     rho = scale / (scale + 1)
@@ -481,7 +480,7 @@ def test_count_spike_model_closed_form_and_code_length():
     cfg_small = rcc.RCCConfig(chunk_bits=8, log2_candidates=12, count_spike=0.8)
     back, bits = _roundtrip(code, cfg_small, pred=3.2)
     assert np.array_equal(back.num_chunks, code.num_chunks)
-    index_bits = rcc._index_code_bits(np.zeros(3, np.int64), cfg_small) * 400
+    index_bits = bitstream.index_code_bits(np.zeros(3, np.int64), cfg_small) * 400
     count_bits = bits - index_bits
     assert abs(count_bits / 400 + math.log2(0.8)) < 0.05, count_bits / 400
 

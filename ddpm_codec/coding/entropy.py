@@ -332,3 +332,39 @@ def read_pixels(decoder, means, scales) -> np.ndarray:
     except Exception as exc:  # constriction reports invalid data as ValueError
         raise ValueError(f"x0 data is corrupted: {exc}") from exc
     return np.asarray(symbols).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# Raw bits on a range coder (side information, trellis paths)
+# ---------------------------------------------------------------------------------------
+
+def write_raw_bits(encoder, values: np.ndarray, nbits: np.ndarray) -> None:
+    """values[i] < 2^nbits[i] as raw bits, in pieces of ≤ 16 bits (Uniform models)."""
+    import constriction as cn
+
+    values = np.asarray(values, dtype=np.int64)
+    nbits = np.asarray(nbits, dtype=np.int64)
+    rem = nbits.copy()
+    while np.any(rem > 0):
+        w = np.minimum(rem, 16)
+        live = w > 0
+        rem = rem - w
+        piece = (values[live] >> rem[live]) & ((1 << w[live]) - 1)
+        sizes = (1 << w[live]).astype(np.int32)
+        encoder.encode(piece.astype(np.int32), cn.stream.model.Uniform(), sizes)
+
+
+def read_raw_bits(decoder, nbits: np.ndarray) -> np.ndarray:
+    import constriction as cn
+
+    nbits = np.asarray(nbits, dtype=np.int64)
+    out = np.zeros(len(nbits), np.int64)
+    rem = nbits.copy()
+    while np.any(rem > 0):
+        w = np.minimum(rem, 16)
+        live = w > 0
+        rem = rem - w
+        sizes = (1 << w[live]).astype(np.int32)
+        piece = np.asarray(decoder.decode(cn.stream.model.Uniform(), sizes), dtype=np.int64)
+        out[live] = (out[live] << w[live]) | piece
+    return out

@@ -1,0 +1,37 @@
+"""Progressive coding with a DDPM: Algorithms 3 and 4 of Ho et al. (2020) with real bits.
+
+The sender transmits x_T, x_{t_2}, ..., x_tau along a (strided) chain by reverse channel coding
+(``coding.rcc``): each x_s ~ q(x_s | x_t, x_0) is sent using p_theta(x_s | x_t). Then x_0 is
+entropy-coded exactly with the discretized Gaussian p(x_0 | x_tau) (Eq. 13; ``coding.entropy``).
+The receiver can stop after any step and show x_hat_0 (Eq. 15), a sample, or a deterministic
+probability-flow decode. Both sides compute every network output with the same batch layout and
+a fixed thread count, so the decoder reproduces the encoder's floats bit for bit on the same
+hardware; a pixel checksum turns any divergence into a clear error.
+
+Modules, one concern each:
+
+- :mod:`.settings` — :class:`CodecSettings` (what a file's schedule says) and the format constants.
+- :mod:`.profiles` — the built-in profiles, each spelled out, and the default.
+- :mod:`.tiles` — images as 32x32 tiles in [-1, 1]; input checks; per-image metrics.
+- :mod:`.chain` — the coding chain both sides walk: ONE step function for encode, decode and trace.
+- :mod:`.stream` — all steps in one range-coded stream, cut into segments.
+- :mod:`.x0` — the lossless x_0 stage and its per-tile side information.
+- :mod:`.api` — :func:`encode`, :func:`decode`, :func:`trace_theoretical` and their results.
+"""
+from __future__ import annotations
+
+from .api import (RECONSTRUCT_MODES, DecodeError, DecodeResult, EncodeResult, Reconstruct, StepRecord, check_model,
+                  decode, encode, read_header, trace_theoretical)
+from .profiles import (DEFAULT_PROFILE, PROFILE_INFO, PROFILES, Profile, default_settings, profile_id, profile_of,
+                       settings_with)
+from .settings import (COUNT_SPIKES, SCHEDULE_KINDS, SELECTION_IDS, TRELLIS_COUNT_SCALE, VARIANCE_IDS,
+                       X0_CHANNEL_COEFS, X0_MODELS, X0_SCALE_FACTORS, CodecSettings, x0_model_fields)
+from .tiles import check_image, from_tiles, to_tiles
+
+__all__ = [
+    "encode", "decode", "trace_theoretical", "read_header", "check_model", "EncodeResult", "DecodeResult",
+    "StepRecord", "DecodeError", "Reconstruct", "RECONSTRUCT_MODES", "CodecSettings", "PROFILES", "PROFILE_INFO",
+    "Profile", "DEFAULT_PROFILE", "default_settings", "settings_with", "profile_id", "profile_of", "SCHEDULE_KINDS",
+    "VARIANCE_IDS", "SELECTION_IDS", "COUNT_SPIKES", "TRELLIS_COUNT_SCALE", "X0_SCALE_FACTORS", "X0_CHANNEL_COEFS",
+    "X0_MODELS", "x0_model_fields", "check_image", "to_tiles", "from_tiles",
+]

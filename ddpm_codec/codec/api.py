@@ -1,0 +1,361 @@
+"""The codec's public API: :func:`encode`, :func:`decode`, :func:`trace_theoretical`, and their results.
+
+Each walks the one :class:`.chain.Chain`; the segment stream (:mod:`.stream`) and the x_0 stage
+(:mod:`.x0`) hold the rest.
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import torch
+
+from ..coding import container, entropy, rcc
+from ..data import to_uint8
+from ..models.checkpoint import LoadedModel
+from ..sample import reconstruct as _reconstruct_from
+from .chain import Chain, Link, deterministic_settings, warn_if_accelerated
+from .profiles import PROFILES, default_settings, profile_of
+from .settings import CodecSettings
+from .stream import StepStream, pad4, stream_words
+from .tiles import check_image, from_tiles, inside_mask, tile_metrics, to_tiles
+from .x0 import X0Side, x0_model
+
+Reconstruct = Literal["denoise", "ancestral", "flow"]
+RECONSTRUCT_MODES = ("denoise", "ancestral", "flow")
+
+
+class DecodeError(ValueError):
+    """A file cannot be decoded with this model (fingerprint or checksum mismatch)."""
+
+
+@dataclass
+class StepRecord:
+    """One row of the progressive report (the paper's Table 4 with real bits)."""
+
+    reverse_time: int        # T - t + 1 for the x_t reached
+    t: int
+    kl_bits: float           # KL(q || p) of this step, summed over tiles
+    actual_bits: float       # bits this step added to the file (coder's count)
+    cum_kl_bpd: float        # cumulative KL bound (incl. L_T), bits/dim
+    cum_bpd: float           # cumulative actual bits/dim (header + segments so far)
+    rmse: float              # of x_hat_0 from x_t, 0-255
+    psnr: float
+    chunks: int
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    steps: list[StepRecord]
+    lossless: bool
+    x0_bits: float = 0.0            # actual bits of the x_0 segment
+    x0_ideal_bits: float = 0.0      # -log2 p(x_0 | x_tau) under the decoder as adapted by the side information
+    x0_model_bits: float = 0.0      # -log2 p(x_0 | x_tau) under the model's own decoder (no side information)
+    x0_side_bits: float = 0.0       # bits of per-tile side information (raw, all tiles)
+    seconds: float = 0.0
+    network_seconds: float = 0.0
+    num_dims: int = 0
+
+    @property
+    def bits_per_dim(self) -> float:
+        return 8 * len(self.data) / self.num_dims
+
+    @property
+    def model_bound_bpd(self) -> float:
+        """The model's own code length for this image along the realised chain, per dim: the sum of the
+        steps' KLs plus -log2 p(x_0 | x_tau) under the model's decoder (no per-image adaptation)."""
+        kl = self.steps[-1].cum_kl_bpd if self.steps else 0.0
+        return kl + self.x0_model_bits / self.num_dims
+
+    @property
+    def adapted_code_length_bpd(self) -> float:
+        """Sum of KLs + -log2 p(x_0 | x_tau) under the decoder adapted to this image by the per-tile side
+        information, + the side information's own bits, per dim. Not a bound: the adaptation is fitted to
+        the image."""
+        kl = self.steps[-1].cum_kl_bpd if self.steps else 0.0
+        return kl + (self.x0_ideal_bits + self.x0_side_bits) / self.num_dims
+
+
+@dataclass
+class DecodeResult:
+    image: np.ndarray                   # uint8 [H, W, 3]
+    lossless: bool                      # True when the exact pixels were decoded (checksum verified)
+    reverse_time: int                   # the last decoded step's T - t + 1
+    truncated: bool
+    steps_decoded: int
+    progressive: list[tuple[int, np.ndarray]] = field(default_factory=list)   # (reverse time, image)
+    seconds: float = 0.0
+    network_seconds: float = 0.0
+
+
+def read_header(data: bytes) -> tuple[container.ParsedFile, CodecSettings]:
+    parsed = container.unpack(data)
+    h = parsed.file.header
+    if h.profile is not None:
+        if h.profile not in PROFILES:
+            raise container.UnsupportedVersionError(f"file uses codec profile {h.profile}, unknown to this version")
+        settings = PROFILES[h.profile]
+    else:
+        settings = CodecSettings.from_schedule(h.schedule)
+    return parsed, settings
+
+
+def check_model(parsed: container.ParsedFile, model: LoadedModel) -> None:
+    fp = parsed.file.header.fingerprint.hex()
+    if not model.fingerprint.startswith(fp):
+        raise DecodeError(f"the file was encoded with model {fp}, but the model given is {model.name} "
+                          f"({model.fingerprint[:8]}): decode with the same model (--model)")
+
+
+# ----------------------------------------------------------------------------- encode
+def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
+           max_reverse_time: int | None = None, max_bpd: float | None = None, lossless: bool | None = None,
+           seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
+           metrics: bool = True, x0_in_stream: bool = True) -> EncodeResult:
+    """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
+
+    Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
+    after the coding steps with T - t + 1 <= N (the x-axis of the paper's Table 4), ``max_bpd``
+    after the cumulative rate reaches it; either makes the file lossy unless ``lossless=True``.
+    ``min_segment_bytes``: all steps form one range-coded stream, cut into segments at step
+    boundaries; a segment holds at least this many bytes and 2.5 times the previous one (64: 3-4
+    segments in a lossless 32x32 file, at ~64, ~240 and ~700 bytes, each costing only its ~3-byte
+    table entry). A file cut at a segment boundary decodes to that segment's last step.
+    ``x0_in_stream``: a lossless file codes x_0 at the end of that stream (format version 2); False
+    writes version 1 (x_0 as an ANS payload of its own: ~5 bytes more, readable by releases before
+    version 2).
+    """
+    settings = settings or default_settings()
+    image = check_image(image)
+    warn_if_accelerated(model)
+    height, width = image.shape[:2]
+    diffusion = model.diffusion
+    size = model.image_size
+    x0 = to_tiles(image, size).double()
+    num_dims = height * width * 3
+    if lossless is None:
+        lossless = max_reverse_time is None and max_bpd is None
+    if settings.variance == "fitted" and diffusion.x0_mse is None:
+        raise ValueError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
+    if lossless and (settings.x0_scale_bits or settings.x0_channel_bits) and not x0_in_stream:
+        raise ValueError("per-tile x_0 scales or channel coefficients need format version 2 (x0_in_stream=True)")
+    chain = Chain(model, settings, tuple(x0.shape))
+    T, B = chain.T, x0.shape[0]
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)   # the encoder's private randomness
+    start = time.perf_counter()
+
+    profile = profile_of(settings)
+    header = container.Header(fingerprint=bytes.fromhex(model.fingerprint[:8]), height=height, width=width, seed=seed,
+                              schedule=None if profile is not None else settings.to_schedule(), profile=profile,
+                              lossless=lossless, one_stream=True, x0_in_stream=lossless and x0_in_stream)
+    header_bytes = len(container.pack(container.DdpmFile(header=replace(header, lossless=False, x0_in_stream=False))))
+
+    stream = StepStream(B, chain.dims_tile, chain.cfg, min_segment_bytes)
+    records: list[StepRecord] = []
+    cum_kl = 0.0
+
+    def send(link: Link):   # reverse channel coding of x_s ~ q(x_s | x_t, x_0) against p_theta(x_s | x_t)
+        nonlocal sent
+        mu_q, var_q = chain.target(link, x0)
+        code, e, rep = rcc.encode_step(mu_q.reshape(B, -1), link.mu_p.reshape(B, -1), var_q, link.var_p, seed=seed,
+                                       step=link.s, cfg=chain.cfg, generator=gen, predicted_chunks=link.centres)
+        stream.write(code, link.centres)
+        sent = code, rep
+        return chain.x_from_eps(link, e), code.num_chunks
+
+    with deterministic_settings():
+        while chain.done < len(chain):
+            sent = None
+            before = stream.num_bits()
+            link = chain.step(send)
+            code, rep = sent
+            kl = float(rep.kl_bits.sum())
+            cum_kl += kl
+            rmse = psnr = float("nan")
+            if metrics:
+                rmse, psnr = tile_metrics(diffusion.denoise(chain.x, link.s, chain.eps), image, height, width)
+            rec = StepRecord(reverse_time=T - link.s + 1, t=link.s, kl_bits=kl,
+                             actual_bits=float(stream.num_bits() - before), cum_kl_bpd=cum_kl / num_dims,
+                             cum_bpd=(8.0 * header_bytes + stream.num_bits() + stream.table_bits()) / num_dims,
+                             rmse=rmse, psnr=psnr, chunks=int(np.sum(code.num_chunks)))
+            records.append(rec)
+            if progress:
+                progress(rec)
+            stream.maybe_end_segment()
+            if (max_reverse_time is not None and chain.done < len(chain)
+                    and chain.reverse_time(chain.done) > max_reverse_time) \
+                    or (max_bpd is not None and rec.cum_bpd >= max_bpd):
+                break
+        x0_payload, crc, x0_bits, x0_ideal, x0_own, x0_side = None, None, 0.0, 0.0, 0.0, 0.0
+        if lossless:
+            if chain.done < len(chain):
+                raise ValueError("a lossless file needs the whole chain: drop max_reverse_time/max_bpd")
+            means, scales = x0_model(diffusion, chain.x, chain.ts[-1], chain.eps, settings.variance)
+            mask = inside_mask(height, width, size)
+            tiles_pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy().astype(np.uint8)
+            side = X0Side.choose(settings, tiles_pix, means, scales, mask)
+            eff_means, eff_scales = side.apply(means, scales, tiles_pix, mask)
+            pix = tiles_pix[mask]
+            x0_ideal = float(entropy.ideal_bits(pix, eff_means[mask], eff_scales[mask]))
+            x0_own = float(entropy.ideal_bits(pix, means[mask], scales[mask]))
+            x0_side = float(side.num_bits())
+            if header.x0_in_stream:
+                before = stream.num_bits()
+                stream.write_x0(tiles_pix, means, scales, mask, side)
+                x0_bits = float(stream.num_bits() - before)
+            else:
+                x0_payload = entropy.encode_pixels(pix, means[mask], scales[mask])
+                x0_bits = 8.0 * len(x0_payload)
+            crc = zlib.crc32(image.tobytes())
+        segments = stream.segments()
+    data = container.pack(container.DdpmFile(header=header, segments=segments, x0=x0_payload, pixel_crc=crc))
+    return EncodeResult(data=data, steps=records, lossless=lossless, x0_bits=x0_bits, x0_ideal_bits=x0_ideal,
+                        x0_model_bits=x0_own, x0_side_bits=x0_side, seconds=time.perf_counter() - start,
+                        network_seconds=chain.net.seconds, num_dims=num_dims)
+
+
+# ----------------------------------------------------------------------------- decode
+def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconstruct: Reconstruct = "denoise",
+           progressive: bool = False, reconstruct_steps: int = 50, seed: int = 0,
+           on_step: Callable[[int, int], None] | None = None) -> DecodeResult:
+    """Decode ``.ddpm`` bytes. ``steps=N`` uses only the coding steps with T - t + 1 <= N and
+    reconstructs from the last one with ``reconstruct``; without ``steps`` a lossless file decodes
+    exactly (checksum verified) and a lossy or truncated one from its last complete step."""
+    if reconstruct not in RECONSTRUCT_MODES:
+        raise ValueError(f"unknown reconstruction {reconstruct!r}; expected one of {', '.join(RECONSTRUCT_MODES)}")
+    parsed, settings = read_header(data)
+    check_model(parsed, model)
+    h = parsed.file.header
+    diffusion = model.diffusion
+    size = model.image_size
+    height, width = h.height, h.width
+    B = (-(-height // size)) * (-(-width // size))
+    shape = (B, 3, size, size)
+    chain = Chain(model, settings, shape)
+    T = chain.T
+    start = time.perf_counter()
+    import constriction
+
+    one_dec = None
+    if h.one_stream:  # the complete segments are consecutive pieces of one stream
+        one_dec = constriction.stream.queue.RangeDecoder(stream_words(b"".join(s.payload for s in parsed.file.segments)))
+
+    def step_decoders() -> Iterator:
+        i, dec = 0, one_dec
+        for seg in parsed.file.segments:
+            if not h.one_stream:
+                dec = constriction.stream.queue.RangeDecoder(np.frombuffer(pad4(seg.payload), dtype=np.uint32).copy())
+            for _ in range(seg.num_steps):
+                if i >= len(chain):
+                    raise container.CorruptFileError("the file holds more coding steps than its schedule")
+                yield dec
+                i += 1
+
+    def recon(mode: str) -> np.ndarray:
+        est = _reconstruct_from(chain.net, diffusion, chain.x, chain.last_t, chain.eps, mode, reconstruct_steps, seed)
+        return from_tiles(to_uint8(est), height, width)
+
+    shots: list[tuple[int, np.ndarray]] = []
+    with deterministic_settings():
+        for dec in step_decoders():
+            if steps is not None and chain.reverse_time(chain.done) > steps:
+                break
+
+            def send(link: Link, dec=dec):   # read the step's code; ε from the shared candidates
+                try:
+                    code = rcc.read_step(dec, B, chain.dims_tile, chain.cfg, link.centres)
+                except (ValueError, RuntimeError) as e:
+                    raise container.CorruptFileError(f"coding step {link.index} cannot be read: {e}") from None
+                e_ = rcc.decode_step(code, dim=chain.dims_tile, seed=h.seed, step=link.s, cfg=chain.cfg)
+                return chain.x_from_eps(link, e_), code.num_chunks
+
+            chain.step(send)
+            if progressive:
+                shots.append((T - chain.last_t + 1, recon(reconstruct)))
+            if on_step:
+                on_step(chain.done, len(chain))
+        if chain.done == 0:
+            raise DecodeError("the file holds no complete coding step (truncated inside its first segment?)")
+        exact = None
+        full_chain = chain.done == len(chain) and steps is None
+        x0_present = parsed.file.x0 is not None or (h.x0_in_stream and parsed.file.pixel_crc is not None)
+        if full_chain and x0_present:
+            exact = _decode_x0(parsed, settings, chain, one_dec, height, width, size)
+        image = exact if exact is not None else recon(reconstruct)
+    return DecodeResult(image=image, lossless=exact is not None, reverse_time=T - chain.last_t + 1,
+                        truncated=parsed.truncated, steps_decoded=chain.done, progressive=shots,
+                        seconds=time.perf_counter() - start, network_seconds=chain.net.seconds)
+
+
+def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, chain: Chain, one_dec, height: int,
+               width: int, size: int) -> np.ndarray:
+    """The exact image from the end of a complete chain (checksum verified)."""
+    h = parsed.file.header
+    means, scales = x0_model(chain.diffusion, chain.x, chain.ts[-1], chain.eps, settings.variance)
+    mask = inside_mask(height, width, size)
+    if (settings.x0_scale_bits or settings.x0_channel_bits) and not h.x0_in_stream:
+        raise container.CorruptFileError("a version 1 file cannot carry per-tile x0 side information")
+    try:
+        if h.x0_in_stream:
+            pix = X0Side.read(one_dec, settings, chain.shape[0]).read_pixels(one_dec, means, scales, mask)[mask]
+        else:
+            pix = entropy.decode_pixels(parsed.file.x0, means[mask], scales[mask])
+    except ValueError:
+        pix = None
+    exact = None
+    if pix is not None:
+        tiles = np.zeros(chain.shape, dtype=np.uint8)
+        tiles[mask] = pix
+        exact = from_tiles(tiles.transpose(0, 2, 3, 1), height, width)
+    if exact is None or zlib.crc32(exact.tobytes()) != parsed.file.pixel_crc:
+        raise DecodeError("decoded pixels fail the file's checksum: this machine's network outputs differ "
+                          "from the encoder's (other hardware or library version?), or the file is damaged")
+    return exact
+
+
+# ----------------------------------------------------------------------------- KL-only trace
+def trace_theoretical(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
+                      seed: int = 0) -> EncodeResult:
+    """The paper's own evaluation (Sec. 4.3): the same chain and report as :func:`encode`, but each
+    x_s is drawn exactly from q(x_s | x_t, x_0) and only the KLs are counted (no bits written)."""
+    settings = settings or default_settings()
+    image = check_image(image)
+    height, width = image.shape[:2]
+    diffusion = model.diffusion
+    x0 = to_tiles(image, model.image_size).double()
+    num_dims = height * width * 3
+    chain = Chain(model, settings, tuple(x0.shape))
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    records, cum_kl = [], 0.0
+
+    def send(link: Link):   # an exact draw from q, and the step's KL in bits
+        nonlocal kl
+        if link.index == 0:
+            q = diffusion.q_mean_variance(x0, chain.T)
+            kl = float(diffusion.prior_kl(x0).sum()) / math.log(2)
+        else:
+            kl = float(diffusion.step_kl(x0, chain.x, link.t, chain.eps, link.s, settings.variance).sum()) / math.log(2)
+            q = diffusion.q_posterior(x0, chain.x, link.t, link.s)
+        return q.mean + torch.sqrt(q.variance) * torch.randn(x0.shape, generator=gen, dtype=torch.float64), None
+
+    with deterministic_settings():
+        while chain.done < len(chain):
+            kl = 0.0
+            link = chain.step(send)
+            cum_kl += kl
+            rmse, psnr = tile_metrics(diffusion.denoise(chain.x, link.s, chain.eps), image, height, width)
+            records.append(StepRecord(reverse_time=chain.T - link.s + 1, t=link.s, kl_bits=kl, actual_bits=float("nan"),
+                                      cum_kl_bpd=cum_kl / num_dims, cum_bpd=float("nan"), rmse=rmse, psnr=psnr, chunks=0))
+        means, scales = x0_model(diffusion, chain.x, chain.ts[-1], chain.eps, settings.variance)
+        mask = inside_mask(height, width, model.image_size)
+        pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy().astype(np.uint8)
+        x0_ideal = float(entropy.ideal_bits(pix[mask], means[mask], scales[mask]))
+    return EncodeResult(data=b"", steps=records, lossless=True, x0_bits=float("nan"), x0_ideal_bits=x0_ideal,
+                        x0_model_bits=x0_ideal, seconds=time.perf_counter() - start,
+                        network_seconds=chain.net.seconds, num_dims=num_dims)

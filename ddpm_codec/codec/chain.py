@@ -1,0 +1,181 @@
+"""The coding chain both sides walk: x_T, x_{t_2}, ..., x_tau, one Gaussian step at a time.
+
+:class:`Chain` holds the state both sides share (x_t, the network's ε̂ at it, the chunk-count
+predictor) and computes, in ONE place, everything a step needs before it is sent
+(:meth:`Chain.next_link`: p_theta(x_s | x_t), the posterior's variance, the predicted chunk counts)
+and after (:meth:`Chain.advance`: the new x_s rounded to float32, the network at it). The encoder,
+the decoder and the KL-only trace differ only in how x_s is obtained (:meth:`Chain.step`'s
+``send``): reverse channel coding from q, reading the code, or an exact draw from q.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..coding import rcc
+from ..models.checkpoint import LoadedModel
+from .settings import CodecSettings
+
+CODEC_THREADS = 1   # network evaluations run single-threaded: thread count changes float sums
+
+ACCELERATOR_WARNING = (
+    "the network runs on {device}: a file encoded there decodes only where the network's outputs are "
+    "bit-identical, and in our one test (an H200, 2026-11-26) a GPU-encoded file failed its checksum "
+    "when decoded in a second process on the same GPU. Files encoded on a CPU decoded bit-exactly on "
+    "another x86 CPU (AVX2 -> AVX-512). Encode files you keep on the CPU (the CLI's default); "
+    "benchmarks/determinism.py shows where two runs differ.")
+
+
+def warn_if_accelerated(model: LoadedModel) -> None:
+    if model.device.type != "cpu":
+        warnings.warn(ACCELERATOR_WARNING.format(device=model.device), RuntimeWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def deterministic_settings():
+    """Settings under which both sides compute the same floats: one CPU thread (the thread count
+    changes float sums); on CUDA only cuDNN kernels marked deterministic, and no TF32 (measured on
+    an H200: CUDA ε̂ within 2.6e-6 of the CPU's instead of 6.7e-4). Whether that suffices on a GPU
+    is open: see docs/results/gpu-2026-11-26.md."""
+    old = torch.get_num_threads()
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    flags = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    torch.set_num_threads(CODEC_THREADS)
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = flags
+
+
+class Net:
+    """The network as both sides call it: one batch of all tiles, float32, timed."""
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.seconds = 0.0
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        if torch.get_num_threads() != CODEC_THREADS:  # anything run since (an OpenMP library: a parallel numba
+            torch.set_num_threads(CODEC_THREADS)      # search once made undecodable files this way) may reset it
+        out = self.model.eps(x.float(), t).double()
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+class CountPredictor:
+    """Both sides' prediction of each tile's chunk count ``C`` for the next step.
+
+    PFR/MRC (profiles 1, 2): the model-statistics prediction itself, one value for all tiles.
+    Trellis: that prediction times the tile's ratio ``C / prediction`` at its last step with a
+    prediction of at least 4 (images keep their relative difficulty along the chain), so that
+    ``C`` costs ~1-2 bits a step instead of ~5. Only IEEE basic arithmetic: both sides agree.
+    """
+
+    def __init__(self, batch: int, cfg: rcc.RCCConfig):
+        self.adaptive = cfg.selection == "trellis"
+        self.ratio = np.ones(batch)
+
+    def centres(self, pred: float | None):
+        if pred is None or not self.adaptive:
+            return pred
+        return pred * self.ratio
+
+    def update(self, pred: float | None, num_chunks: np.ndarray) -> None:
+        if pred is None or not self.adaptive or pred < 4.0:
+            return
+        nc = np.asarray(num_chunks, dtype=np.float64)
+        self.ratio = np.where(nc >= 1, nc / pred, self.ratio)
+
+
+@dataclass
+class Link:
+    """One coding step t -> s as both sides know it before it is sent (nothing here depends on x_0)."""
+
+    index: int
+    t: int                      # T + 1 for the prior step (x_T sent against N(0, I))
+    s: int
+    mu_p: torch.Tensor          # mean of p_theta(x_s | x_t), float64 [B, C, H, W]
+    var_p: float
+    var_q: float                # variance of q(x_s | x_t, x_0)
+    predicted: float | None     # the model statistics' expected chunk count (None: none)
+    centres: object             # the count model's centre per tile (or one value, or None)
+
+
+class Chain:
+    """The chain of a file's settings over ``shape = [B, C, H, W]`` tiles, walked by both sides."""
+
+    def __init__(self, model: LoadedModel, settings: CodecSettings, shape: tuple[int, ...]):
+        self.diffusion = model.diffusion
+        self.T = T = self.diffusion.num_timesteps
+        self.ts = settings.timesteps(T)
+        self.links = [(T + 1, T)] + list(zip(self.ts[:-1], self.ts[1:]))   # (T+1, T) is the prior step
+        self.settings, self.shape = settings, tuple(shape)
+        self.dims_tile = int(np.prod(shape[1:]))
+        self.cfg = settings.rcc_config()
+        self.counts = CountPredictor(shape[0], self.cfg)
+        self.net = Net(model)
+        self.x: torch.Tensor | None = None     # x_s of the last step taken (float32 values, float64)
+        self.eps: torch.Tensor | None = None   # the network's ε̂ at it
+        self.done = 0                          # steps taken
+
+    def __len__(self) -> int:
+        return len(self.links)
+
+    @property
+    def last_t(self) -> int:
+        """The time of the chain's current state (T + 1 before the first step)."""
+        return self.links[self.done - 1][1] if self.done else self.T + 1
+
+    def reverse_time(self, i: int) -> int:
+        """T - s + 1 of step ``i`` (the paper's Table 4 axis)."""
+        return self.T - self.links[i][1] + 1
+
+    def next_link(self) -> Link:
+        """What both sides compute before step ``done`` is sent."""
+        i = self.done
+        t, s = self.links[i]
+        d = self.diffusion
+        if i == 0:   # x_T ~ q(x_T | x_0) against p(x_T) = N(0, I) (L_T; usually free)
+            a_T = float(d.sqrt_alphas_cumprod[self.T])
+            return Link(i, t, s, torch.zeros(self.shape, dtype=torch.float64), 1.0, 1.0 - a_T ** 2, None, None)
+        p = d.p_mean_variance(self.x, t, self.eps, s, self.settings.variance)
+        var_p, var_q = float(p.variance), float(d.posterior_coefs(t, s, self.x)[2])
+        kl = d.expected_step_kl(t, s, var_q, var_p, self.dims_tile)
+        pred = None if kl is None else rcc.expected_chunks(kl / math.log(2), self.dims_tile, self.cfg)
+        return Link(i, t, s, p.mean, var_p, var_q, pred, self.counts.centres(pred))
+
+    def target(self, link: Link, x0: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Mean and variance of q(x_s | x_t, x_0) (the sender's side; x_0 in [-1, 1], float64)."""
+        if link.index == 0:
+            return float(self.diffusion.sqrt_alphas_cumprod[self.T]) * x0, link.var_q
+        q = self.diffusion.q_posterior(x0, self.x, link.t, link.s)
+        return q.mean, float(q.variance)
+
+    def x_from_eps(self, link: Link, eps_code: torch.Tensor) -> torch.Tensor:
+        """x_s = μ_p + sqrt(var_p)·ε for the ε an RCC step code delivers."""
+        return link.mu_p + math.sqrt(link.var_p) * eps_code.double().reshape(self.shape)
+
+    def advance(self, link: Link, x_s: torch.Tensor, num_chunks) -> None:
+        """Take step ``link``: x_s rounded to float32 (the network's input), the network at it."""
+        if num_chunks is not None:
+            self.counts.update(link.predicted, num_chunks)
+        self.x = x_s.float().double()
+        self.eps = self.net(self.x, link.s)
+        self.done += 1
+
+    def step(self, send: Callable[[Link], tuple[torch.Tensor, np.ndarray | None]]) -> Link:
+        """THE step, for every side: ``send(link)`` returns x_s (and the chunk counts it was sent with)."""
+        link = self.next_link()
+        x_s, num_chunks = send(link)
+        self.advance(link, x_s, num_chunks)
+        return link

@@ -1,0 +1,133 @@
+"""What a file's coding settings are: the fields of a schedule and the format constants they index.
+
+Everything in :class:`CodecSettings` is written to a file, as a profile id (:mod:`.profiles`) or as
+an explicit schedule (:meth:`CodecSettings.to_schedule`). The tuples below are indexed by bytes in
+files: append only, never reorder or change (``tests/test_codec_profiles.py`` pins them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..coding import container, rcc
+from ..diffusion import respaced_timesteps
+
+SCHEDULE_KINDS = ("quadratic", "uniform", "cubic")   # file ids: append only
+VARIANCE_IDS = ("fixedsmall", "fitted", "fixedlarge")
+SELECTION_IDS = ("pfr", "mrc", "trellis")
+# count models (bits 4-5 of an explicit schedule's selection byte; bits 0-1: the selection, bits 6-7
+# and 2-3: the low and high bits of the trellis's reuse_bits): the mass the chunk-count model puts on
+# the decoder's prediction (coding.rcc.bitstream.chunk_count_probs); ids append only
+COUNT_SPIKES = {0: 0.0, 1: 0.8}
+TRELLIS_COUNT_SCALE = (0.6, 0.03)   # (abs, rel) deviation of the trellis's chunk-count model
+# Per-tile scale of the x_0 decoder (x0_scale_bits = 4): tile b codes x_0 with the decoder's scale
+# times X0_SCALE_FACTORS[i_b], i_b sent in 4 raw bits. The factors are 2^((i - 10)/16) written out
+# (not computed: libm's pow may differ in the last bit between machines; the decoder must build the
+# identical scales).
+X0_SCALE_FACTORS = (0.6484197773255048, 0.6771277734684463, 0.7071067811865476, 0.7384130729697497,
+                    0.7711054127039704, 0.8052451659746271, 0.8408964152537145, 0.8781260801866497,
+                    0.9170040432046712, 0.9576032806985737, 1.0, 1.0442737824274138, 1.0905077326652577,
+                    1.1387886347566916, 1.189207115002721, 1.241857812073484)
+# Cross-channel and neighbour x_0 prediction (x0_channel_bits = 3): each tile's coefficients are
+# indices into this table (3 raw bits each). Exact binary fractions.
+X0_CHANNEL_COEFS = (-0.0625, 0.0, 0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375)
+# --x0-model names: (x0_scale_bits, x0_channel_bits, x0_neighbours)
+X0_MODELS = {"model": (0, 0, 0), "scale": (4, 0, 0), "channels": (4, 3, 0), "neighbours": (4, 3, 1)}
+
+
+def x0_model_fields(name: str) -> dict[str, int]:
+    """The :class:`CodecSettings` fields of an x_0 model name (see ``X0_MODELS``)."""
+    if name not in X0_MODELS:
+        raise ValueError(f"unknown x0 model {name!r}; expected one of {', '.join(X0_MODELS)}")
+    return dict(zip(("x0_scale_bits", "x0_channel_bits", "x0_neighbours"), X0_MODELS[name]))
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """How an image is coded. Everything here is written to the file (as a profile id or explicitly)."""
+
+    num_steps: int = 64                     # Gaussian coding steps T = t_1 > ... > t_S = t_end
+    t_end: int = 4                          # tau: x_0 is coded from x_tau
+    schedule_kind: str = "quadratic"        # spacing of the chain (dense near tau)
+    chunk_bits: int = 10                    # PFR: KL per chunk; trellis: path bits per segment
+    log2_candidates: int = 14               # pool rows (trellis: state bits + chunk_bits)
+    variance: str = "fitted"                # p_theta's variance on the coding steps
+    selection: str = "pfr"                  # the reverse channel coder (coding.rcc)
+    rate_percent: int = 100                 # bits sent per 100 bits of KL (trellis)
+    count_model: int = 0                    # chunk counts: 0 geometric; 1 with 80 % at the prediction
+    reuse_bits: int = 0                     # trellis: 2^reuse_bits x the states on the same pool (coding.rcc)
+    x0_scale_bits: int = 0                  # 4: each tile's x_0 decoder scale x X0_SCALE_FACTORS[i], i sent
+    x0_channel_bits: int = 0                # 3: x_0's G and B means predicted from decoded R (G) residuals
+    x0_neighbours: int = 0                  # 1: and every channel's from the residuals above and to the left
+
+    def __post_init__(self):
+        if self.schedule_kind not in SCHEDULE_KINDS:
+            raise ValueError(f"unknown schedule kind {self.schedule_kind!r}; expected one of {SCHEDULE_KINDS}")
+        if self.variance not in VARIANCE_IDS:
+            raise ValueError(f"unknown variance {self.variance!r}; expected one of {VARIANCE_IDS}")
+        if not 1 <= self.chunk_bits <= 24 or not 1 <= self.log2_candidates <= 24:
+            raise ValueError("chunk_bits and log2_candidates must be in [1, 24]")
+        if self.selection not in SELECTION_IDS:
+            raise ValueError(f"unknown selection {self.selection!r}; expected one of {SELECTION_IDS}")
+        if self.count_model not in COUNT_SPIKES:
+            raise ValueError(f"unknown count model {self.count_model}; expected one of {sorted(COUNT_SPIKES)}")
+        if not 0 <= self.reuse_bits <= 8:
+            raise ValueError(f"reuse_bits must be in [0, 8], got {self.reuse_bits}")
+        if self.x0_scale_bits not in (0, 4):
+            raise ValueError(f"x0_scale_bits must be 0 or 4, got {self.x0_scale_bits}")
+        if self.x0_channel_bits not in (0, 3):
+            raise ValueError(f"x0_channel_bits must be 0 or 3, got {self.x0_channel_bits}")
+        if self.x0_neighbours not in (0, 1) or (self.x0_neighbours and not self.x0_channel_bits):
+            raise ValueError(f"x0_neighbours must be 0 or 1, and 1 only with x0_channel_bits, got {self.x0_neighbours}")
+        if not 25 <= self.rate_percent <= 255:
+            raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
+        self.rcc_config()  # validates the combination (e.g. trellis state bits)
+
+    def timesteps(self, num_timesteps: int) -> list[int]:
+        return respaced_timesteps(self.num_steps, num_timesteps, kind=self.schedule_kind, t_end=self.t_end)
+
+    def rcc_config(self) -> rcc.RCCConfig:
+        if self.selection == "trellis":  # counts predicted per tile to about ±1 (_CountPredictor)
+            return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
+                                 selection=self.selection, rate_factor=self.rate_percent / 100,
+                                 chunks_abs_scale=TRELLIS_COUNT_SCALE[0], chunks_rel_scale=TRELLIS_COUNT_SCALE[1],
+                                 count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits)
+        return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
+                             selection=self.selection, rate_factor=self.rate_percent / 100,
+                             count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits)
+
+    def to_schedule(self) -> container.Schedule:
+        return container.Schedule(kind=SCHEDULE_KINDS.index(self.schedule_kind), num_steps=self.num_steps,
+                                  t_end=self.t_end, chunk_bits=self.chunk_bits,
+                                  log2_candidates=self.log2_candidates,
+                                  variance_kind=VARIANCE_IDS.index(self.variance) | (self.x0_scale_bits << 4)
+                                  | (0x80 if self.x0_channel_bits else 0) | (0x20 if self.x0_neighbours else 0),
+                                  selection=SELECTION_IDS.index(self.selection) | (self.reuse_bits >> 2 << 2)
+                                  | (self.count_model << 4) | ((self.reuse_bits & 3) << 6),
+                                  rate_percent=self.rate_percent)
+
+    @classmethod
+    def from_schedule(cls, s: container.Schedule) -> "CodecSettings":
+        # selection byte: bits 0-1 coder, 4-5 count model, 6-7 and 2-3 the low and high bits of reuse_bits
+        sel, count_model = s.selection & 0x3, (s.selection >> 4) & 0x3
+        reuse_bits = (s.selection >> 6) | (((s.selection >> 2) & 0x3) << 2)
+        # variance byte: bits 0-3 the variance kind, 6 x0_scale_bits 4, 7 cross-channel x0 coefficients
+        # (3 bits each), 5 neighbour coefficients too; bit 4 unused (refused)
+        variance, x0_scale_bits = s.variance_kind & 0x0F, (s.variance_kind >> 4) & 0x5
+        x0_channel_bits = 3 if s.variance_kind & 0x80 else 0
+        x0_neighbours = 1 if s.variance_kind & 0x20 else 0
+        if s.kind >= len(SCHEDULE_KINDS) or variance >= len(VARIANCE_IDS) or sel >= len(SELECTION_IDS) \
+                or count_model not in COUNT_SPIKES:
+            raise container.CorruptFileError("file names an unknown schedule, variance, coder or count model")
+        try:
+            return cls(num_steps=s.num_steps, t_end=s.t_end, schedule_kind=SCHEDULE_KINDS[s.kind],
+                       chunk_bits=s.chunk_bits, log2_candidates=s.log2_candidates,
+                       variance=VARIANCE_IDS[variance], selection=SELECTION_IDS[sel],
+                       rate_percent=s.rate_percent, count_model=count_model, reuse_bits=reuse_bits,
+                       x0_scale_bits=x0_scale_bits, x0_channel_bits=x0_channel_bits, x0_neighbours=x0_neighbours)
+        except ValueError as exc:
+            raise container.CorruptFileError(f"file names impossible coding settings: {exc}") from exc
+
+    def x0_side_bits_per_tile(self) -> int:
+        """Raw bits of per-tile x_0 side information: scale index, channel and neighbour coefficients."""
+        return self.x0_scale_bits + 3 * self.x0_channel_bits + 18 * self.x0_channel_bits * self.x0_neighbours
+
