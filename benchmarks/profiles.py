@@ -48,7 +48,7 @@ def main():
     runs = []
     for i, spec in enumerate(a.profiles):
         pid, _, own = spec.partition(":")
-        st = codec.PROFILES[int(pid)]
+        st = codec.PROFILES[codec.profile_id(pid)]
         extra = dict(parse(kv) for kv in own.split(",") if kv)
         if i > 0 and over:
             extra = {**over, **extra}

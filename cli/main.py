@@ -14,27 +14,6 @@ class CliError(click.ClickException):
     pass
 
 
-def _fail_on(*exc_types):
-    """Turn library errors into one clear line and exit code 1 (no traceback)."""
-    def deco(fn):
-        import functools
-
-        @functools.wraps(fn)
-        def wrapper(*a, **k):
-            try:
-                return fn(*a, **k)
-            except exc_types as e:  # noqa: PERF203
-                raise CliError(str(e)) from None
-        return wrapper
-    return deco
-
-
-def _library_errors():
-    from ddpm_codec.data import DatasetError
-    errs = [DatasetError, FileNotFoundError, ValueError]
-    return tuple(errs)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ddpm-codec")
 def main():
@@ -147,6 +126,20 @@ def _load(model_spec, device="cpu"):
 
 
 @main.command()
+def profiles():
+    """List the built-in coding profiles (* = the default); measured figures: docs/PROFILES.md."""
+    from ddpm_codec.codec import DEFAULT_PROFILE, PROFILE_INFO
+
+    for pid, p in PROFILE_INFO.items():
+        s = p.settings
+        coder = (f"trellis 2^{s.rcc_config().state_bits} states" if s.selection == "trellis"
+                 else f"{s.selection} {s.chunk_bits}-bit chunks")
+        x0 = f"x0 +{s.x0_side_bits_per_tile()} bits/tile" if s.x0_side_bits_per_tile() else "x0 plain"
+        star = "*" if pid == DEFAULT_PROFILE else " "
+        click.echo(f"{star} {pid:2d} {p.name:15s} {coder:22s} {x0:18s} {p.summary}")
+
+
+@main.command()
 def models():
     """List the shipped models with their test bits/dim."""
     from ddpm_codec.models.registry import DEFAULT_MODEL, shipped_models
@@ -173,9 +166,7 @@ def models():
 @_device_option
 def sample(model_spec, num, output, steps, seed, progressive, columns, variance, device):
     """Draw samples (Algorithm 2) and write them as a grid PNG."""
-    import math as _m
-
-    from ddpm_codec.eval.plots import save_image_grid
+    from ddpm_codec.eval.plots import save_image_grid, square_grid
     from ddpm_codec.sample import sample_images
 
     model = _load(model_spec, device)
@@ -188,12 +179,7 @@ def sample(model_spec, num, output, steps, seed, progressive, columns, variance,
 
         write_image(output, imgs[0])
     else:
-        cols = int(_m.ceil(_m.sqrt(num)))
-        rows = -(-num // cols)
-        pad = rows * cols - num
-        import numpy as np
-        grid = np.concatenate([imgs, np.full((pad, *imgs.shape[1:]), 255, np.uint8)]) if pad else imgs
-        save_image_grid(grid.reshape(rows, cols, *imgs.shape[1:]), output)
+        save_image_grid(square_grid(imgs), output)
     click.echo(f"wrote {output}")
     if progressive:
         out2 = str(Path(output).with_name(Path(output).stem + "-progressive" + Path(output).suffix))
@@ -279,7 +265,7 @@ def calibrate(data, split, model_spec, output, num, half, device):
 
     from ddpm_codec.data import DatasetError, load_images, to_model_range
     from ddpm_codec.likelihood import fit_x0_stats
-    from ddpm_codec.models.checkpoint import save_model, with_stats
+    from ddpm_codec.models.checkpoint import round_weights_to_half, save_model, with_stats
 
     model = _load(model_spec, device)
     try:
@@ -287,9 +273,7 @@ def calibrate(data, split, model_spec, output, num, half, device):
     except DatasetError as e:
         raise CliError(str(e)) from None
     if half:
-        with torch.no_grad():
-            for p in model.net.parameters():
-                p.copy_(p.half().float())
+        round_weights_to_half(model.net)
     st = fit_x0_stats(model.eval_eps(), model.diffusion, to_model_range(images), progress=True)
     mse = st.mse
     cal = with_stats(model, st.mse, st.shrink, st.data_mean)
@@ -307,20 +291,36 @@ def _codec_errors():
     return (DecodeError, DdpmFormatError, ImageFormatError, FileNotFoundError, ValueError)
 
 
+def _reconstructions(ctx, param, value: str) -> tuple[str, ...]:
+    """``--reconstruct`` callback: comma-separated modes, each one of the library's ``RECONSTRUCT_MODES``."""
+    modes = tuple(m.strip() for m in value.split(",") if m.strip())
+    if not modes:
+        return ()
+    from ddpm_codec.codec import RECONSTRUCT_MODES
+
+    for m in modes:
+        if m not in RECONSTRUCT_MODES:
+            raise click.BadParameter(f"unknown reconstruction {m!r}; expected {', '.join(RECONSTRUCT_MODES)}")
+    return modes
+
+
+def _one_reconstruction(ctx, param, value: str) -> str:
+    """``--reconstruct`` callback for one mode (click.Choice over the library's ``RECONSTRUCT_MODES``)."""
+    from ddpm_codec.codec import RECONSTRUCT_MODES
+
+    return click.Choice(RECONSTRUCT_MODES).convert(value, param, ctx)
+
+
 def _fmt_row(cols, widths):
     return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cols, widths)) + " |"
-
-
-# --x0-model: (x0_scale_bits, x0_channel_bits, x0_neighbours) of ddpm_codec.codec.CodecSettings
-_X0_MODELS = {"model": (0, 0, 0), "scale": (4, 0, 0), "channels": (4, 3, 0), "neighbours": (4, 3, 1)}
 
 
 def _schedule_options(f):
     """The coding-schedule overrides shared by encode and rd-curve, passed on as ``schedule``."""
     opts = [
-        click.option("--profile", type=int, default=None,
-                     help="Start from this built-in schedule (default: the current default profile; "
-                          "the options below override its values)."),
+        click.option("--profile", default=None,
+                     help="A built-in profile, by id or name (see `ddpm-codec profiles`; default: the default "
+                          "profile); the options below override its values."),
         click.option("--coding-steps", "num_steps", type=int, default=None,
                      help="Gaussian coding steps in the chain (default: the profile's)."),
         click.option("--t-end", type=int, default=None, help="Last time of the chain; x_0 is coded from x_t_end."),
@@ -338,7 +338,7 @@ def _schedule_options(f):
                      help="trellis: 2^K times the states on the same candidate pool (0-8; the search's "
                           "recursion costs 2^K times, the pool the same)."),
         click.option("--variance", type=click.Choice(["fitted", "fixedsmall", "fixedlarge"]), default=None),
-        click.option("--x0-model", type=click.Choice(list(_X0_MODELS)), default=None,
+        click.option("--x0-model", default=None,
                      help="Lossless x0 per 32x32 tile: 'model' the model's decoder as is; 'scale' + a scale "
                           "factor (4 bits); 'channels' + G, B predicted from decoded R, G residuals (9 bits); "
                           "'neighbours' + the residuals above and left (54 bits more; profile 9)."),
@@ -347,16 +347,17 @@ def _schedule_options(f):
     @functools.wraps(f)
     def wrapper(*args, profile, num_steps, t_end, schedule_kind, selection, chunk_bits, log2_candidates,
                 rate_percent, reuse_bits, variance, x0_model, **kw):
-        from ddpm_codec.codec import DEFAULT_PROFILE, PROFILES
+        from ddpm_codec.codec import DEFAULT_PROFILE, profile_id, x0_model_fields
 
-        if profile is not None and profile not in PROFILES:
-            raise CliError(f"unknown profile {profile}; known: {', '.join(map(str, sorted(PROFILES)))}")
-        return f(*args, schedule=dict(profile=DEFAULT_PROFILE if profile is None else profile, num_steps=num_steps,
-                                      t_end=t_end, schedule_kind=schedule_kind, selection=selection,
-                                      chunk_bits=chunk_bits, log2_candidates=log2_candidates,
-                                      rate_percent=rate_percent, reuse_bits=reuse_bits, variance=variance,
-                                      **dict(zip(("x0_scale_bits", "x0_channel_bits", "x0_neighbours"),
-                                                 _X0_MODELS.get(x0_model, (None,) * 3)))), **kw)
+        try:
+            pid = DEFAULT_PROFILE if profile is None else profile_id(profile)
+            x0 = x0_model_fields(x0_model) if x0_model is not None else {}
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        return f(*args, schedule=dict(profile=pid, num_steps=num_steps, t_end=t_end, schedule_kind=schedule_kind,
+                                      selection=selection, chunk_bits=chunk_bits, log2_candidates=log2_candidates,
+                                      rate_percent=rate_percent, reuse_bits=reuse_bits, variance=variance, **x0),
+                 **kw)
 
     for o in reversed(opts):
         wrapper = o(wrapper)
@@ -409,7 +410,8 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
     out.write_bytes(res.data)
     kind = "lossless" if res.lossless else f"lossy (to reverse time {res.steps[-1].reverse_time})"
     click.echo(f"wrote {out}: {len(res.data)} bytes, {res.bits_per_dim:.4f} bits/dim, {kind}; "
-               f"bound {res.kl_bound_bpd:.4f} bits/dim; {res.seconds:.2f} s "
+               f"model bound {res.model_bound_bpd:.4f}, adapted code length {res.adapted_code_length_bpd:.4f} "
+               f"bits/dim; {res.seconds:.2f} s "
                f"({res.network_seconds:.2f} s in the network)")
 
 
@@ -419,8 +421,10 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
               help="Output image (default: FILE with suffix .png).")
 @_model_option
 @click.option("--steps", type=int, default=None, help="Use only the first N reverse-process steps (T - t + 1 <= N).")
-@click.option("--reconstruct", type=click.Choice(["denoise", "ancestral", "flow"]), default="denoise", show_default=True,
-              help="From the last decoded x_t: x_hat_0, a sample of p(x_0|x_t), or the deterministic DDIM/flow decode.")
+@click.option("--reconstruct", default="denoise", show_default=True,
+              callback=_one_reconstruction,
+              help="From the last decoded x_t: x_hat_0 (denoise), a sample of p(x_0|x_t) (ancestral), or the "
+                   "deterministic DDIM/flow decode (flow).")
 @click.option("--progressive", "progressive_dir", type=click.Path(file_okay=False), default=None,
               help="Write the reconstruction after every decoded step into this folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of 'ancestral' reconstructions.")
@@ -436,8 +440,9 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
     try:
         if model_spec is None:
             from ddpm_codec.models.registry import find_by_fingerprint
+            from ddpm_codec.train import select_device
             fp = unpack(data).file.header.fingerprint.hex()
-            model = find_by_fingerprint(fp) or _load(None, device)
+            model = find_by_fingerprint(fp, device=select_device(device)) or _load(None, device)
         else:
             model = _load(model_spec, device)
         res = codec.decode(data, model, steps=steps, reconstruct=reconstruct, progressive=progressive_dir is not None,
@@ -459,48 +464,14 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 def info(file):
     """Show a .ddpm file's header and per-segment sizes."""
-    from ddpm_codec import codec
+    from ddpm_codec.codec.describe import describe_file
 
-    data = Path(file).read_bytes()
     try:
-        parsed, settings = codec.read_header(data)
+        lines = describe_file(Path(file).read_bytes(), file)
     except _codec_errors() as e:
         raise CliError(str(e)) from None
-    h = parsed.file.header
-    f = parsed.file
-    dims = h.height * h.width * 3
-    click.echo(f"{file}: {len(data)} bytes, {8 * len(data) / dims:.4f} bits/dim, {h.width}x{h.height} RGB")
-    click.echo(f"model fingerprint {h.fingerprint.hex()}, seed {h.seed}, "
-               f"{'lossless' if h.lossless else 'lossy'}{', TRUNCATED' if parsed.truncated else ''}")
-    prof = f"profile {h.profile}" if h.profile else "explicit schedule"
-    if settings.selection == "trellis":
-        pool = f" on 2^{settings.log2_candidates} pool rows" if settings.reuse_bits else ""
-        coder = (f"trellis coder: 2^{settings.rcc_config().state_bits} states{pool}, {settings.chunk_bits} "
-                 f"path bits per segment, {settings.rate_percent}% rate")
-        if settings.count_model:
-            coder += f", count model {settings.count_model}"
-    else:
-        coder = f"{settings.selection} coder: {settings.chunk_bits}-bit chunks, 2^{settings.log2_candidates} candidates"
-    x0_side = [n for n, on in (("scale", settings.x0_scale_bits), ("channel coefficients", settings.x0_channel_bits),
-                               ("neighbour coefficients", settings.x0_neighbours)) if on]
-    x0_scale = f", per-tile x0 {' and '.join(x0_side)}" if x0_side else ""
-    click.echo(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
-               f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}")
-    payload = sum(len(s.payload) for s in f.segments) + (len(f.x0) if f.x0 else 0)
-    click.echo(f"header and framing: {len(data) - payload} bytes")
-    if f.segments:
-        click.echo("segments (cut from one coded stream):" if h.one_stream else "segments (one coded stream each):")
-    step = 0
-    for i, s in enumerate(f.segments):
-        tail = " (ending with x0)" if h.x0_in_stream and i == parsed.declared_segments - 1 else ""
-        click.echo(f"  segment {i}: steps {step + 1}-{step + s.num_steps}, {len(s.payload)} bytes{tail}")
-        step += s.num_steps
-    if f.x0 is not None:
-        click.echo(f"  x0 (lossless): {len(f.x0)} bytes, pixel crc32 {f.pixel_crc:08x}")
-    elif h.x0_in_stream and f.pixel_crc is not None:
-        click.echo(f"  x0 (lossless): coded at the end of the last segment (format version 2), "
-                   f"pixel crc32 {f.pixel_crc:08x}")
-
+    for line in lines:
+        click.echo(line)
 
 
 # --------------------------------------------------------------------------- rd-curve
@@ -514,7 +485,9 @@ def info(file):
 @click.option("-o", "--output", default="rd.h5", show_default=True, type=click.Path(dir_okay=False),
               help="HDF5 results (resumed if it exists).")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Write the plots here (PNG).")
-@click.option("--reconstruct", default="", help="Also measure these reconstructions at the table rows: flow,ancestral.")
+@click.option("--reconstruct", "modes", default="", callback=_reconstructions,
+              help="Also measure these reconstructions at the table rows, comma-separated (denoise, ancestral, "
+                   "flow; e.g. flow,ancestral).")
 @click.option("--theoretical", is_flag=True, help="KL-only mode (no candidate search), like the paper's evaluation.")
 @click.option("--no-baselines", is_flag=True, help="Skip the classical codecs.")
 @click.option("--from", "from_h5", default=None, type=click.Path(dir_okay=False, exists=True),
@@ -522,7 +495,7 @@ def info(file):
 @click.option("--download", is_flag=True)
 @_schedule_options
 @_device_option
-def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, reconstruct, theoretical, no_baselines,
+def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, modes, theoretical, no_baselines,
              from_h5, download, schedule, device):
     """The paper's rate-distortion study (Fig. 5 / Table 4) with real bits, beside PNG, WebP,
     JPEG XL, JPEG, AVIF and JPEG 2000 on the same images.
@@ -545,10 +518,6 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, reco
         spec = "cifar10:" + data_path
     elif data_path:
         spec = data_path
-    modes = tuple(m for m in reconstruct.split(",") if m)
-    for m in modes:
-        if m not in ("flow", "ancestral", "denoise"):
-            raise CliError(f"unknown reconstruction {m!r}; expected flow, ancestral")
     model = _load(model_spec, device)
     try:
         images = load_images(spec, split, download=download)[:num]

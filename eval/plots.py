@@ -11,12 +11,13 @@ or a dict of ``Axes.plot`` keyword arguments (``{"color": "C3", "marker": "s"}``
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["plot_rd", "plot_vs_time", "save_image_grid", "image_grid"]
+__all__ = ["plot_rd", "plot_vs_time", "save_image_grid", "image_grid", "square_grid"]
 
 
 def _pyplot():
@@ -138,6 +139,20 @@ def plot_vs_time(
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def square_grid(images, pad_value: int = 255) -> np.ndarray:
+    """Lay ``N`` images ``[N, H, W, C]`` out row-major on a near-square grid: ``ceil(sqrt(N))``
+    columns and as many rows as needed, the empty cells after the last image filled with
+    ``pad_value`` (white). Returns ``[rows, cols, H, W, C]`` of the input's dtype (for ``image_grid``)."""
+    a = np.asarray(images)
+    if a.ndim != 4 or not len(a):
+        raise ValueError(f"expected [N, H, W, C] with N >= 1, got shape {a.shape}")
+    n = len(a)
+    cols = math.isqrt(n - 1) + 1   # ceil(sqrt(n)), exactly
+    rows = -(-n // cols)
+    filler = np.full((rows * cols - n, *a.shape[1:]), pad_value, dtype=a.dtype)
+    return np.concatenate([a, filler]).reshape(rows, cols, *a.shape[1:])
 
 
 def image_grid(images, pad: int = 2, pad_value: int = 255, ncols: int | None = None, scale: int = 1) -> np.ndarray:

@@ -2,13 +2,19 @@
 
 Per image: one progressive lossless encode, recording at every coding step the reverse time,
 cumulative actual bits and KL bound (bits/dim), RMSE/PSNR of x_hat_0 (optionally of ancestral
-and flow reconstructions at the table's rows), and the lossless total. Results go to HDF5
-(resumable, one row per image), then aggregate into a markdown table and plots, beside
-classical codecs on the same images.
+and flow reconstructions at the table's rows), and the lossless total with two reference code
+lengths: the model bound (the realised chain's KLs + x_0 under the model's own decoder) and the
+adapted code length (x_0 under the decoder the per-tile side information fits to the image, plus
+the side information's bits; not a bound). Results go to HDF5 (resumable, one row per image),
+then aggregate into a markdown table and plots, beside classical codecs on the same images.
+
+Distortion over images: RMSE = sqrt(mean MSE) and PSNR = 10 log10(255^2 / mean MSE), the same mean
+(not the mean of per-image PSNRs), for DDPM and the classical codecs alike.
 """
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,10 @@ PAPER_TABLE4 = np.array([
 TABLE_ROWS = tuple(range(100, 1001, 100))
 GROUP = "ddpm"
 PER_STEP = ("cum_bpd", "cum_kl_bpd", "rmse", "psnr", "actual_bits", "kl_bits")
+# stores written before the two reference code lengths were split hold one per-image value here:
+# the realised chain's KLs + -log2 p(x_0 | x_tau) under the decoder as adapted by the side information,
+# without the side information's own bits (= the model bound where the settings have no x_0 side information)
+LEGACY_BOUND = "lossless_bound_bpd"
 
 
 def _psnr(rmse):
@@ -50,6 +60,8 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     settings = settings or codec.default_settings()
     store = ResultStore(store_path)
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+    if store.has(GROUP, LEGACY_BOUND):
+        raise ValueError(f"{store_path} was written by an older version ({LEGACY_BOUND}): use a new -o file")
     attrs = store.get_attrs(GROUP)
     mode = "theoretical" if theoretical else "actual"
     if attrs:
@@ -89,7 +101,8 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
             store.append_rows(GROUP, f"rmse_{mode_name}", _reconstruction_rmse(img, model, settings, res, mode_name,
                                                                                rt, seed)[None])
         store.append_rows(GROUP, "lossless_bpd", np.array([res.bits_per_dim if not theoretical else np.nan]))
-        store.append_rows(GROUP, "lossless_bound_bpd", np.array([res.kl_bound_bpd]))
+        store.append_rows(GROUP, "lossless_model_bound_bpd", np.array([res.model_bound_bpd]))
+        store.append_rows(GROUP, "lossless_adapted_bpd", np.array([res.adapted_code_length_bpd]))
         store.append_rows(GROUP, "seconds", np.array([res.seconds]))
         store.append_rows(GROUP, "image_index", np.array([indices[i]], dtype=np.int64))
         bar.update(1)
@@ -118,12 +131,41 @@ class Aggregate:
     reverse_time: np.ndarray     # [S]
     kl_bpd: np.ndarray           # [S] mean cumulative KL bound
     actual_bpd: np.ndarray       # [S] mean cumulative actual rate
-    rmse: np.ndarray             # [S] RMSE of the mean MSE
-    psnr: np.ndarray             # [S] mean per-image PSNR
+    rmse: np.ndarray             # [S] RMSE of the mean MSE: sqrt(mean over images of the MSE)
+    psnr: np.ndarray             # [S] PSNR of the mean MSE: 10 log10(255^2 / mean MSE), NOT the mean per-image PSNR
     lossless_bpd: float
-    lossless_bound_bpd: float
     num_images: int
-    rmse_by_mode: dict[str, np.ndarray]   # mode -> [len(TABLE_ROWS)]
+    rmse_by_mode: dict[str, np.ndarray]   # mode -> [len(TABLE_ROWS)], RMSE of the mean MSE
+    # means per image; NaN where the store does not hold the quantity
+    lossless_model_bound_bpd: float = math.nan    # realised chain's KLs + x_0 under the model's own decoder
+    lossless_adapted_bpd: float = math.nan        # KLs + x_0 under the adapted decoder + side bits (not a bound)
+    lossless_adapted_no_side_bpd: float = math.nan  # older stores: KLs + adapted x_0, side bits left out
+
+    def lossless_references(self) -> list[tuple[str, str, float]]:
+        """(short label, what it is, bits/dim) of each reference code length this aggregate holds."""
+        return [(label, what, getattr(self, key)) for key, (label, what) in LOSSLESS_REFERENCES.items()
+                if np.isfinite(getattr(self, key))]
+
+
+# Aggregate field -> (short label, what it is), in the order the report prefers them
+LOSSLESS_REFERENCES = {
+    "lossless_model_bound_bpd": (
+        "model bound",
+        "the realised chain's KLs + -log2 p(x_0|x_tau) under the model's own decoder (no side information)"),
+    "lossless_adapted_bpd": (
+        "adapted code length",
+        ("the realised chain's KLs + -log2 p(x_0|x_tau) under the decoder adapted to the image by the per-tile "
+         "side information + the side information's bits; not a bound (the adaptation is fitted to the image)")),
+    "lossless_adapted_no_side_bpd": (
+        "adapted, side bits left out",
+        ("the realised chain's KLs + -log2 p(x_0|x_tau) under the decoder adapted by the per-tile side "
+         "information, without the side information's own bits (what an older store kept); not a bound")),
+}
+
+
+def _has_x0_side_information(settings_repr: str) -> bool:
+    """Whether a store's ``settings`` attribute (a CodecSettings repr) sends per-tile x_0 side information."""
+    return any(int(v) for v in re.findall(r"x0_(?:scale|channel)_bits=(\d+)", settings_repr or ""))
 
 
 def aggregate(store_path: str | Path) -> Aggregate:
@@ -137,19 +179,31 @@ def aggregate(store_path: str | Path) -> Aggregate:
     for k in st.keys(GROUP):
         if k.startswith("rmse_"):
             modes[k[5:]] = np.sqrt(np.nanmean(st.read(GROUP, k) ** 2, axis=0))
+
+    def mean(key):
+        return float(np.mean(st.read(GROUP, key))) if st.has(GROUP, key) else math.nan
+
+    refs = dict(lossless_model_bound_bpd=mean("lossless_model_bound_bpd"),
+                lossless_adapted_bpd=mean("lossless_adapted_bpd"))
+    if st.has(GROUP, LEGACY_BOUND):
+        attrs = st.get_attrs(GROUP)
+        if attrs.get("mode") == "theoretical" or not _has_x0_side_information(str(attrs.get("settings", ""))):
+            refs["lossless_model_bound_bpd"] = mean(LEGACY_BOUND)   # no side information: the model's decoder
+        else:
+            refs["lossless_adapted_no_side_bpd"] = mean(LEGACY_BOUND)
+    mse = (rmse ** 2).mean(0)
     return Aggregate(reverse_time=st.read(GROUP, "reverse_time"), kl_bpd=st.read(GROUP, "cum_kl_bpd").mean(0),
-                     actual_bpd=st.read(GROUP, "cum_bpd").mean(0), rmse=np.sqrt((rmse ** 2).mean(0)),
-                     psnr=np.mean(np.minimum(st.read(GROUP, "psnr"), 100.0), axis=0),
+                     actual_bpd=st.read(GROUP, "cum_bpd").mean(0), rmse=np.sqrt(mse), psnr=_psnr(np.sqrt(mse)),
                      lossless_bpd=float(np.mean(st.read(GROUP, "lossless_bpd"))),
-                     lossless_bound_bpd=float(np.mean(st.read(GROUP, "lossless_bound_bpd"))),
-                     num_images=int(st.num_rows(GROUP, "image_index")), rmse_by_mode=modes)
+                     num_images=int(st.num_rows(GROUP, "image_index")), rmse_by_mode=modes, **refs)
 
 
 def markdown_table(agg: Aggregate) -> str:
-    """The paper's Table 4 with real bits: rows at reverse time 100..1000 and lossless."""
+    """The paper's Table 4 with real bits: rows at reverse time 100..1000 and lossless, then notes
+    saying what the distortion columns and the lossless row's KL column are."""
     modes = list(agg.rmse_by_mode)
-    head = "| T-t+1 | KL rate (bits/dim) | actual rate (bits/dim) | actual/KL | RMSE | PSNR (dB) |" + \
-        "".join(f" RMSE {m} |" for m in modes) + " paper rate | paper RMSE |"
+    head = "| T-t+1 | KL rate (bits/dim) | actual rate (bits/dim) | actual/KL | RMSE (of mean MSE) | " \
+        "PSNR of mean MSE (dB) |" + "".join(f" RMSE {m} |" for m in modes) + " paper rate | paper RMSE |"
     lines = [head, "|" + "---|" * (8 + len(modes))]
     for j, row in enumerate(TABLE_ROWS):
         k = row_index(agg.reverse_time, row)
@@ -161,8 +215,15 @@ def markdown_table(agg: Aggregate) -> str:
         extra = "".join(f" {agg.rmse_by_mode[m][j]:.2f} |" for m in modes)
         lines.append(f"| {row} | {agg.kl_bpd[k]:.5f} | {agg.actual_bpd[k]:.5f} | {ratio:.3f} | {agg.rmse[k]:.2f} | "
                      f"{agg.psnr[k]:.2f} |{extra} {paper[1]:.5f} | {paper[2]:.2f} |")
-    lines.append(f"| lossless | {agg.lossless_bound_bpd:.4f} | {agg.lossless_bpd:.4f} | "
-                 f"{agg.lossless_bpd / agg.lossless_bound_bpd:.3f} | 0 | inf |" + " – |" * len(modes) + " 3.75 | 0 |")
+    refs = agg.lossless_references()
+    ref = refs[0] if refs else ("", "not stored", math.nan)
+    ratio = f"{agg.lossless_bpd / ref[2]:.3f}" if np.isfinite(ref[2]) else "–"
+    value = f"{ref[2]:.4f}" if np.isfinite(ref[2]) else "–"
+    lines.append(f"| lossless | {value} | {agg.lossless_bpd:.4f} | {ratio} | 0 | inf |" + " – |" * len(modes)
+                 + " 3.75 | 0 |")
+    lines += ["", ("RMSE = sqrt(mean over images of each image's MSE); PSNR = 10 log10(255^2 / that mean MSE) "
+                   "(not the mean of per-image PSNRs)."),
+              f"Lossless row, KL rate column: {ref[0] + ': ' if ref[0] else ''}{ref[1]}."]
     return "\n".join(lines)
 
 
@@ -221,7 +282,8 @@ def write_report(store_path: str | Path, plot_path: str | Path | None, image_sha
     if lossless:
         out.append("| lossless codec | bits/dim |\n|---|---|")
         out.append(f"| ddpm-codec (actual file) | {agg.lossless_bpd:.4f} |")
-        out.append(f"| ddpm-codec (bound) | {agg.lossless_bound_bpd:.4f} |")
+        for label, _, v in agg.lossless_references():
+            out.append(f"| ddpm-codec ({label}) | {v:.4f} |")
         for name, b in sorted(lossless.items(), key=lambda kv: kv[1].mean()):
             out.append(f"| {name} | {8 * b.mean() / dims:.4f} |")
         out.append("")

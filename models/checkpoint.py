@@ -150,6 +150,17 @@ def _diffusion_of(config: dict) -> GaussianDiffusion:
                                          x0_shrink=stats.get("x0_shrink"), data_mean=stats.get("data_mean"))
 
 
+def round_weights_to_half(net: torch.nn.Module) -> torch.nn.Module:
+    """Round ``net``'s floating-point parameters and buffers in place to the nearest float16 value
+    (kept in their own dtype), so the network computes with exactly what a float16 file stores.
+    Idempotent. Returns ``net``."""
+    with torch.no_grad():
+        for t in [*net.parameters(), *net.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.to(torch.float16).to(t.dtype))
+    return net
+
+
 def fresh_model(unet_config: UNetConfig, diffusion_config: dict | None = None) -> LoadedModel:
     """An untrained model (for tests and as the start of training)."""
     net = UNet(unet_config).eval()

@@ -227,7 +227,7 @@ def test_cli_profile_option(model, tmp_path):
     parsed, settings = codec.read_header((tmp_path / "p1b.ddpm").read_bytes())
     assert parsed.file.header.profile is None and settings == replace(codec.PROFILES[1], t_end=3)
     r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "p9.ddpm"), "--profile", "99"])
-    assert r.exit_code != 0 and "unknown profile 99" in r.output and not (tmp_path / "p9.ddpm").exists()
+    assert r.exit_code != 0 and "unknown profile '99'" in r.output and not (tmp_path / "p9.ddpm").exists()
 
 
 def test_top_level_api_round_trip(model):

@@ -512,3 +512,21 @@ def test_spike_counts_round_trip_through_encode_step():
     assert np.array_equal(back.num_chunks, nc)
     eps2 = rcc.decode_step(back, dim=256, seed=1, step=7, cfg=cfg)
     assert torch.equal(eps, eps2)
+
+
+def test_index_table_fitting_writes_data_not_source(tmp_path):
+    """legacy.fit_index_tables simulates PFR bucket counts; write_index_tables stores them as JSON data
+    (the committed tables live in index_tables.json, never in a source file)."""
+    import json
+
+    from ddpm_codec.coding.rcc import legacy
+
+    tables = legacy.fit_index_tables([(10, 14)], chunks_per_config=2000, seed=1)
+    t = tables["10,14"]
+    assert len(t) == 15 and min(t) >= 1 and abs(sum(t) - (1 << 16)) <= 15   # L + 1 buckets, scaled to 2^16
+    # the simulated shape agrees with the committed one within sampling noise (2000 vs 6000 chunks)
+    committed = np.array(bitstream.index_tables()["10,14"], float)
+    assert np.abs(np.array(t[:-1]) / committed[:-1] - 1).max() < 0.35
+    out = tmp_path / "tables.json"
+    legacy.write_index_tables(tables, out)
+    assert json.loads(out.read_text()) == {"10,14": t}

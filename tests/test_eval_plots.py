@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_codec.eval.plots import image_grid, plot_rd, plot_vs_time, save_image_grid
+from ddpm_codec.eval.plots import image_grid, plot_rd, plot_vs_time, save_image_grid, square_grid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,3 +67,25 @@ def test_save_image_grid_rows_and_scale(tmp_path):
     assert image_grid(strips[0, :, :, :, 0], pad=0).shape == (8, 8, 1)
     with pytest.raises(ValueError):
         image_grid(strips.astype(np.float32))
+
+
+@pytest.mark.parametrize("n, rows, cols", [(1, 1, 1), (2, 1, 2), (4, 2, 2), (5, 2, 3), (7, 3, 3), (10, 3, 4),
+                                           (17, 4, 5), (64, 8, 8), (65, 8, 9)])
+def test_square_grid_is_near_square_row_major_and_padded_white(n, rows, cols):
+    imgs = np.random.default_rng(n).integers(0, 255, size=(n, 5, 4, 3), dtype=np.uint8)   # never 255: padding is
+    g = square_grid(imgs)
+    assert g.shape == (rows, cols, 5, 4, 3) and g.dtype == np.uint8
+    # the fewest columns c with c * c >= n, and no empty row
+    assert (cols - 1) ** 2 < n <= cols ** 2 and (rows - 1) * cols < n <= rows * cols
+    flat = g.reshape(rows * cols, 5, 4, 3)
+    np.testing.assert_array_equal(flat[:n], imgs)          # in order, row by row
+    assert np.all(flat[n:] == 255)                          # the rest white
+
+
+def test_square_grid_keeps_dtype_and_pad_value_and_refuses_bad_shapes():
+    g = square_grid(np.zeros((3, 2, 2, 1), np.float32), pad_value=7)
+    assert g.shape == (2, 2, 2, 2, 1) and g.dtype == np.float32 and np.all(g[1, 1] == 7)
+    with pytest.raises(ValueError):
+        square_grid(np.zeros((0, 2, 2, 3), np.uint8))
+    with pytest.raises(ValueError):
+        square_grid(np.zeros((2, 2, 3), np.uint8))

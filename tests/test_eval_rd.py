@@ -49,7 +49,7 @@ def test_hdf5_layout_and_attributes(store, model):
     np.testing.assert_array_equal(st.read(rd.GROUP, "t"), 1000 - rt + 1)
     for k in rd.PER_STEP:
         assert st.read(rd.GROUP, k).shape == (3, S), k
-    for k in ("lossless_bpd", "lossless_bound_bpd", "seconds"):
+    for k in ("lossless_bpd", "lossless_model_bound_bpd", "lossless_adapted_bpd", "seconds"):
         assert st.read(rd.GROUP, k).shape == (3,)
     np.testing.assert_array_equal(st.read(rd.GROUP, "image_index"), [0, 1, 2])
     attrs = st.get_attrs(rd.GROUP)
@@ -101,10 +101,66 @@ def test_table_is_the_mean_of_the_records(store):
         cells = rows[str(row)]
         assert float(cells[1]) == pytest.approx(kl[:, k].mean(), abs=6e-6)
         assert float(cells[2]) == pytest.approx(cum[:, k].mean(), abs=6e-6)
-        assert float(cells[4]) == pytest.approx(math.sqrt((rmse[:, k] ** 2).mean()), abs=6e-3)
+        mean_mse = (rmse[:, k] ** 2).mean()
+        assert float(cells[4]) == pytest.approx(math.sqrt(mean_mse), abs=6e-3)
+        # PSNR is that of the mean MSE (the header says so), the same mean as the RMSE column
+        assert float(cells[5]) == pytest.approx(10 * math.log10(255 ** 2 / mean_mse), abs=6e-3)
     ll = rows["lossless"]
     assert float(ll[2]) == pytest.approx(st.read(rd.GROUP, "lossless_bpd").mean(), abs=6e-5)
-    assert float(ll[1]) == pytest.approx(st.read(rd.GROUP, "lossless_bound_bpd").mean(), abs=6e-5)
+    assert float(ll[1]) == pytest.approx(st.read(rd.GROUP, "lossless_model_bound_bpd").mean(), abs=6e-5)
+
+
+def test_table_headers_name_the_definitions(store):
+    md = rd.markdown_table(rd.aggregate(store))
+    assert "PSNR of mean MSE (dB)" in md.splitlines()[0]
+    assert "Lossless row, KL rate column: model bound" in md
+
+
+def test_lossless_references_are_code_lengths_of_the_chain(store, model):
+    st = ResultStore(store)
+    kl_end = st.read(rd.GROUP, "cum_kl_bpd")[:, -1]
+    bound, adapted = st.read(rd.GROUP, "lossless_model_bound_bpd"), st.read(rd.GROUP, "lossless_adapted_bpd")
+    # both add x_0's code length (> 0 bits) to the chain's KLs
+    assert np.all(bound > kl_end) and np.all(adapted > kl_end)
+    # SETTINGS send no x_0 side information: the adapted decoder is the model's, and nothing is added
+    assert SETTINGS.x0_scale_bits == SETTINGS.x0_channel_bits == 0
+    np.testing.assert_allclose(adapted, bound, rtol=1e-12)
+    labels = [r[0] for r in rd.aggregate(store).lossless_references()]
+    assert labels == ["model bound", "adapted code length"]
+
+
+@pytest.mark.parametrize("side", [False, True])
+def test_older_stores_are_read_and_labelled_by_what_they_hold(store, model, tmp_path, side):
+    """Stores from before the split hold one 'lossless_bound_bpd': KLs + x_0 under the adapted decoder
+    without the side bits, which is the model bound exactly when the settings send no side information."""
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "old.h5"
+    shutil.copy(store, path)
+    with h5py.File(path, "a") as f:
+        g = f[rd.GROUP]
+        old = np.array(g["lossless_adapted_bpd"]) + 0.5
+        del g["lossless_model_bound_bpd"], g["lossless_adapted_bpd"]
+        g.create_dataset("lossless_bound_bpd", data=old)
+        if side:
+            g.attrs["settings"] = repr(codec.settings_with(codec.DEFAULT_PROFILE))
+    agg = rd.aggregate(path)
+    md = rd.markdown_table(agg)
+    ll = _table_rows(md)["lossless"]
+    assert float(ll[1]) == pytest.approx(old.mean(), abs=6e-5)
+    if side:
+        assert math.isnan(agg.lossless_model_bound_bpd) and math.isnan(agg.lossless_adapted_bpd)
+        assert agg.lossless_adapted_no_side_bpd == pytest.approx(old.mean())
+        assert "side bits left out" in md and "not a bound" in md
+    else:
+        assert agg.lossless_model_bound_bpd == pytest.approx(old.mean())
+        assert math.isnan(agg.lossless_adapted_no_side_bpd)
+        assert "Lossless row, KL rate column: model bound" in md
+    # an older store is read, but not resumed into (its rows would miss the new columns)
+    with pytest.raises(ValueError, match="older version"):
+        rd.run(made_up_images(4), model, path, settings=SETTINGS, progress=False)
 
 
 def test_resume_after_interruption_equals_one_run(model, store, tmp_path):
@@ -144,7 +200,10 @@ def test_theoretical_mode_has_kl_but_no_file(model, tmp_path):
     assert np.all(np.isnan(st.read(rd.GROUP, "lossless_bpd")))
     kl = st.read(rd.GROUP, "cum_kl_bpd")
     assert np.all(np.diff(kl, axis=1) >= 0) and np.all(kl[:, -1] > 0)
-    assert np.all(st.read(rd.GROUP, "lossless_bound_bpd") > kl[:, -1])
+    assert np.all(st.read(rd.GROUP, "lossless_model_bound_bpd") > kl[:, -1])
+    # no side information in the KL-only trace: both references are the model's code length
+    np.testing.assert_array_equal(st.read(rd.GROUP, "lossless_adapted_bpd"),
+                                  st.read(rd.GROUP, "lossless_model_bound_bpd"))
 
 
 def test_cli_runs_resumes_and_redraws(model, tmp_path):
@@ -159,6 +218,7 @@ def test_cli_runs_resumes_and_redraws(model, tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "| 1000 |" in r.output and "webp" in r.output.lower() and "bits ratio" in r.output
+    assert "| ddpm-codec (model bound) |" in r.output and "| ddpm-codec (adapted code length) |" in r.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "rd-time.png").read_bytes()[:4] == b"\x89PNG"
     plot.unlink()
@@ -166,3 +226,7 @@ def test_cli_runs_resumes_and_redraws(model, tmp_path):
     assert r2.exit_code == 0, r2.output
     report = r.output[r.output.index("2 images"):r.output.index("plots:")]
     assert plot.exists() and r2.output[r2.output.index("2 images"):r2.output.index("plots:")] == report
+    # --reconstruct is checked against the library's modes, and the message lists them all
+    r3 = CliRunner().invoke(main, args[:-1] + ["8", "--reconstruct", "flow,sharpen"])
+    assert r3.exit_code == 2 and "'sharpen'" in r3.output
+    assert all(m in r3.output for m in codec.RECONSTRUCT_MODES)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec.models.checkpoint import fingerprint, fresh_model, load_model, save_model, with_stats
+from ddpm_codec.models.checkpoint import (fingerprint, fresh_model, load_model, round_weights_to_half, save_model,
+                                         with_stats)
 from ddpm_codec.models.presets import PRESETS, get_preset
 from ddpm_codec.models.unet import UNet, UNetConfig, count_parameters, timestep_embedding
 
@@ -245,3 +246,27 @@ def test_eval_eps_matches_eps_and_leaves_the_codec_network_alone():
     fast = m.eval_eps()(x, t)
     torch.testing.assert_close(fast, before, rtol=1e-4, atol=1e-5)
     assert torch.equal(m.eps(x, t), before)   # bit-identical: the codec's network is untouched
+
+
+def test_round_weights_to_half_makes_every_value_a_float16_and_is_idempotent(tmp_path):
+    net = _small_net(3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert any(not torch.equal(v, v.half().float()) for v in before.values())   # something to round
+    assert round_weights_to_half(net) is net
+    after = {k: v.clone() for k, v in net.state_dict().items()}
+    for k, v in after.items():
+        assert v.dtype == before[k].dtype
+        # exactly representable in float16: the round trip through float16 changes nothing ...
+        assert torch.equal(v.half().float(), v), k
+        # ... and it is the nearest float16 value: neither float16 neighbour is closer to the original
+        b, h = before[k].double(), v.half()
+        for toward in (math.inf, -math.inf):
+            nb = torch.nextafter(h, torch.full_like(h, toward)).double()
+            assert torch.all((v.double() - b).abs() <= (nb - b).abs()), k
+    round_weights_to_half(net)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, after[k]), k
+    # a float16 file of the rounded network loads back to exactly these weights
+    path = save_model(tmp_path / "h.safetensors", net, {}, dtype=torch.float16)
+    for k, v in load_model(path).net.state_dict().items():
+        assert torch.equal(v, after[k]), k

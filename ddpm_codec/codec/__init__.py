@@ -17,6 +17,7 @@ Modules, one concern each:
 - :mod:`.stream` — all steps in one range-coded stream, cut into segments.
 - :mod:`.x0` — the lossless x_0 stage and its per-tile side information.
 - :mod:`.api` — :func:`encode`, :func:`decode`, :func:`trace_theoretical` and their results.
+- :mod:`.describe` — a file's header and framing in words (what `ddpm-codec info` prints).
 """
 from __future__ import annotations
 

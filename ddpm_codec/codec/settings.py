@@ -86,7 +86,7 @@ class CodecSettings:
         return respaced_timesteps(self.num_steps, num_timesteps, kind=self.schedule_kind, t_end=self.t_end)
 
     def rcc_config(self) -> rcc.RCCConfig:
-        if self.selection == "trellis":  # counts predicted per tile to about ±1 (_CountPredictor)
+        if self.selection == "trellis":  # counts predicted per tile to about ±1 (chain.CountPredictor)
             return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
                                  selection=self.selection, rate_factor=self.rate_percent / 100,
                                  chunks_abs_scale=TRELLIS_COUNT_SCALE[0], chunks_rel_scale=TRELLIS_COUNT_SCALE[1],

@@ -194,7 +194,7 @@ class X0Side:
                     if not m.any():
                         continue
                     mu = self._means(means, res, up, left, c, (y, x), coefs)
-                    mean_pix = (mu[m] + 1.0) * entropy.PIXEL_SCALE
+                    mean_pix = entropy.pixel_means(mu[m])
                     if not np.all(np.isfinite(mean_pix)):
                         raise ValueError("x0 means overflow")
                     v = entropy.read_pixels_params(dec, mean_pix, std_pix[:, c, y, x][m])

@@ -205,6 +205,12 @@ def ideal_bits(pixels, means, scales) -> float:
 # ---------------------------------------------------------------------------------------
 
 
+def pixel_means(means: np.ndarray) -> np.ndarray:
+    """The coder's means in pixel units, ``(μ + 1)·127.5`` (float64): the one expression, used by
+    :func:`coder_params` and by callers that build parameters pixel by pixel."""
+    return (means + 1.0) * _PIXEL_SCALE
+
+
 def coder_params(means, scales) -> tuple[np.ndarray, np.ndarray]:
     """The ONE function that builds the entropy model parameters, for encoder and decoder.
 
@@ -218,7 +224,7 @@ def coder_params(means, scales) -> tuple[np.ndarray, np.ndarray]:
     """
     means, scales = _float64_params(means, scales)
     with np.errstate(over="ignore"):  # overflow is reported just below
-        mean_pix = np.ascontiguousarray((means.reshape(-1) + 1.0) * _PIXEL_SCALE)
+        mean_pix = np.ascontiguousarray(pixel_means(means.reshape(-1)))
         std_pix = np.ascontiguousarray(scales.reshape(-1) * _PIXEL_SCALE)
     if not (np.all(np.isfinite(mean_pix)) and np.all(np.isfinite(std_pix))):
         raise ValueError("means or scales too large: overflow in pixel units")
@@ -311,7 +317,7 @@ def write_pixels(encoder, pixels, means, scales) -> None:
 def read_pixels_params(decoder, mean_pix, std_pix) -> np.ndarray:
     """:func:`read_pixels` for callers that already hold the coder's parameters, i.e. arrays equal
     element for element to what :func:`coder_params` makes of their means and scales (``(μ + 1)·127.5``
-    and ``σ·127.5`` in float64): the pixel-by-pixel decoder of ``codec._X0Side`` calls this ~3000 times
+    and ``σ·127.5`` in float64): the pixel-by-pixel decoder of ``codec.x0.X0Side`` calls this ~3000 times
     per image, where :func:`coder_params`'s checks would cost more than the decoding."""
     try:
         symbols = decoder.decode(_model_family(), mean_pix, std_pix)

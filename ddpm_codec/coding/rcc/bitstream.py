@@ -80,7 +80,7 @@ def bucket(idx: np.ndarray) -> np.ndarray:
     return b
 
 
-_COUNT_FLOOR = 2.0**-10  # mass spread uniformly over [0, D]: caps a misprediction at ~10 + log2(D+1) bits
+COUNT_FLOOR = 2.0**-10  # mass spread uniformly over [0, D]: caps a misprediction at ~10 + log2(D+1) bits
 
 
 def chunk_count_probs(pred: float, dim: int, cfg: RCCConfig) -> np.ndarray:
@@ -99,11 +99,11 @@ def chunk_count_probs(pred: float, dim: int, cfg: RCCConfig) -> np.ndarray:
     down = np.cumprod(np.full(c0, rho))
     if cfg.count_spike > 0:
         g = np.concatenate([down[::-1], [0.0], up])
-        p = (1.0 - _COUNT_FLOOR - cfg.count_spike) * (g / g.sum()) + _COUNT_FLOOR / (dim + 1)
+        p = (1.0 - COUNT_FLOOR - cfg.count_spike) * (g / g.sum()) + COUNT_FLOOR / (dim + 1)
         p[c0] += cfg.count_spike
         return p
     g = np.concatenate([down[::-1], [1.0], up])
-    return (1.0 - _COUNT_FLOOR) * (g / g.sum()) + _COUNT_FLOOR / (dim + 1)
+    return (1.0 - COUNT_FLOOR) * (g / g.sum()) + COUNT_FLOOR / (dim + 1)
 
 
 def _coders():

@@ -110,37 +110,6 @@ def _simulate_pfr_1d(kappa_bits: np.ndarray, log2_candidates: int, rng: np.rando
         t -= u * x
         out[s : s + len(k)] = np.argmin(t, axis=1)
     return out
-def _simulate_chunk_kls(chunk_bits: float, dim: int, n_chunks: int, rng: np.random.Generator,
-                        kl_range=(3.0, 3000.0)) -> np.ndarray:
-    out = []
-    total = 0
-    while total < n_chunks:
-        kl = math.exp(rng.uniform(math.log(kl_range[0]), math.log(kl_range[1])))
-        c = int(min(dim, max(1, math.floor(kl / chunk_bits + 0.5))))
-        w = rng.standard_normal(dim) ** 2
-        w *= kl / w.sum()
-        bounds = block_bounds(dim, c)
-        cs = np.concatenate([[0.0], np.cumsum(w[rng.permutation(dim)])])
-        out.append(cs[bounds[1:]] - cs[bounds[:-1]])
-        total += c
-    return np.concatenate(out)[:n_chunks]
-
-
-def _simulate_pfr_1d(kappa_bits: np.ndarray, log2_candidates: int, rng: np.random.Generator,
-                     batch: int = 256) -> np.ndarray:
-    m = 1 << log2_candidates
-    out = np.empty(len(kappa_bits), np.int64)
-    for s in range(0, len(kappa_bits), batch):
-        k = kappa_bits[s : s + batch]
-        u = np.sqrt(2.0 * k * LN2).astype(np.float32)[:, None]
-        x = rng.standard_normal((len(k), m), dtype=np.float32)
-        t = rng.standard_exponential((len(k), m), dtype=np.float32)
-        np.cumsum(t, axis=1, out=t)
-        np.log(t, out=t)
-        t -= u * x
-        out[s : s + len(k)] = np.argmin(t, axis=1)
-    return out
-
 
 
 def write_index_tables(tables: dict[str, list[int]], path: Path = INDEX_TABLES_PATH) -> None:

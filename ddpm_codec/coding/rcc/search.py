@@ -49,7 +49,7 @@ class StepReport:
 def snap_chunks(nchunks: np.ndarray, predicted_chunks, cfg: RCCConfig, dim: int) -> np.ndarray:
     """The encoder's counts moved to the decoder's centre ``c0 = round(prediction)`` when close.
 
-    Under a count model with mass ``count_spike`` at ``c0`` (see :func:`_chunk_count_probs`) a
+    Under a count model with mass ``count_spike`` at ``c0`` (see :func:`.bitstream.chunk_count_probs`) a
     count equal to ``c0`` costs ``-log2(count_spike)`` bits (0.32 at 0.8) instead of ~2.5, so the
     encoder sends ``c0`` whenever ``nc ≥ 1``, ``c0 ≥ 1`` and ``c0`` lies within
     ``[nc − max(snap_abs, snap_down·nc), nc + max(snap_abs, snap_up·nc)]``: a few per cent more

@@ -1,0 +1,50 @@
+"""A human-readable description of a ``.ddpm`` file (what ``ddpm-codec info`` prints)."""
+from __future__ import annotations
+
+
+def describe_file(data: bytes, name: str) -> list[str]:
+    """Lines describing the file ``data`` (called ``name`` in the first line): size and bits/dim,
+    model fingerprint, seed, the schedule and coder, the per-segment sizes and the x_0 part.
+
+    Reads only the header and framing (no model needed). Raises what ``codec.read_header`` raises
+    (``DdpmFormatError`` and its subclasses) on a damaged or foreign file."""
+    from .. import codec
+
+    parsed, settings = codec.read_header(data)
+    f = parsed.file
+    h = f.header
+    dims = h.height * h.width * 3
+    lines = [f"{name}: {len(data)} bytes, {8 * len(data) / dims:.4f} bits/dim, {h.width}x{h.height} RGB",
+             (f"model fingerprint {h.fingerprint.hex()}, seed {h.seed}, "
+              f"{'lossless' if h.lossless else 'lossy'}{', TRUNCATED' if parsed.truncated else ''}")]
+    prof = f"profile {h.profile}" if h.profile else "explicit schedule"
+    if settings.selection == "trellis":
+        pool = f" on 2^{settings.log2_candidates} pool rows" if settings.reuse_bits else ""
+        coder = (f"trellis coder: 2^{settings.rcc_config().state_bits} states{pool}, {settings.chunk_bits} "
+                 f"path bits per segment, {settings.rate_percent}% rate")
+        if settings.count_model:
+            coder += f", count model {settings.count_model}"
+    else:
+        coder = f"{settings.selection} coder: {settings.chunk_bits}-bit chunks, 2^{settings.log2_candidates} candidates"
+    x0_side = [n for n, on in (("scale", settings.x0_scale_bits), ("channel coefficients", settings.x0_channel_bits),
+                               ("neighbour coefficients", settings.x0_neighbours)) if on]
+    x0_scale = f", per-tile x0 {' and '.join(x0_side)}" if x0_side else ""
+    lines.append(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
+                 f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}")
+    payload = sum(len(s.payload) for s in f.segments) + (len(f.x0) if f.x0 else 0)
+    lines.append(f"header and framing: {len(data) - payload} bytes")
+    if f.segments:
+        lines.append("segments (cut from one coded stream):" if h.one_stream else "segments (one coded stream each):")
+    step = 0
+    for i, s in enumerate(f.segments):
+        tail = " (ending with x0)" if h.x0_in_stream and i == parsed.declared_segments - 1 else ""
+        lines.append(f"  segment {i}: steps {step + 1}-{step + s.num_steps}, {len(s.payload)} bytes{tail}")
+        step += s.num_steps
+    if f.x0 is not None:
+        lines.append(f"  x0 (lossless): {len(f.x0)} bytes, pixel crc32 {f.pixel_crc:08x}")
+    elif h.x0_in_stream and f.pixel_crc is not None:
+        lines.append(f"  x0 (lossless): coded at the end of the last segment (format version 2), "
+                     f"pixel crc32 {f.pixel_crc:08x}")
+    if parsed.truncated:
+        lines.append(f"  (truncated: {parsed.complete_segments} of {parsed.declared_segments} segments complete)")
+    return lines
