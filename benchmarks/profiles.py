@@ -3,6 +3,7 @@
     python benchmarks/profiles.py -n 24 3 4          # default model, first 24 CIFAR-10 test images
     python benchmarks/profiles.py -n 12 3 --set log2_candidates=15 --set rate_percent=115
     python benchmarks/profiles.py -n 24 6 6:reuse_bits=5 6:reuse_bits=7   # per-run overrides
+    python benchmarks/profiles.py -n 20 9 10 --decode --threads 2         # decode too (bit-exact check)
 
 Prints per profile (or profile with overrides) the mean file size in bits/dim, the same without
 each file's header and trailer (a changed value makes an explicit schedule, 7 bytes longer than a
@@ -36,8 +37,10 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override for every profile after the first")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--model", default=None)
+    ap.add_argument("--decode", action="store_true", help="also decode every file (checked bit-exact) and time it")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (float profiles force 1 while coding)")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     model = resolve_model(a.model)
     over = {k: (v if k in ("schedule_kind", "selection", "variance") else int(v))
             for k, v in (kv.split("=", 1) for kv in a.set)}
@@ -57,18 +60,24 @@ def main():
     bpd = np.zeros((len(runs), len(imgs)))
     body = np.zeros_like(bpd)
     secs = np.zeros(len(runs))
+    dsecs = np.zeros(len(runs))
     for j, img in enumerate(imgs):
         for i, (_, st) in enumerate(runs):
             t0 = time.perf_counter()
             data = codec.encode(img, model, settings=st, metrics=False).data
             secs[i] += time.perf_counter() - t0
+            if a.decode:
+                t0 = time.perf_counter()
+                out = codec.decode(data, model).image
+                dsecs[i] += time.perf_counter() - t0
+                assert np.array_equal(out, img), f"{runs[i][0]}: image {a.start + j} did not decode bit-exactly"
             f = container.unpack(data).file
             bpd[i, j] = 8 * len(data) / img.size
             body[i, j] = 8 * (sum(len(s.payload) for s in f.segments) + len(f.x0 or b"")) / img.size
     print(f"model {model.name} ({model.fingerprint[:8]}), CIFAR-10 test images {a.start}..{a.start + len(imgs) - 1}")
     print("| run | bits/dim | w/o header and trailer | encode s/img | vs first: bits/dim (± s.e.) "
-          "| vs first: body bits/image (± s.e.) | time ratio |")
-    print("|---|---|---|---|---|---|---|")
+          "| vs first: body bits/image (± s.e.) | time ratio |" + (" decode s/img | decode ratio |" if a.decode else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if a.decode else ""))
     se = lambda d: d.std(ddof=1) / np.sqrt(len(d))  # noqa: E731
     for i, (name, st) in enumerate(runs):
         d = bpd[i] - bpd[0]
@@ -76,8 +85,9 @@ def main():
         cmp = "" if i == 0 else f"{d.mean():+.4f} ± {se(d):.4f}"
         cmpb = "" if i == 0 else f"{db.mean():+.1f} ± {se(db):.1f}"
         ratio = "" if i == 0 else f"{secs[i] / secs[0]:.2f}"
+        dec = f" {dsecs[i] / len(imgs):.2f} | {dsecs[i] / dsecs[0]:.2f} |" if a.decode else ""
         print(f"| profile {name} | {bpd[i].mean():.4f} | {body[i].mean():.4f} | {secs[i] / len(imgs):.2f} | {cmp} "
-              f"| {cmpb} | {ratio} |")
+              f"| {cmpb} | {ratio} |{dec}")
 
 
 if __name__ == "__main__":

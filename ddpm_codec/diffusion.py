@@ -12,7 +12,9 @@ Conventions (used everywhere in this package):
 """
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -35,8 +37,11 @@ def make_betas(schedule: str, num_timesteps: int = 1000, *, beta_start: float = 
     """
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    if schedule == "linear":
-        return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+    if schedule == "linear":   # i·step + start, as numpy's linspace computes it today, written out so that
+        if num_timesteps == 1:  # the values cannot move with a numpy version (exact profiles depend on them)
+            return np.array([beta_start], dtype=np.float64)
+        step = (beta_end - beta_start) / (num_timesteps - 1)
+        return np.array([i * step + beta_start for i in range(num_timesteps - 1)] + [beta_end], dtype=np.float64)
     if schedule == "cosine":
         def abar(u):
             return math.cos((u + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
@@ -120,7 +125,8 @@ class GaussianDiffusion:
         self.num_timesteps = T = len(betas)
         self.betas = np.concatenate([[0.0], betas])                    # beta_t, [T+1]
         self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = np.cumprod(self.alphas)                   # alpha_bar_t, [T+1]
+        # alpha_bar_t, [T+1]: sequential IEEE products (what np.cumprod does), written out
+        self.alphas_cumprod = np.array(list(itertools.accumulate(self.alphas, operator.mul)))
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         # Single-step posterior q(x_{t-1} | x_t, x_0) variance (Eq. 7); t = 1 gives 0, so the
@@ -266,14 +272,16 @@ class GaussianDiffusion:
         e_hat = (xt - math.sqrt(float(self.alphas_cumprod[t])) * x0_hat) / math.sqrt(1 - float(self.alphas_cumprod[t]))
         return math.sqrt(ab) * x0_hat + math.sqrt(1 - ab) * e_hat
 
-    def expected_step_kl(self, t: int, s: int, var_q: float, var_p: float, dims: int) -> float | None:
+    def expected_step_kl(self, t: int, s: int, var_q: float, var_p: float, dims: int,
+                         log=math.log) -> float | None:
         """E KL(q(x_s | x_t, x_0) || p_theta(x_s | x_t)) over ``dims`` dims, nats, from the fitted
-        ``x0_mse`` statistics (None without them): the variance term plus c0^2 E|x_0 - x_hat_0|^2 / (2 var_p)."""
+        ``x0_mse`` statistics (None without them): the variance term plus c0^2 E|x_0 - x_hat_0|^2 / (2 var_p).
+        ``log``: the logarithm to use (a portable one where the result must be the same bits everywhere)."""
         if self.x0_mse is None:
             return None
         c0, _, _ = self.posterior_coefs(t, s, torch.zeros(1))
         mean_sq = float(c0) ** 2 * float(self.x0_mse[t])
-        return 0.5 * dims * (var_q / var_p - 1 - math.log(var_q / var_p)) + 0.5 * dims * mean_sq / var_p
+        return 0.5 * dims * (var_q / var_p - 1 - float(log(var_q / var_p))) + 0.5 * dims * mean_sq / var_p
 
     # ------------------------------------------------------------------ variational bound terms
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
@@ -307,11 +315,15 @@ def nats_to_bpd(nats: torch.Tensor | float, num_dims: int):
 
 
 def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str = "quadratic",
-                       t_end: int = 1) -> list[int]:
+                       t_end: int = 1, portable: bool = False) -> list[int]:
     """A decreasing chain of ``num_steps`` times from T down to ``t_end`` (inclusive).
 
     ``uniform``: evenly spaced; ``quadratic``: denser near t_end (t ~ u^2), where most bits of a
     DDPM's bound are; ``cubic`` (t ~ u^3): denser still. Returned as ints in (T ... t_end], strictly decreasing, with T first.
+    ``portable``: u_i = (n-1-i)/(n-1) and its powers by IEEE division and products only (numpy's
+    ``linspace`` and libm's ``pow`` may differ in the last bit between versions and machines, which
+    can move a time at a rounding tie; 121 of 192,700 (num_steps, t_end) pairs differ from the
+    default path, so files written without it keep it).
     """
     T = num_timesteps
     if not 1 <= t_end <= T:
@@ -320,6 +332,13 @@ def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str =
         raise ValueError(f"num_steps must be in [1, {T - t_end + 1}], got {num_steps}")
     if num_steps == 1:
         return [T]
+    if portable:
+        n1 = num_steps - 1
+        u = np.array([(n1 - i) / n1 for i in range(num_steps)])
+        powers = {"uniform": u, "quadratic": u * u, "cubic": u * u * u}
+        if kind not in powers:
+            raise ValueError(f"unknown spacing {kind!r}; expected 'uniform', 'quadratic' or 'cubic'")
+        return _strictly_decreasing([int(round(v)) for v in t_end + powers[kind] * (T - t_end)], t_end)
     u = np.linspace(1.0, 0.0, num_steps)
     if kind == "uniform":
         ts = t_end + u * (T - t_end)
@@ -329,8 +348,11 @@ def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str =
         ts = t_end + u ** 3 * (T - t_end)
     else:
         raise ValueError(f"unknown spacing {kind!r}; expected 'uniform', 'quadratic' or 'cubic'")
-    out = [int(round(v)) for v in ts]
-    # enforce strictly decreasing integers while keeping the end points
+    return _strictly_decreasing([int(round(v)) for v in ts], t_end)
+
+
+def _strictly_decreasing(out: list[int], t_end: int) -> list[int]:
+    """Rounded times made strictly decreasing, keeping the end points."""
     for i in range(1, len(out)):
         if out[i] >= out[i - 1]:
             out[i] = out[i - 1] - 1

@@ -33,6 +33,16 @@ class LoadedModel:
     fingerprint: str
     name: str = ""
     path: Path | None = None
+    _exact: object = field(default=None, repr=False, compare=False)
+
+    def exact_net(self):
+        """The network in exact fixed-point arithmetic (:class:`~ddpm_codec.models.exact.ExactUNet`),
+        built once: its outputs are the same bits on any machine and thread count."""
+        if self._exact is None:
+            from .exact import ExactUNet
+
+            self._exact = ExactUNet.from_model(self)
+        return self._exact
 
     @property
     def image_size(self) -> int:

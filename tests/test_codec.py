@@ -506,8 +506,10 @@ def test_x0_neighbour_prediction_recovers_known_coefficients_and_round_trips(mod
     assert np.array_equal(codec.decode(res.data, model).image, img)
     with pytest.raises(ValueError, match="x0_neighbours"):
         replace(base, x0_channel_bits=0)
-    with pytest.raises(container.CorruptFileError, match="impossible"):   # bit 4 of the variance byte is unused
-        codec.CodecSettings.from_schedule(replace(base.to_schedule(), variance_kind=1 | 0x10))
+    with pytest.raises(container.CorruptFileError, match="impossible"):   # bit 5 (neighbours) needs bit 7 (channels)
+        codec.CodecSettings.from_schedule(replace(base.to_schedule(), variance_kind=1 | 0x20))
+    # bit 4 is exact arithmetic (format: docs/FORMAT.md)
+    assert codec.CodecSettings.from_schedule(replace(base.to_schedule(), variance_kind=1 | 0x10)).exact == 1
 
 
 def test_network_runs_on_the_codec_thread_count_whatever_ran_before(model, monkeypatch):

@@ -14,26 +14,28 @@ from ddpm_codec.coding import rcc
 from ddpm_codec.coding.rcc import bitstream, layout
 
 FIELDS = ("num_steps", "t_end", "schedule_kind", "chunk_bits", "log2_candidates", "variance", "selection",
-          "rate_percent", "count_model", "reuse_bits", "x0_scale_bits", "x0_channel_bits", "x0_neighbours")
+          "rate_percent", "count_model", "reuse_bits", "x0_scale_bits", "x0_channel_bits", "x0_neighbours", "exact")
 _TRELLIS = (48, 1, "cubic", 4, 14, "fitted", "trellis", 105)
 PINNED = {
-    1: ("pfr12", (64, 2, "quadratic", 12, 13, "fitted", "pfr", 100, 0, 0, 0, 0, 0)),
-    2: ("pfr10", (64, 4, "quadratic", 10, 14, "fitted", "pfr", 100, 0, 0, 0, 0, 0)),
-    3: ("trellis", _TRELLIS + (0, 0, 0, 0, 0)),
-    4: ("trellis-pool16", (48, 1, "cubic", 4, 16, "fitted", "trellis", 105, 0, 0, 0, 0, 0)),
-    5: ("counts", _TRELLIS + (1, 0, 0, 0, 0)),
-    6: ("states13", _TRELLIS + (1, 3, 0, 0, 0)),
-    7: ("states17-scale", _TRELLIS + (1, 7, 4, 0, 0)),
-    8: ("x0-channels", _TRELLIS + (1, 7, 4, 3, 0)),
-    9: ("x0-neighbours", _TRELLIS + (1, 7, 4, 3, 1)),
+    1: ("pfr12", (64, 2, "quadratic", 12, 13, "fitted", "pfr", 100, 0, 0, 0, 0, 0, 0)),
+    2: ("pfr10", (64, 4, "quadratic", 10, 14, "fitted", "pfr", 100, 0, 0, 0, 0, 0, 0)),
+    3: ("trellis", _TRELLIS + (0, 0, 0, 0, 0, 0)),
+    4: ("trellis-pool16", (48, 1, "cubic", 4, 16, "fitted", "trellis", 105, 0, 0, 0, 0, 0, 0)),
+    5: ("counts", _TRELLIS + (1, 0, 0, 0, 0, 0)),
+    6: ("states13", _TRELLIS + (1, 3, 0, 0, 0, 0)),
+    7: ("states17-scale", _TRELLIS + (1, 7, 4, 0, 0, 0)),
+    8: ("x0-channels", _TRELLIS + (1, 7, 4, 3, 0, 0)),
+    9: ("x0-neighbours", _TRELLIS + (1, 7, 4, 3, 1, 0)),
+    10: ("exact", _TRELLIS + (1, 7, 4, 3, 1, 1)),
 }
 # the explicit-schedule bytes each profile would write (container.Schedule fields), from FORMAT.md's
-# bit layout: variance byte = kind | x0_scale_bits << 4 | 0x80 channels | 0x20 neighbours;
+# bit layout: variance byte = kind | x0_scale_bits << 4 | 0x80 channels | 0x20 neighbours | 0x10 exact;
 # selection byte = coder | (reuse >> 2) << 2 | count_model << 4 | (reuse & 3) << 6
 SCHEDULE_BYTES = {1: (0, 1, 0), 2: (0, 1, 0), 3: (2, 1, 2), 4: (2, 1, 2), 5: (2, 1, 2 | 1 << 4),
                   6: (2, 1, 2 | 1 << 4 | 3 << 6), 7: (2, 1 | 4 << 4, 2 | 1 << 2 | 1 << 4 | 3 << 6),
                   8: (2, 1 | 4 << 4 | 0x80, 2 | 1 << 2 | 1 << 4 | 3 << 6),
-                  9: (2, 1 | 4 << 4 | 0x80 | 0x20, 2 | 1 << 2 | 1 << 4 | 3 << 6)}
+                  9: (2, 1 | 4 << 4 | 0x80 | 0x20, 2 | 1 << 2 | 1 << 4 | 3 << 6),
+                  10: (2, 1 | 4 << 4 | 0x80 | 0x20 | 0x10, 2 | 1 << 2 | 1 << 4 | 3 << 6)}
 
 
 def test_every_profile_is_pinned_field_by_field():
@@ -68,6 +70,7 @@ def test_profile_coder_configs_are_pinned():
         assert cfg.rate_factor == s.rate_percent / 100
         assert cfg.count_spike == (0.8 if s.count_model else 0.0)
         assert cfg.state_bits == ((s.log2_candidates - s.chunk_bits + s.reuse_bits) if trellis else 0)
+        assert cfg.exact_sums == bool(s.exact)
     assert codec.PROFILES[9].rcc_config().state_bits == 17
 
 

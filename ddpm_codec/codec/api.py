@@ -132,7 +132,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     """
     settings = settings or default_settings()
     image = check_image(image)
-    warn_if_accelerated(model)
+    if not settings.exact:
+        warn_if_accelerated(model)
     height, width = image.shape[:2]
     diffusion = model.diffusion
     size = model.image_size
@@ -142,8 +143,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         lossless = max_reverse_time is None and max_bpd is None
     if settings.variance == "fitted" and diffusion.x0_mse is None:
         raise ValueError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
-    if lossless and (settings.x0_scale_bits or settings.x0_channel_bits) and not x0_in_stream:
-        raise ValueError("per-tile x_0 scales or channel coefficients need format version 2 (x0_in_stream=True)")
+    if lossless and (settings.x0_scale_bits or settings.x0_channel_bits or settings.exact) and not x0_in_stream:
+        raise ValueError("per-tile x_0 side information or exact arithmetic needs format version 2 (x0_in_stream=True)")
     chain = Chain(model, settings, tuple(x0.shape))
     T, B = chain.T, x0.shape[0]
     gen = torch.Generator().manual_seed(seed ^ 0x5EED)   # the encoder's private randomness
@@ -168,7 +169,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         sent = code, rep
         return chain.x_from_eps(link, e), code.num_chunks
 
-    with deterministic_settings():
+    with deterministic_settings(exact=bool(settings.exact)):
         while chain.done < len(chain):
             sent = None
             before = stream.num_bits()
@@ -261,7 +262,7 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         return from_tiles(to_uint8(est), height, width)
 
     shots: list[tuple[int, np.ndarray]] = []
-    with deterministic_settings():
+    with deterministic_settings(exact=bool(settings.exact)):
         for dec in step_decoders():
             if steps is not None and chain.reverse_time(chain.done) > steps:
                 break
@@ -344,7 +345,7 @@ def trace_theoretical(image: np.ndarray, model: LoadedModel, *, settings: CodecS
             q = diffusion.q_posterior(x0, chain.x, link.t, link.s)
         return q.mean + torch.sqrt(q.variance) * torch.randn(x0.shape, generator=gen, dtype=torch.float64), None
 
-    with deterministic_settings():
+    with deterministic_settings(exact=bool(settings.exact)):
         while chain.done < len(chain):
             kl = 0.0
             link = chain.step(send)

@@ -39,11 +39,14 @@ def warn_if_accelerated(model: LoadedModel) -> None:
 
 
 @contextlib.contextmanager
-def deterministic_settings():
+def deterministic_settings(exact: bool = False):
     """Settings under which both sides compute the same floats: one CPU thread (the thread count
     changes float sums); on CUDA only cuDNN kernels marked deterministic, and no TF32 (measured on
     an H200: CUDA ε̂ within 2.6e-6 of the CPU's instead of 6.7e-4). Whether that suffices on a GPU
-    is open: see docs/results/gpu-2026-11-26.md."""
+    is open: see docs/results/gpu-2026-11-26.md. Exact arithmetic (``exact``) needs none of this."""
+    if exact:
+        yield
+        return
     old = torch.get_num_threads()
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     flags = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
@@ -57,14 +60,20 @@ def deterministic_settings():
 
 
 class Net:
-    """The network as both sides call it: one batch of all tiles, float32, timed."""
+    """The network as both sides call it: one batch of all tiles, timed. Float profiles: float32 on
+    the codec's thread count; exact profiles: the exact fixed-point network (any thread count)."""
 
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, exact: bool = False):
         self.model = model
+        self.exact = model.exact_net() if exact else None
         self.seconds = 0.0
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         t0 = time.perf_counter()
+        if self.exact is not None:
+            out = self.exact(x, t)
+            self.seconds += time.perf_counter() - t0
+            return out
         if torch.get_num_threads() != CODEC_THREADS:  # anything run since (an OpenMP library: a parallel numba
             torch.set_num_threads(CODEC_THREADS)      # search once made undecodable files this way) may reset it
         out = self.model.eps(x.float(), t).double()
@@ -115,6 +124,8 @@ class Chain:
     """The chain of a file's settings over ``shape = [B, C, H, W]`` tiles, walked by both sides."""
 
     def __init__(self, model: LoadedModel, settings: CodecSettings, shape: tuple[int, ...]):
+        if settings.exact and model.config.get("diffusion", {}).get("schedule", "linear") != "linear":
+            raise ValueError("exact arithmetic needs a linear beta schedule (the cosine one is built with libm's cos)")
         self.diffusion = model.diffusion
         self.T = T = self.diffusion.num_timesteps
         self.ts = settings.timesteps(T)
@@ -123,7 +134,7 @@ class Chain:
         self.dims_tile = int(np.prod(shape[1:]))
         self.cfg = settings.rcc_config()
         self.counts = CountPredictor(shape[0], self.cfg)
-        self.net = Net(model)
+        self.net = Net(model, exact=bool(settings.exact))
         self.x: torch.Tensor | None = None     # x_s of the last step taken (float32 values, float64)
         self.eps: torch.Tensor | None = None   # the network's ε̂ at it
         self.done = 0                          # steps taken
@@ -150,8 +161,14 @@ class Chain:
             return Link(i, t, s, torch.zeros(self.shape, dtype=torch.float64), 1.0, 1.0 - a_T ** 2, None, None)
         p = d.p_mean_variance(self.x, t, self.eps, s, self.settings.variance)
         var_p, var_q = float(p.variance), float(d.posterior_coefs(t, s, self.x)[2])
-        kl = d.expected_step_kl(t, s, var_q, var_p, self.dims_tile)
-        pred = None if kl is None else rcc.expected_chunks(kl / math.log(2), self.dims_tile, self.cfg)
+        if self.settings.exact:   # no libm: the same prediction on every machine
+            from ..coding import detmath
+
+            kl = d.expected_step_kl(t, s, var_q, var_p, self.dims_tile, log=detmath.log)
+            pred = None if kl is None else rcc.expected_chunks(kl / detmath.LN2, self.dims_tile, self.cfg)
+        else:
+            kl = d.expected_step_kl(t, s, var_q, var_p, self.dims_tile)
+            pred = None if kl is None else rcc.expected_chunks(kl / math.log(2), self.dims_tile, self.cfg)
         return Link(i, t, s, p.mean, var_p, var_q, pred, self.counts.centres(pred))
 
     def target(self, link: Link, x0: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -58,6 +58,8 @@ class CodecSettings:
     x0_scale_bits: int = 0                  # 4: each tile's x_0 decoder scale x X0_SCALE_FACTORS[i], i sent
     x0_channel_bits: int = 0                # 3: x_0's G and B means predicted from decoded R (G) residuals
     x0_neighbours: int = 0                  # 1: and every channel's from the residuals above and to the left
+    exact: int = 0                          # 1: exact arithmetic for everything the decoder depends on (the
+                                            # network, the chain, the count and x_0 models): portable files
 
     def __post_init__(self):
         if self.schedule_kind not in SCHEDULE_KINDS:
@@ -78,29 +80,35 @@ class CodecSettings:
             raise ValueError(f"x0_channel_bits must be 0 or 3, got {self.x0_channel_bits}")
         if self.x0_neighbours not in (0, 1) or (self.x0_neighbours and not self.x0_channel_bits):
             raise ValueError(f"x0_neighbours must be 0 or 1, and 1 only with x0_channel_bits, got {self.x0_neighbours}")
+        if self.exact not in (0, 1):
+            raise ValueError(f"exact must be 0 or 1, got {self.exact}")
         if not 25 <= self.rate_percent <= 255:
             raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
         self.rcc_config()  # validates the combination (e.g. trellis state bits)
 
     def timesteps(self, num_timesteps: int) -> list[int]:
-        return respaced_timesteps(self.num_steps, num_timesteps, kind=self.schedule_kind, t_end=self.t_end)
+        return respaced_timesteps(self.num_steps, num_timesteps, kind=self.schedule_kind, t_end=self.t_end,
+                                  portable=bool(self.exact))
 
     def rcc_config(self) -> rcc.RCCConfig:
         if self.selection == "trellis":  # counts predicted per tile to about ±1 (chain.CountPredictor)
             return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
                                  selection=self.selection, rate_factor=self.rate_percent / 100,
                                  chunks_abs_scale=TRELLIS_COUNT_SCALE[0], chunks_rel_scale=TRELLIS_COUNT_SCALE[1],
-                                 count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits)
+                                 count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits,
+                                 exact_sums=bool(self.exact))
         return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
                              selection=self.selection, rate_factor=self.rate_percent / 100,
-                             count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits)
+                             count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits,
+                             exact_sums=bool(self.exact))
 
     def to_schedule(self) -> container.Schedule:
         return container.Schedule(kind=SCHEDULE_KINDS.index(self.schedule_kind), num_steps=self.num_steps,
                                   t_end=self.t_end, chunk_bits=self.chunk_bits,
                                   log2_candidates=self.log2_candidates,
                                   variance_kind=VARIANCE_IDS.index(self.variance) | (self.x0_scale_bits << 4)
-                                  | (0x80 if self.x0_channel_bits else 0) | (0x20 if self.x0_neighbours else 0),
+                                  | (0x80 if self.x0_channel_bits else 0) | (0x20 if self.x0_neighbours else 0)
+                                  | (0x10 if self.exact else 0),
                                   selection=SELECTION_IDS.index(self.selection) | (self.reuse_bits >> 2 << 2)
                                   | (self.count_model << 4) | ((self.reuse_bits & 3) << 6),
                                   rate_percent=self.rate_percent)
@@ -111,8 +119,9 @@ class CodecSettings:
         sel, count_model = s.selection & 0x3, (s.selection >> 4) & 0x3
         reuse_bits = (s.selection >> 6) | (((s.selection >> 2) & 0x3) << 2)
         # variance byte: bits 0-3 the variance kind, 6 x0_scale_bits 4, 7 cross-channel x0 coefficients
-        # (3 bits each), 5 neighbour coefficients too; bit 4 unused (refused)
-        variance, x0_scale_bits = s.variance_kind & 0x0F, (s.variance_kind >> 4) & 0x5
+        # (3 bits each), 5 neighbour coefficients too, 4 exact arithmetic
+        variance, x0_scale_bits = s.variance_kind & 0x0F, (s.variance_kind >> 4) & 0x4
+        exact = 1 if s.variance_kind & 0x10 else 0
         x0_channel_bits = 3 if s.variance_kind & 0x80 else 0
         x0_neighbours = 1 if s.variance_kind & 0x20 else 0
         if s.kind >= len(SCHEDULE_KINDS) or variance >= len(VARIANCE_IDS) or sel >= len(SELECTION_IDS) \
@@ -123,7 +132,8 @@ class CodecSettings:
                        chunk_bits=s.chunk_bits, log2_candidates=s.log2_candidates,
                        variance=VARIANCE_IDS[variance], selection=SELECTION_IDS[sel],
                        rate_percent=s.rate_percent, count_model=count_model, reuse_bits=reuse_bits,
-                       x0_scale_bits=x0_scale_bits, x0_channel_bits=x0_channel_bits, x0_neighbours=x0_neighbours)
+                       x0_scale_bits=x0_scale_bits, x0_channel_bits=x0_channel_bits, x0_neighbours=x0_neighbours,
+                       exact=exact)
         except ValueError as exc:
             raise container.CorruptFileError(f"file names impossible coding settings: {exc}") from exc
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..coding import entropy
+from ..coding import entropy, exact_entropy
 from ..coding.entropy import read_raw_bits, write_raw_bits
 from ..diffusion import GaussianDiffusion
 from .settings import X0_CHANNEL_COEFS, X0_SCALE_FACTORS, CodecSettings
@@ -145,24 +145,37 @@ class X0Side:
         return cls(settings, np.asarray(scale_idx, np.int64), np.asarray(chan_idx, np.int64),
                    np.asarray(nb_idx, np.int64))
 
+    def _write(self, enc, pixels, means, scales) -> None:
+        """Pixels under the discretized Gaussian: constriction's QuantizedGaussian, or in exact profiles
+        the portable integer model of :mod:`ddpm_codec.coding.exact_entropy` (no libm)."""
+        if self.settings.exact:
+            exact_entropy.write_pixels(enc, np.asarray(pixels, np.uint8), *entropy.coder_params(means, scales))
+        else:
+            entropy.write_pixels(enc, pixels, means, scales)
+
+    def _read(self, dec, means, scales) -> np.ndarray:
+        if self.settings.exact:
+            return exact_entropy.read_pixels(dec, *entropy.coder_params(means, scales))
+        return entropy.read_pixels(dec, means, scales)
+
     def write_pixels(self, enc, tiles_pix, means, scales, mask) -> None:
         if self.settings.x0_scale_bits:
             scales = x0_scaled(scales, self.scale_idx)
         if not self.settings.x0_channel_bits:
-            entropy.write_pixels(enc, tiles_pix[mask], means[mask], scales[mask])
+            self._write(enc, tiles_pix[mask], means[mask], scales[mask])
             return
         if not self.settings.x0_neighbours:
             res = np.zeros(means.shape)
             for c in range(3):
                 m = mask[:, c]
-                entropy.write_pixels(enc, tiles_pix[:, c][m], self._means(means, res, None, None, c, np.s_[:, :])[m],
+                self._write(enc, tiles_pix[:, c][m], self._means(means, res, None, None, c, np.s_[:, :])[m],
                                      scales[:, c][m])
                 res[:, c] = residual(tiles_pix[:, c], means[:, c], m)
             return
         eff, _ = self.apply(means, scales, tiles_pix, mask)
         order = (2, 3, 1, 0)   # [H, W, 3, B]: raster order, R G B at each pixel, all tiles together
         sel = mask.transpose(order)
-        entropy.write_pixels(enc, tiles_pix.transpose(order)[sel], eff.transpose(order)[sel],
+        self._write(enc, tiles_pix.transpose(order)[sel], eff.transpose(order)[sel],
                              scales.transpose(order)[sel])
 
     def read_pixels(self, dec, means, scales, mask) -> np.ndarray:
@@ -171,14 +184,14 @@ class X0Side:
             scales = x0_scaled(scales, self.scale_idx)
         out = np.zeros(means.shape, np.uint8)
         if not self.settings.x0_channel_bits:
-            out[mask] = entropy.read_pixels(dec, means[mask], scales[mask])
+            out[mask] = self._read(dec, means[mask], scales[mask])
             return out
         res = np.zeros(means.shape)
         if not self.settings.x0_neighbours:
             for c in range(3):
                 m = mask[:, c]
                 oc = out[:, c]
-                oc[m] = entropy.read_pixels(dec, self._means(means, res, None, None, c, np.s_[:, :])[m], scales[:, c][m])
+                oc[m] = self._read(dec, self._means(means, res, None, None, c, np.s_[:, :])[m], scales[:, c][m])
                 res[:, c] = residual(out[:, c], means[:, c], m)
             return out
         up, left = np.zeros(means.shape), np.zeros(means.shape)
@@ -186,6 +199,7 @@ class X0Side:
         coefs = self._coefs()
         # the coder's parameters as entropy.coder_params makes them (checked once, for all pixels)
         _, std_pix = entropy.coder_params(means, scales)
+        read_params = exact_entropy.read_pixels if self.settings.exact else entropy.read_pixels_params
         std_pix = std_pix.reshape(means.shape)
         for y in range(h):
             for x in range(w):
@@ -197,7 +211,7 @@ class X0Side:
                     mean_pix = entropy.pixel_means(mu[m])
                     if not np.all(np.isfinite(mean_pix)):
                         raise ValueError("x0 means overflow")
-                    v = entropy.read_pixels_params(dec, mean_pix, std_pix[:, c, y, x][m])
+                    v = read_params(dec, mean_pix, std_pix[:, c, y, x][m])
                     out[m, c, y, x] = v
                     r = residual(out[:, c, y, x], means[:, c, y, x], m)
                     res[:, c, y, x] = r

@@ -41,6 +41,8 @@ class RCCConfig:
     count_spike: extra probability mass of ``C = c0`` in that model (0: none). With it, the encoder
         moves its ``C`` to ``c0`` when within the window ``snap_up``, ``snap_down`` (relative) /
         ``snap_abs`` (segments) of :func:`snap_chunks`; those three are encoder policy, not format.
+    exact_sums: the count model's normalising sums correctly rounded (``math.fsum``: the same on any
+        machine and numpy) instead of numpy's pairwise ``sum`` (exact-arithmetic profiles).
 
     Defaults (12, 13, 3.0): lowest measured end-to-end excess within ~2 s of RCC time per
     50-step 3072-dim chain on the 2-core CPU (benchmarks/rcc.py, "chain" and "budget").
@@ -58,6 +60,7 @@ class RCCConfig:
     snap_down: float = 0.04
     snap_abs: float = 2.0
     reuse_bits: int = 0
+    exact_sums: bool = False
 
     def __post_init__(self):
         if not (self.chunk_bits > 0 and math.isfinite(self.chunk_bits)):

@@ -1,0 +1,518 @@
+"""Exact-arithmetic inference for the DDPM U-Net: ε̂ bit-for-bit the same on any IEEE-754 machine.
+
+The float network's output depends on summation order (SIMD width, BLAS blocking, threads,
+GPU reductions), on FMA contraction and on libm (``exp``, ``sin``, ``cos``). This module runs
+the same U-Net (:class:`~ddpm_codec.models.unet.UNet`) so that none of those matter:
+
+* **Fixed-point activations.** Every activation is an integer ``A`` meaning ``A · 2^-act_bits``
+  (default 2^-16), clamped to ``|A| ≤ Amax = act_clamp · 2^act_bits`` (default 512), held in
+  float64 tensors.
+* **Integer weights.** Each conv/linear output channel ``c`` gets an integer weight tensor
+  ``W_int = round(W · 2^e_c)``, ``|W_int| ≤ 2^weight_bits`` (a power-of-two scale per channel).
+  At preparation :func:`check_sum_bound` asserts ``max_c Σ|W_int[c]| · Amax < 2^53``, so every
+  product and every partial sum of ``conv2d``/``matmul`` in float64 is an integer below 2^53:
+  *exact* in any order, with or without FMA, on any number of threads, CPU or GPU.
+  The result ``S`` becomes ``round(S · 2^-e_c + b · 2^act_bits)``: one correctly rounded
+  multiply-by-a-power-of-two (exact), one add and a round, elementwise.
+* **GroupNorm.** Σ A (float64, exact: < 2^53) and Σ A² (int64, exact; bound asserted), then
+  mean, variance, ``1/√(var + eps)`` with IEEE ÷ and √, and ``round(A · scale + shift)``.
+* **SiLU** by a table on nodes ``x_j = -R + j·2^-8`` (R = 20), built once from our own ``exp``
+  (:func:`exp`: range reduction by an exact power of two, a fixed degree-13 polynomial, only + ×),
+  and *integer* linear interpolation between nodes (max error 1e-6, under the 2^-16 grid):
+  ``T_j + round(ΔT_j · f · 2^-8)``; ``x ≥ R`` passes through, ``x ≤ -R`` gives 0.
+* **Attention.** q, k clamped so that ``c · Qmax² < 2^53``; scores ``q·k`` exact integers;
+  ``× 2^-2·act_bits / √c`` (a power of two when c is a power of 4); minus the row max (exact);
+  our own ``exp``; numerators rounded to 2^-30 and summed exactly; weights
+  ``P = round(E · 2^prob_bits / Z)`` (integers); ``P·v`` exact integers (bound asserted).
+* **Time embedding.** Frequencies and ``t·freq`` follow the float path's float32 arithmetic
+  (emulated with IEEE ops: a float64 result of float32 operands rounded to float32 is the
+  correctly rounded float32 result), ``exp``, ``sin``, ``cos`` are ours (Cody–Waite reduction,
+  fixed polynomials); the time MLP and the blocks' projections are exact as above and cached per t.
+
+Everything else is exact integer data movement (concat, nearest upsample, padding). Only the
+elementwise ops + − × ÷ √, round, floor, clamp, comparisons, gathers and exact sums are used on
+values that get rounded, never libm, and never a fused op (addcmul, lerp, ``alpha=``) that a
+kernel might contract into an FMA. Elementwise torch ops are one IEEE operation each on CPU and
+on CUDA (double division and sqrt are IEEE-rounded by default there), so the GPU path is exact too,
+if the convolutions run as im2col + matmul (cuDNN may pick FFT/Winograd, which are not sums of
+exact products): :class:`ExactUNet` does that off CPU and checks the backend once
+(:func:`verify_backend`). See docs/results/exact-network.md for measurements.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..coding import detmath
+from .unet import AttnBlock, ResBlock, UNet
+
+__all__ = [
+    "ExactConfig",
+    "ExactUNet",
+    "BoundError",
+    "check_sum_bound",
+    "exp",
+    "sigmoid",
+    "sin_cos",
+    "silu_table",
+    "verify_backend",
+]
+
+_F64 = torch.float64
+_TWO53 = 2.0**53
+_TWO63 = 2**63
+
+
+class BoundError(ValueError):
+    """A layer whose exact integer sums could reach 2^53 (float64) or 2^63 (int64)."""
+
+
+@dataclass(frozen=True)
+class ExactConfig:
+    act_bits: int = 16          # activation grid 2^-act_bits
+    act_clamp: float = 512.0    # |activation| ≤ act_clamp (the float net's stay below ~15 on CIFAR-10)
+    weight_bits: int = 16       # |W_int| ≤ 2^weight_bits per output channel
+    silu_bits: int = 8          # SiLU table step 2^-silu_bits
+    silu_range: int = 20        # table on [-R, R]; x ≥ R: x, x ≤ -R: 0 (|error| < 5e-8)
+    exp_bits: int = 30          # softmax numerators rounded to 2^-exp_bits
+    prob_bits: int = 24         # attention weights rounded to 2^-prob_bits
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Own elementwise functions (float64 tensors; only + - * / sqrt, round, floor, comparisons)
+# ----------------------------------------------------------------------------------------------
+
+def exp(x: torch.Tensor) -> torch.Tensor:
+    """e^x for float64 ``x`` (clamped to [-708, 709]) with :func:`ddpm_codec.coding.detmath.exp`:
+    deterministic, rel. error < 4e-16."""
+    x = torch.as_tensor(x, dtype=_F64).clamp(-708.0, 709.0)
+    return torch.from_numpy(np.asarray(detmath.exp(x.cpu().numpy()), dtype=np.float64)).to(x.device)
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """1 / (1 + e^-x) with :func:`ddpm_codec.coding.detmath.sigmoid`."""
+    x = torch.as_tensor(x, dtype=_F64)
+    return torch.from_numpy(np.asarray(detmath.sigmoid(x.cpu().numpy()), dtype=np.float64)).to(x.device)
+
+
+def sin_cos(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sin x, cos x) for float64 |x| < 1e6 with :func:`ddpm_codec.coding.detmath.sin_cos`."""
+    x = torch.as_tensor(x, dtype=_F64)
+    s, c = detmath.sin_cos(x.cpu().numpy())
+    return (torch.from_numpy(np.asarray(s, dtype=np.float64)).to(x.device),
+            torch.from_numpy(np.asarray(c, dtype=np.float64)).to(x.device))
+
+
+def silu_table(cfg: ExactConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, D): T_j = round(silu(x_j) · 2^act_bits) at x_j = -R + j 2^-silu_bits, D_j = T_{j+1} - T_j."""
+    n = 2 * cfg.silu_range << cfg.silu_bits
+    xj = torch.arange(n + 2, dtype=_F64) * (2.0 ** -cfg.silu_bits) - cfg.silu_range   # exact
+    tab = torch.round((xj * sigmoid(xj)) * 2.0**cfg.act_bits)
+    return tab[:-1].contiguous(), (tab[1:] - tab[:-1]).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounds
+# ----------------------------------------------------------------------------------------------
+
+def check_sum_bound(name: str, w_int: torch.Tensor, amax_in: float) -> float:
+    """Worst |partial sum| of ``w_int`` (rows: output channels) against inputs |A| ≤ ``amax_in``.
+
+    Raises :class:`BoundError` unless it is below 2^53; returns it (as log2) otherwise.
+    """
+    row = w_int.reshape(w_int.shape[0], -1).abs().sum(1).max().item() if w_int.numel() else 0.0
+    bound = row * amax_in
+    if not bound < _TWO53:
+        raise BoundError(f"{name}: Σ|W_int|·max|A| = 2^{math.log2(bound):.2f} ≥ 2^53; "
+                         "lower weight_bits, act_bits or act_clamp")
+    return math.log2(bound) if bound > 0 else 0.0
+
+
+def _ldexp_tensor(e: list[int]) -> torch.Tensor:
+    return torch.tensor([math.ldexp(1.0, int(v)) for v in e], dtype=_F64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers (inputs and outputs: float64 integer-valued tensors on the activation grid)
+# ----------------------------------------------------------------------------------------------
+
+class _Ctx:
+    def __init__(self, cfg: ExactConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.amax = float(math.ldexp(cfg.act_clamp, cfg.act_bits))
+        if self.amax != math.floor(self.amax):
+            raise ValueError("act_clamp · 2^act_bits must be an integer")
+        self.bounds: dict[str, float] = {}
+        t, d = silu_table(cfg)
+        self.silu_t, self.silu_d = t.to(device), d.to(device)
+        self.silu_hi = math.ldexp(2 * cfg.silu_range << cfg.silu_bits, cfg.act_bits - cfg.silu_bits) - 1
+        self.silu_off = float(cfg.silu_range << cfg.act_bits)
+        self.gemm_conv = device.type != "cpu"
+
+    def q(self, y: torch.Tensor) -> torch.Tensor:
+        """round to the grid (y already in grid units) and clamp, in place."""
+        return y.round_().clamp_(-self.amax, self.amax)
+
+    def silu(self, a: torch.Tensor) -> torch.Tensor:
+        """SiLU on grid units ``a`` (integers, or any deterministic float64: GroupNorm's output):
+        T_j + round(ΔT_j · f · 2^-sh) with j = floor(u 2^-sh), f = u - j 2^sh exact."""
+        cfg = self.cfg
+        sh = cfg.act_bits - cfg.silu_bits
+        u = (a + self.silu_off).clamp_(0.0, self.silu_hi)
+        j = (u * 2.0**-sh).floor_()
+        f = u.sub_(j * 2.0**sh)                      # exact: u and j 2^sh share u's grid, result < 2^sh
+        ji = j.to(torch.int64).reshape(-1)
+        out = self.silu_d.index_select(0, ji).reshape(a.shape).mul_(f).mul_(2.0**-sh).round_()
+        out.add_(self.silu_t.index_select(0, ji).reshape(a.shape))
+        return torch.where(a >= self.silu_off, self.q(a.clone()), out)
+
+
+class _QLinearBase:
+    """Integer weights with per-output-channel power-of-two scales, bias on the grid."""
+
+    def _prepare(self, ctx: _Ctx, name: str, weight: torch.Tensor, bias: torch.Tensor | None, amax_in: float):
+        cfg = ctx.cfg
+        w = weight.detach().to("cpu", _F64)
+        cout = w.shape[0]
+        flat = w.reshape(cout, -1)
+        emax = []
+        for c in range(cout):
+            m = float(flat[c].abs().max())
+            emax.append(cfg.weight_bits - math.frexp(m)[1] if m > 0 else 0)   # |W|·2^e < 2^weight_bits
+        scale = _ldexp_tensor(emax)
+        shape = (cout,) + (1,) * (w.dim() - 1)
+        w_int = torch.round(w * scale.reshape(shape))
+        self.log2_bound = check_sum_bound(name, w_int, amax_in)
+        ctx.bounds[name] = self.log2_bound
+        b = bias.detach().to("cpu", _F64) if bias is not None else torch.zeros(cout, dtype=_F64)
+        self.w_int = w_int.to(ctx.device)
+        self.inv = _ldexp_tensor([-e for e in emax]).to(ctx.device)        # 2^-e_c, exact
+        self.bias = (b * 2.0**cfg.act_bits).to(ctx.device)                 # exact
+        self.ctx = ctx
+
+
+class _QConv(_QLinearBase):
+    def __init__(self, ctx: _Ctx, name: str, conv: nn.Conv2d, amax_in: float | None = None):
+        self._prepare(ctx, name, conv.weight, conv.bias, ctx.amax if amax_in is None else amax_in)
+        self.stride, self.padding = conv.stride[0], conv.padding[0]
+        self.k = conv.kernel_size[0]
+        self.inv4 = self.inv.reshape(1, -1, 1, 1)
+        self.bias4 = self.bias.reshape(1, -1, 1, 1)
+        self.w2 = self.w_int.reshape(self.w_int.shape[0], -1)
+
+    def raw(self, a: torch.Tensor) -> torch.Tensor:
+        """Σ W_int·A: exact integers (any algorithm that sums exact products)."""
+        if not self.ctx.gemm_conv:
+            return F.conv2d(a, self.w_int, None, self.stride, self.padding)
+        n, _, h, w = a.shape
+        ho = (h + 2 * self.padding - self.k) // self.stride + 1
+        wo = (w + 2 * self.padding - self.k) // self.stride + 1
+        cols = F.unfold(a, self.k, padding=self.padding, stride=self.stride)      # exact copies
+        return torch.matmul(self.w2, cols).reshape(n, -1, ho, wo)
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        s = self.raw(a)
+        return self.ctx.q(s.mul_(self.inv4).add_(self.bias4))
+
+
+class _QLinear(_QLinearBase):
+    def __init__(self, ctx: _Ctx, name: str, lin: nn.Linear):
+        self._prepare(ctx, name, lin.weight, lin.bias, ctx.amax)
+        self.wt = self.w_int.t().contiguous()
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        return self.ctx.q(torch.matmul(a, self.wt).mul_(self.inv).add_(self.bias))
+
+
+class _QGroupNorm:
+    def __init__(self, ctx: _Ctx, name: str, gn: nn.GroupNorm, hw: int):
+        self.ctx, self.g, self.eps = ctx, gn.num_groups, float(gn.eps)
+        c = gn.num_channels
+        n = (c // self.g) * hw
+        amax = int(ctx.amax)
+        if not (n * amax < _TWO53 and n * amax * amax < _TWO63):
+            raise BoundError(f"{name}: group sums of {n} values |A| ≤ {amax} overflow; lower act_clamp")
+        ctx.bounds[name] = math.log2(n * amax * amax)
+        self.gamma = gn.weight.detach().to(ctx.device, _F64).reshape(1, self.g, c // self.g, 1)
+        self.beta2 = (gn.bias.detach().to(ctx.device, _F64) * 2.0**ctx.cfg.act_bits).reshape(1, self.g, c // self.g, 1)
+
+    def __call__(self, a: torch.Tensor, *, silu: bool = False) -> torch.Tensor:
+        """GroupNorm on the grid; with ``silu`` SiLU of the unrounded normalised value (one rounding)."""
+        ctx = self.ctx
+        n, c, h, w = a.shape
+        ag = a.reshape(n, self.g, c // self.g, h * w)
+        cnt = float(c // self.g * h * w)
+        s1 = ag.sum((2, 3), keepdim=True)                 # exact: integers < 2^53
+        ai = ag.to(torch.int64)
+        s2 = ai.mul_(ai).sum((2, 3), keepdim=True).to(_F64)   # exact int64 sum, one correctly rounded conversion
+        mean = s1 / cnt
+        var = (s2 / cnt - mean * mean).clamp_(min=0.0).mul_(2.0 ** (-2 * ctx.cfg.act_bits))
+        rstd = 1.0 / torch.sqrt(var.add_(self.eps))       # [n, g, 1, 1], value units
+        scale = rstd * self.gamma                         # [n, g, c/g, 1]
+        shift = self.beta2 - mean * scale
+        y = (ag * scale).add_(shift).reshape(n, c, h, w)
+        return ctx.silu(y) if silu else ctx.q(y)
+
+
+class _QResBlock:
+    def __init__(self, ctx: _Ctx, name: str, blk: ResBlock, hw: int):
+        self.ctx = ctx
+        self.norm1 = _QGroupNorm(ctx, name + ".norm1", blk.norm1, hw)
+        self.conv1 = _QConv(ctx, name + ".conv1", blk.conv1)
+        self.temb = _QLinear(ctx, name + ".temb", blk.temb)
+        self.norm2 = _QGroupNorm(ctx, name + ".norm2", blk.norm2, hw)
+        self.conv2 = _QConv(ctx, name + ".conv2", blk.conv2)
+        self.skip = _QConv(ctx, name + ".skip", blk.skip) if isinstance(blk.skip, nn.Conv2d) else None
+
+    def __call__(self, a: torch.Tensor, tproj: torch.Tensor) -> torch.Tensor:
+        ctx = self.ctx
+        h = self.conv1(self.norm1(a, silu=True))
+        h.add_(tproj[:, :, None, None]).clamp_(-ctx.amax, ctx.amax)
+        h = self.conv2(self.norm2(h, silu=True))
+        s = self.skip(a) if self.skip is not None else a
+        return h.add_(s).clamp_(-ctx.amax, ctx.amax)
+
+
+class _QAttn:
+    def __init__(self, ctx: _Ctx, name: str, blk: AttnBlock, hw: int):
+        self.ctx = ctx
+        cfg = ctx.cfg
+        c = blk.norm.num_channels
+        self.c = c
+        self.norm = _QGroupNorm(ctx, name + ".norm", blk.norm, hw)
+        self.qkv = _QConv(ctx, name + ".qkv", blk.qkv)
+        self.proj = _QConv(ctx, name + ".proj", blk.proj)
+        # q, k clamp: c · Qmax² < 2^53 (every partial sum of q·k an exact integer)
+        self.qmax = float(min(ctx.amax, math.isqrt((2**53 - 1) // c)))
+        if self.qmax < math.ldexp(16.0, cfg.act_bits):
+            raise BoundError(f"{name}: q/k clamp {self.qmax / 2**cfg.act_bits:.3g} < 16; lower act_bits")
+        ctx.bounds[name + ".qk"] = math.log2(c * self.qmax * self.qmax)
+        inv_sqrt_c = 1.0 / math.sqrt(c)                                 # correctly rounded
+        self.score_mul = math.ldexp(inv_sqrt_c, -2 * cfg.act_bits)      # exact scaling of it
+        pv = (math.ldexp(1.0, cfg.prob_bits) + hw) * ctx.amax           # Σ_k P ≤ 2^prob_bits + hw/2
+        if not pv < _TWO53:
+            raise BoundError(f"{name}: P·v bound 2^{math.log2(pv):.2f} ≥ 2^53; lower prob_bits")
+        ctx.bounds[name + ".pv"] = math.log2(pv)
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        n, c, h, w = a.shape
+        q, k, v = self.qkv(self.norm(a)).reshape(n, 3, c, h * w).unbind(1)
+        q = q.clamp(-self.qmax, self.qmax)
+        k = k.clamp(-self.qmax, self.qmax)
+        s = torch.bmm(q.transpose(1, 2), k).mul_(self.score_mul)      # [n, q, k]; exact ints, then ×const
+        s.sub_(s.amax(-1, keepdim=True)).clamp_(min=-40.0)            # exact max; one rounded subtract
+        e = exp(s).mul_(2.0**cfg.exp_bits).round_()                   # integers ≤ 2^exp_bits
+        z = e.sum(-1, keepdim=True)                                   # exact (< 2^53)
+        p = e.mul_(2.0**cfg.prob_bits).div_(z).round_()               # integers, Σ ≤ 2^prob_bits + hw/2
+        o = torch.bmm(v, p.transpose(1, 2))                           # [n, c, q]: exact ints
+        o = ctx.q(o.mul_(2.0**-cfg.prob_bits)).reshape(n, c, h, w)
+        return self.proj(o).add_(a).clamp_(-ctx.amax, ctx.amax)
+
+
+# ----------------------------------------------------------------------------------------------
+# Time embedding
+# ----------------------------------------------------------------------------------------------
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """Round float64 to float32 and back (correctly rounded; exact for the IEEE results below)."""
+    return x.to(torch.float32).to(_F64)
+
+
+def timestep_embedding_exact(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """:func:`~ddpm_codec.models.unet.timestep_embedding` with IEEE ops and our exp/sin/cos (float64).
+
+    The float32 steps of the float path (freqs, t·freq) are reproduced exactly: a float64
+    +, ×, ÷ of float32 operands rounded to float32 is the correctly rounded float32 result.
+    """
+    half = dim // 2
+    c = float(np.float32(-math.log(10000.0)))                      # the scalar as float32 sees it
+    i = torch.arange(half, dtype=_F64)
+    arg = _f32(_f32(i * c) / float(max(half - 1, 1)))
+    freqs = _f32(exp(arg))
+    args = _f32(t.to(_F64)[:, None] * freqs[None])
+    s, co = sin_cos(args)
+    emb = torch.cat([s, co], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+# ----------------------------------------------------------------------------------------------
+# The network
+# ----------------------------------------------------------------------------------------------
+
+class ExactUNet:
+    """ε̂(x_t, t) of a :class:`UNet` in exact fixed-point arithmetic (see the module docstring).
+
+    ``ExactUNet(net)`` or ``ExactUNet.from_model(loaded_model)``; call ``(x, t)`` with ``x`` a
+    float tensor ``[N, C, H, W]`` and ``t`` an int (or an int tensor ``[N]``); returns float64
+    ``[N, C, H, W]`` on CPU, in the float net's units. ``device`` picks where the tensors live
+    (CPU default; on CUDA convolutions run as im2col + matmul, see :func:`verify_backend`).
+    """
+
+    def __init__(self, net: UNet, config: ExactConfig | None = None, *, device="cpu", cache_size: int = 64):
+        self.config = cfg = config or ExactConfig()
+        self.device = torch.device(device)
+        self.ucfg = ucfg = net.config
+        self.ctx = ctx = _Ctx(cfg, self.device)
+        self.temb1 = _QLinear(ctx, "temb.0", net.temb[0])
+        self.temb2 = _QLinear(ctx, "temb.2", net.temb[2])
+        res = ucfg.image_size
+        self.conv_in = _QConv(ctx, "conv_in", net.conv_in)
+        self.down = []
+        self.resblocks: list[_QResBlock] = []
+        for i, blocks in enumerate(net.down):
+            if isinstance(blocks[0], ResBlock):
+                rb = _QResBlock(ctx, f"down.{i}.0", blocks[0], res * res)
+                self.resblocks.append(rb)
+                attn = [_QAttn(ctx, f"down.{i}.{j}", b, res * res) for j, b in enumerate(blocks[1:], 1)]
+                self.down.append(("res", rb, attn))
+            else:
+                self.down.append(("down", _QConv(ctx, f"down.{i}.0", blocks[0]), None))
+                res //= 2
+        self.mid0 = _QResBlock(ctx, "mid.0", net.mid[0], res * res)
+        self.mid1 = _QAttn(ctx, "mid.1", net.mid[1], res * res)
+        self.mid2 = _QResBlock(ctx, "mid.2", net.mid[2], res * res)
+        self.resblocks += [self.mid0, self.mid2]
+        self.up = []
+        for i, blocks in enumerate(net.up):
+            if isinstance(blocks[0], ResBlock):
+                rb = _QResBlock(ctx, f"up.{i}.0", blocks[0], res * res)
+                self.resblocks.append(rb)
+                attn = [_QAttn(ctx, f"up.{i}.{j}", b, res * res) for j, b in enumerate(blocks[1:], 1)]
+                self.up.append(("res", rb, attn))
+            else:
+                res *= 2
+                self.up.append(("up", _QConv(ctx, f"up.{i}.1", blocks[1]), None))
+        self.norm_out = _QGroupNorm(ctx, "norm_out", net.norm_out, res * res)
+        self.conv_out = _QConv(ctx, "conv_out", net.conv_out)
+        self._cache: dict[int, list[torch.Tensor]] = {}
+        self._cache_size = cache_size
+        verify_backend(self.device, gemm=ctx.gemm_conv)
+
+    @classmethod
+    def from_model(cls, model, config: ExactConfig | None = None, **kw) -> "ExactUNet":
+        """From a :class:`~ddpm_codec.models.checkpoint.LoadedModel` (uses ``model.net``)."""
+        return cls(model.net, config, **kw)
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        """log2 of each layer's worst-case |partial sum| (all < 53; GroupNorm Σ A² < 63)."""
+        return dict(self.ctx.bounds)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the config and the prepared integer weights: what the exact outputs depend on."""
+        h = hashlib.sha256(repr(sorted(self.config.to_dict().items())).encode())
+        h.update(repr(sorted(self.ucfg.to_dict().items())).encode())
+        layers = [self.temb1, self.temb2, self.conv_in, self.conv_out]
+        for kind, mod, attn in self.down + self.up:
+            if kind != "res":
+                layers.append(mod)
+            for at in attn or []:
+                layers += [at.qkv, at.proj]
+        layers += [self.mid1.qkv, self.mid1.proj]
+        for rb in self.resblocks:
+            layers += [rb.conv1, rb.temb, rb.conv2] + ([rb.skip] if rb.skip is not None else [])
+        for lyr in layers:
+            for tns in (lyr.w_int, lyr.inv, lyr.bias):
+                h.update(tns.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    # -- time conditioning (depends on t only: cached) --
+    def _tproj(self, t: int) -> list[torch.Tensor]:
+        hit = self._cache.get(t)
+        if hit is not None:
+            return hit
+        ctx = self.ctx
+        emb = timestep_embedding_exact(torch.tensor([t]), self.ucfg.ch).to(self.device)
+        a = ctx.q(emb * 2.0**self.config.act_bits)
+        a = self.temb2(ctx.silu(self.temb1(a)))
+        sa = ctx.silu(a)
+        out = [rb.temb(sa)[0] for rb in self.resblocks]
+        if len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[t] = out
+        return out
+
+    def _temb(self, t, n: int) -> list[torch.Tensor]:
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            ts = [int(v) for v in t.reshape(-1).tolist()]
+            if len(set(ts)) == 1:
+                return [p.expand(n, -1) for p in self._tproj(ts[0])]
+            per = [self._tproj(v) for v in ts]
+            return [torch.stack([p[i] for p in per]) for i in range(len(self.resblocks))]
+        return [p.expand(n, -1) for p in self._tproj(int(t))]
+
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The input on the activation grid (integers, float64): round(x · 2^act_bits), clamped."""
+        return self.ctx.q(x.to(self.device, _F64) * 2.0**self.config.act_bits)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        s = self.ucfg.image_size
+        if x.dim() != 4 or x.shape[-1] != s or x.shape[-2] != s:
+            raise ValueError(f"model expects [N, C, {s}, {s}] inputs, got {tuple(x.shape)}")
+        tp = iter(self._temb(t, x.shape[0]))
+        h = self.conv_in(self.grid(x))
+        hs = [h]
+        for kind, mod, attn in self.down:
+            if kind == "res":
+                h = mod(h, next(tp))
+                for at in attn:
+                    h = at(h)
+            else:
+                h = mod(h)
+            hs.append(h)
+        h = self.mid2(self.mid1(self.mid0(h, next(tp))), next(tp))
+        for kind, mod, attn in self.up:
+            if kind == "res":
+                h = mod(torch.cat([h, hs.pop()], dim=1), next(tp))
+                for at in attn:
+                    h = at(h)
+            else:
+                h = mod(F.interpolate(h, scale_factor=2, mode="nearest"))
+        out = self.conv_out(self.norm_out(h, silu=True))
+        return out.mul_(2.0**-self.config.act_bits).to("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend check
+# ----------------------------------------------------------------------------------------------
+
+_VERIFIED: set[tuple[str, bool]] = set()
+
+
+def verify_backend(device="cpu", *, gemm: bool = False) -> None:
+    """Check once per (device, path) that float64 conv/matmul on integer data near the bound is
+    exact (i.e. the backend sums products, no FFT/Winograd): against an int64 reference."""
+    device = torch.device(device)
+    key = (str(device), gemm)
+    if key in _VERIFIED:
+        return
+    g = np.random.default_rng(12345)
+    for k, stride, cin in ((3, 1, 16), (3, 2, 16), (1, 1, 16)):
+        w = torch.tensor(g.integers(-2**16, 2**16 + 1, size=(8, cin, k, k)), dtype=torch.int64)
+        a = torch.tensor(g.integers(-2**25, 2**25 + 1, size=(2, cin, 9, 9)), dtype=torch.int64)
+        pad = k // 2
+        cols = F.unfold(a.to(_F64), k, padding=pad, stride=stride).to(torch.int64)
+        ref = torch.matmul(w.reshape(8, -1), cols)                       # int64: exact
+        wd, ad = w.to(device, _F64), a.to(device, _F64)
+        if gemm:
+            got = torch.matmul(wd.reshape(8, -1), F.unfold(ad, k, padding=pad, stride=stride))
+        else:
+            got = F.conv2d(ad, wd, None, stride, pad).reshape(2, 8, -1)
+        if not torch.equal(got.cpu().to(torch.int64), ref) or not torch.equal(got.cpu(), ref.to(_F64)):
+            raise RuntimeError(f"float64 conv on {device} is not exact on integer data (k={k}, stride={stride}); "
+                               "the exact network cannot run on this backend")
+    _VERIFIED.add(key)

@@ -1,0 +1,50 @@
+"""Writes the golden files of tests/test_golden.py (run once per new profile; never to 'fix' a failure).
+
+    python tests/golden/make_golden.py            # every profile, shipped default model
+
+Each profile gets ``p<ID>.ddpm``: the synthetic image of :func:`golden_image` coded losslessly with
+the shipped model; ``golden.json`` records the file's sha256 and the sha256 of the pixels it must
+decode to. A test failure means a change broke files that exist: the format must stay readable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def golden_image(h: int = 32, w: int = 32) -> np.ndarray:
+    """A synthetic 32x32 RGB test card from integer arithmetic only (no data, no libm): gradients
+    with small periodic texture."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.int64)
+    r = (4 * x + 3 * y + (x * y) % 7) % 256
+    g = (128 + 3 * x - 2 * y + ((x + y) % 5) * 3) % 256
+    b = (200 - 5 * y + x + (x * x + y) % 11) % 256
+    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+
+
+def main(profiles=None) -> None:
+    from ddpm_codec import codec
+    from ddpm_codec.models.registry import resolve_model
+
+    model = resolve_model()
+    img = golden_image()
+    path = HERE / "golden.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table["model"] = model.fingerprint[:8]
+    table["pixels_sha256"] = hashlib.sha256(img.tobytes()).hexdigest()
+    for pid in profiles or sorted(codec.PROFILES):
+        data = codec.encode(img, model, settings=codec.PROFILES[pid], metrics=False).data
+        (HERE / f"p{pid}.ddpm").write_bytes(data)
+        table[f"p{pid}"] = hashlib.sha256(data).hexdigest()
+        print(f"profile {pid}: {len(data)} bytes")
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main([int(v) for v in sys.argv[1:]] or None)

@@ -1,0 +1,88 @@
+"""Exact-arithmetic files decode bit-exactly whatever kernels and thread count the decoder's machine uses.
+
+A file is encoded here (exact profile 10, and profile 9 for contrast where it matters) and decoded in
+fresh subprocesses under PyTorch's portable kernels (``ATEN_CPU_CAPABILITY=default``, what a CPU
+without AVX2 gets), oneDNN limited to SSE4.1 (``ONEDNN_MAX_CPU_ISA=SSE41``), and 1 and 2 threads.
+The shipped model's golden exact file (tests/golden) is decoded there too."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_codec import codec
+from ddpm_codec.models.checkpoint import fresh_model, save_model, with_stats
+from ddpm_codec.models.presets import get_preset
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+# one tiny chain: a few steps keep the subprocesses short; exact arithmetic is what is tested
+EXACT = replace(codec.PROFILES[10], num_steps=6, t_end=2, log2_candidates=8, chunk_bits=2, reuse_bits=0)
+VARIANTS = {   # every condition of the issue, two subprocesses
+    "portable kernels, 1 thread": {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1", "THREADS": "1"},
+    "oneDNN SSE4.1, 2 threads": {"ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "2", "THREADS": "2"},
+}
+DECODER = r"""
+import hashlib, json, os, sys
+import torch
+torch.set_num_threads(int(os.environ["THREADS"]))
+from ddpm_codec import codec
+from ddpm_codec.models.registry import resolve_model
+out = {}
+for path, model_path in json.loads(sys.argv[1]):
+    model = resolve_model(model_path)
+    try:
+        res = codec.decode(open(path, "rb").read(), model)
+        out[path] = hashlib.sha256(res.image.tobytes()).hexdigest() if res.lossless else "lossy"
+    except codec.DecodeError as e:
+        out[path] = "error: " + str(e)[:60]
+print(json.dumps(out))
+"""
+
+
+def _image(seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, (1, 1, 3))
+    yy, xx = np.mgrid[0:20, 0:28]
+    return np.clip(base + 2 * yy[..., None] - xx[..., None] + rng.integers(-6, 7, (20, 28, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    torch.manual_seed(0)
+    m = with_stats(fresh_model(get_preset("tiny")), np.concatenate([[0.0], np.geomspace(3e-4, 0.3, 1000)]))
+    path = save_model(tmp_path_factory.mktemp("m") / "m.safetensors", m.net, m.config)
+    return m, path
+
+
+def test_exact_profile_round_trips_and_names_itself(small):
+    model, _ = small
+    img = _image()
+    res = codec.encode(img, model, settings=EXACT)
+    parsed, settings = codec.read_header(res.data)
+    assert settings == EXACT and settings.exact == 1 and parsed.file.header.schedule.variance_kind & 0x10
+    dec = codec.decode(res.data, model)
+    assert dec.lossless and np.array_equal(dec.image, img)
+    assert model._exact is not None   # the chain ran the exact network (built on first use)
+
+
+def test_exact_files_decode_under_other_kernels_and_thread_counts(small, tmp_path):
+    model, mpath = small
+    img = _image(5)
+    exact_file = tmp_path / "exact.ddpm"
+    exact_file.write_bytes(codec.encode(img, model, settings=EXACT).data)
+    jobs = [(str(exact_file), str(mpath)), (str(GOLDEN / "p10.ddpm"), None)]
+    want = {str(exact_file): hashlib.sha256(img.tobytes()).hexdigest(),
+            str(GOLDEN / "p10.ddpm"): json.loads((GOLDEN / "golden.json").read_text())["pixels_sha256"]}
+    for name, env in VARIANTS.items():
+        r = subprocess.run([sys.executable, "-c", DECODER, json.dumps(jobs)], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, **env})
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == want, name
