@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 
 import click
@@ -105,8 +104,9 @@ def presets():
 # --------------------------------------------------------------------------- models, sampling, likelihood
 def _model_option(fn):
     return click.option("--model", "model_spec", default=None,
-                        help="A shipped model name (see `ddpm-codec models`) or a path to a trained model "
-                             "(.safetensors with its .json). Default: the shipped default model.")(fn)
+                        help="A shipped model name (see `ddpm-codec models`), a path to a trained model "
+                             "(.safetensors with its .json), or a diffusers DDPM folder (google/ddpm-cifar10-32 "
+                             "layout; see `ddpm-codec import`). Default: the shipped default model.")(fn)
 
 
 def _device_option(fn):
@@ -175,9 +175,12 @@ def sample(model_spec, num, output, steps, seed, progressive, columns, variance,
                         progress=True)
     imgs = res[0] if progressive else res
     if num == 1:   # one sample: the image itself, no grid border (e.g. to encode it)
-        from ddpm_codec.imageio import write_image
+        from ddpm_codec.imageio import ImageFormatError, OutputError, write_image
 
-        write_image(output, imgs[0])
+        try:
+            write_image(output, imgs[0])
+        except (ImageFormatError, OutputError) as e:
+            raise CliError(str(e)) from None
     else:
         save_image_grid(square_grid(imgs), output)
     click.echo(f"wrote {output}")
@@ -283,12 +286,53 @@ def calibrate(data, split, model_spec, output, num, half, device):
 
 
 
+@main.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the converted model (NAME.safetensors; NAME.json beside it).")
+def import_model(folder, output):
+    """Convert a diffusers DDPM folder (e.g. google/ddpm-cifar10-32: config.json, weights and
+    scheduler_config.json at the top, or unet/ + scheduler/) into this project's model format,
+    with a fingerprint. Then run `calibrate` on it before encoding."""
+    from ddpm_codec.models.diffusers_import import import_diffusers
+
+    try:
+        path, fp = import_diffusers(folder, output)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    click.echo(f"wrote {path} (fingerprint {fp[:16]}); next: ddpm-codec calibrate --model {path} "
+               f"--data IMAGES -o CALIBRATED.safetensors")
+
+
 # --------------------------------------------------------------------------- the codec
 def _codec_errors():
     from ddpm_codec.codec import DecodeError
     from ddpm_codec.coding.container import DdpmFormatError
-    from ddpm_codec.imageio import ImageFormatError
-    return (DecodeError, DdpmFormatError, ImageFormatError, FileNotFoundError, ValueError)
+    from ddpm_codec.imageio import ImageFormatError, OutputError
+    return (DecodeError, DdpmFormatError, ImageFormatError, OutputError, FileNotFoundError, ValueError)
+
+
+def _max_pixels_option(fn):
+    from ddpm_codec.codec.tiles import MAX_CODEC_PIXELS
+
+    return click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_CODEC_PIXELS, show_default=True,
+                        help="Refuse larger images (height x width), checked on the size the file declares "
+                             "before anything is allocated: memory grows ~12 KB a pixel to encode, ~4 KB to "
+                             "decode. A file encoded above the default needs it on decode too.")(fn)
+
+
+def _set_threads(ctx, param, n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _threads_option(fn):
+    return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+                        callback=_set_threads,
+                        help="Threads for exact-arithmetic files (profile 10; default: all cores). Float "
+                             "profiles always run their network on one thread (their float sums depend on it).")(fn)
 
 
 def _reconstructions(ctx, param, value: str) -> tuple[str, ...]:
@@ -365,9 +409,9 @@ def _schedule_options(f):
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output .ddpm file (default: IMAGE with suffix .ddpm).")
+@click.argument("image", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Output .ddpm file (default: IMAGE with suffix .ddpm), written whole or not at all.")
 @_model_option
 @click.option("--steps", "max_steps", type=int, default=None,
               help="Lossy: stop after reverse-process time N (T - t + 1 <= N; the paper's Table 4 axis).")
@@ -375,23 +419,30 @@ def _schedule_options(f):
 @_schedule_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-step table.")
+@_max_pixels_option
+@_threads_option
 @_device_option
-def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet, device):
+def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet, max_pixels, device):
     """Encode IMAGE (PNG etc.) to a .ddpm file: lossless by default, lossy with --steps or --bpd.
 
     Prints the paper's Table 4 with real bits: per coding step the reverse time T-t+1, the KL bound,
     the bits actually written, the cumulative bits/dim, and RMSE/PSNR of x_hat_0."""
 
     from ddpm_codec import codec
-    from ddpm_codec.imageio import read_image
+    from ddpm_codec.imageio import check_writable, read_image, write_bytes_atomic
 
     errors = _codec_errors()
+    out = Path(output) if output else Path(image).with_suffix(".ddpm")
+    try:   # the input and the output path are checked before the model is loaded
+        img, notes = read_image(image, max_pixels=max_pixels)
+        settings = codec.settings_with(**schedule)
+        check_writable(out)
+    except errors as e:
+        raise CliError(str(e)) from None
+    for n in notes:
+        click.echo(f"note: {n}", err=True)
     model = _load(model_spec, device)
     try:
-        img, notes = read_image(image)
-        for n in notes:
-            click.echo(f"note: {n}", err=True)
-        settings = codec.settings_with(**schedule)
         widths = (8, 6, 10, 10, 10, 8, 7, 6)
         if not quiet:
             click.echo(_fmt_row(("T-t+1", "t", "KL bits", "actual", "bits/dim", "RMSE", "PSNR", "chunks"), widths))
@@ -403,11 +454,10 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
                                      f"{r.rmse:.2f}", f"{r.psnr:.2f}", r.chunks), widths))
 
         res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd, seed=seed,
-                           progress=show)
+                           progress=show, max_pixels=max_pixels)
+        write_bytes_atomic(out, res.data)
     except errors as e:
         raise CliError(str(e)) from None
-    out = Path(output) if output else Path(image).with_suffix(".ddpm")
-    out.write_bytes(res.data)
     kind = "lossless" if res.lossless else f"lossy (to reverse time {res.steps[-1].reverse_time})"
     click.echo(f"wrote {out}: {len(res.data)} bytes, {res.bits_per_dim:.4f} bits/dim, {kind}; "
                f"model bound {res.model_bound_bpd:.4f}, adapted code length {res.adapted_code_length_bpd:.4f} "
@@ -416,44 +466,56 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False, exists=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output image (default: FILE with suffix .png).")
+@click.argument("file", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Output image (default: FILE with suffix .png), written whole or not at all.")
 @_model_option
 @click.option("--steps", type=int, default=None, help="Use only the first N reverse-process steps (T - t + 1 <= N).")
 @click.option("--reconstruct", default="denoise", show_default=True,
               callback=_one_reconstruction,
               help="From the last decoded x_t: x_hat_0 (denoise), a sample of p(x_0|x_t) (ancestral), or the "
                    "deterministic DDIM/flow decode (flow).")
-@click.option("--progressive", "progressive_dir", type=click.Path(file_okay=False), default=None,
-              help="Write the reconstruction after every decoded step into this folder.")
+@click.option("--progressive", "progressive_dir", type=click.Path(), default=None,
+              help="Write the reconstruction after every decoded step into this folder (created if missing).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of 'ancestral' reconstructions.")
+@_max_pixels_option
+@_threads_option
 @_device_option
-def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, device):
+def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, max_pixels, device):
     """Decode a .ddpm FILE to an image (exact for lossless files)."""
     from ddpm_codec import codec
-    from ddpm_codec.coding.container import unpack
-    from ddpm_codec.imageio import write_image
+    from ddpm_codec.codec.api import check_size
+    from ddpm_codec.imageio import check_writable, image_format_for, make_folder, read_bytes, write_image
 
     errors = _codec_errors()
-    data = Path(file).read_bytes()
-    try:
+    out = Path(output) if output else Path(file).with_suffix(".png")
+    made_dir = None
+    try:   # the file's header and the output paths are checked before the model is loaded
+        data = read_bytes(file)
+        parsed, _ = codec.read_header(data)
+        check_size(parsed, max_pixels)
+        image_format_for(out)
+        check_writable(out)
+        if progressive_dir:
+            made_dir = make_folder(progressive_dir)
+            check_writable(Path(progressive_dir) / "step-0000.png")
         if model_spec is None:
             from ddpm_codec.models.registry import find_by_fingerprint
             from ddpm_codec.train import select_device
-            fp = unpack(data).file.header.fingerprint.hex()
+            fp = parsed.file.header.fingerprint.hex()
             model = find_by_fingerprint(fp, device=select_device(device)) or _load(None, device)
         else:
             model = _load(model_spec, device)
         res = codec.decode(data, model, steps=steps, reconstruct=reconstruct, progressive=progressive_dir is not None,
-                           seed=seed)
-    except errors as e:
-        raise CliError(str(e)) from None
-    out = Path(output) if output else Path(file).with_suffix(".png")
-    write_image(out, res.image)
-    if progressive_dir:
-        for rt, im in res.progressive:
-            write_image(Path(progressive_dir) / f"step-{rt:04d}.png", im)
+                           seed=seed, max_pixels=max_pixels)
+        write_image(out, res.image)
+        if progressive_dir:
+            for rt, im in res.progressive:
+                write_image(Path(progressive_dir) / f"step-{rt:04d}.png", im)
+    except (*errors, CliError) as e:
+        if made_dir is not None and not any(made_dir.iterdir()):
+            made_dir.rmdir()   # nothing decoded: leave no empty folder behind
+        raise e if isinstance(e, CliError) else CliError(str(e)) from None
     if res.truncated:
         click.echo(f"warning: {file} is truncated; decoded its {res.steps_decoded} complete steps", err=True)
     kind = "lossless (checksum verified)" if res.lossless else f"from reverse time {res.reverse_time} ({reconstruct})"

@@ -6,8 +6,7 @@ x_t draw per term) or as an unbiased Monte-Carlo estimate over sampled terms.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .diffusion import GaussianDiffusion, nats_to_bpd
+from .diffusion import GaussianDiffusion
 from .models.checkpoint import DEFAULT_DIFFUSION, save_model
 from .models.unet import UNet, UNetConfig
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,9 +256,7 @@ def baseline_summary(store_path: str | Path) -> tuple[dict[str, float], dict[str
     st = ResultStore(store_path)
     if not st.has(BASE_GROUP):
         return {}, {}
-    dims = None
     lossless = {}
-    n = st.get_attrs(BASE_GROUP).get("num_images")
     for name in st.keys(f"{BASE_GROUP}/lossless"):
         b = st.read(f"{BASE_GROUP}/lossless", name)
         lossless[name] = b

@@ -435,7 +435,7 @@ class ExactUNet:
         if hit is not None:
             return hit
         ctx = self.ctx
-        emb = timestep_embedding_exact(torch.tensor([t]), self.ucfg.ch).to(self.device)
+        emb = timestep_embedding_exact(torch.tensor([t + self.ucfg.time_offset]), self.ucfg.ch).to(self.device)
         a = ctx.q(emb * 2.0**self.config.act_bits)
         a = self.temb2(ctx.silu(self.temb1(a)))
         sa = ctx.silu(a)
@@ -472,6 +472,8 @@ class ExactUNet:
                 for at in attn:
                     h = at(h)
             else:
+                if self.ucfg.down_padding == "tf":
+                    h = F.pad(h, (0, 1, 0, 1))                      # exact data movement
                 h = mod(h)
             hs.append(h)
         h = self.mid2(self.mid1(self.mid0(h, next(tp))), next(tp))

@@ -40,12 +40,17 @@ def shipped_models() -> list[ModelInfo]:
 
 
 def resolve_model(spec: str | None = None, *, device="cpu") -> LoadedModel:
-    """A shipped model's name (default: ``DEFAULT_MODEL``) or a path to a saved model."""
+    """A shipped model's name (default: ``DEFAULT_MODEL``), a path to a saved model, or a diffusers
+    DDPM folder (``google/ddpm-cifar10-32`` layout; see :mod:`.diffusers_import`)."""
     spec = spec or DEFAULT_MODEL
     names = {m.name: m for m in shipped_models()}
     if spec in names:
         return load_model(names[spec].path, device=device, name=spec)
     p = Path(spec).expanduser()
+    from .diffusers_import import is_diffusers_folder, load_diffusers
+
+    if is_diffusers_folder(p):   # a diffusers DDPM folder (config.json or unet/config.json): mapped on load
+        return load_diffusers(p, device=device)
     if p.exists() or p.with_suffix(".safetensors").exists():
         return load_model(p, device=device)
     known = ", ".join(names) or "none shipped"

@@ -8,11 +8,15 @@ blocks. ``forward(x, t)`` takes images ``[N, C, H, W]`` in [-1, 1] and paper tim
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+DOWN_PADDINGS = ("symmetric", "tf")
+_OMIT_IF_DEFAULT = ("norm_eps", "down_padding", "time_offset")
 
 
 @dataclass(frozen=True)
@@ -24,11 +28,24 @@ class UNetConfig:
     num_res_blocks: int = 2
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
+    # Conventions of imported networks (models/diffusers_import.py). At their defaults they are left
+    # out of to_dict(), so the configs and fingerprints of existing models do not change.
+    norm_eps: float = 1e-5           # GroupNorm epsilon (diffusers' DDPM: 1e-6)
+    down_padding: str = "symmetric"  # stride-2 conv padding: "symmetric" (1 each side) or "tf"
+                                     # (0 left/top, 1 right/bottom: TF 'SAME', the original DDPM)
+    time_offset: int = 0             # the embedding sees t + time_offset (-1: times counted from 0)
+
+    def __post_init__(self):
+        if self.down_padding not in DOWN_PADDINGS:
+            raise ValueError(f"down_padding must be one of {', '.join(DOWN_PADDINGS)}, got {self.down_padding!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ch_mult"] = list(self.ch_mult)
         d["attn_resolutions"] = list(self.attn_resolutions)
+        for k in _OMIT_IF_DEFAULT:
+            if d[k] == self.__dataclass_fields__[k].default:
+                del d[k]
         return d
 
     @classmethod
@@ -60,12 +77,12 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, temb: int, dropout: float):
+    def __init__(self, cin: int, cout: int, temb: int, dropout: float, eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.norm1 = nn.GroupNorm(_groups(cin), cin, eps=eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(temb, cout)
-        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -80,9 +97,9 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    def __init__(self, c: int):
+    def __init__(self, c: int, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(_groups(c), c)
+        self.norm = nn.GroupNorm(_groups(c), c, eps=eps)
         self.qkv = nn.Conv2d(c, 3 * c, 1)
         self.proj = nn.Conv2d(c, c, 1)
         nn.init.zeros_(self.proj.weight)
@@ -102,36 +119,38 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
-        ch, temb = cfg.ch, cfg.ch * 4
+        ch, temb, eps = cfg.ch, cfg.ch * 4, cfg.norm_eps
         self.temb = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
         chans, c, res = [ch], ch, cfg.image_size
         for level, mult in enumerate(cfg.ch_mult):
             for _ in range(cfg.num_res_blocks):
-                blocks = [ResBlock(c, ch * mult, temb, cfg.dropout)]
+                blocks = [ResBlock(c, ch * mult, temb, cfg.dropout, eps)]
                 c = ch * mult
                 if res in cfg.attn_resolutions:
-                    blocks.append(AttnBlock(c))
+                    blocks.append(AttnBlock(c, eps))
                 self.down.append(nn.ModuleList(blocks))
                 chans.append(c)
             if level != len(cfg.ch_mult) - 1:
-                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
+                pad = 1 if cfg.down_padding == "symmetric" else 0   # "tf": F.pad (0, 1, 0, 1) in forward
+                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=pad)]))
                 chans.append(c)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(c, c, temb, cfg.dropout), AttnBlock(c), ResBlock(c, c, temb, cfg.dropout)])
+        self.mid = nn.ModuleList([ResBlock(c, c, temb, cfg.dropout, eps), AttnBlock(c, eps),
+                                  ResBlock(c, c, temb, cfg.dropout, eps)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.ch_mult))):
             for _ in range(cfg.num_res_blocks + 1):
-                blocks = [ResBlock(c + chans.pop(), ch * mult, temb, cfg.dropout)]
+                blocks = [ResBlock(c + chans.pop(), ch * mult, temb, cfg.dropout, eps)]
                 c = ch * mult
                 if res in cfg.attn_resolutions:
-                    blocks.append(AttnBlock(c))
+                    blocks.append(AttnBlock(c, eps))
                 self.up.append(nn.ModuleList(blocks))
             if level != 0:
                 self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]))
                 res *= 2
-        self.norm_out = nn.GroupNorm(_groups(c), c)
+        self.norm_out = nn.GroupNorm(_groups(c), c, eps=eps)
         self.conv_out = nn.Conv2d(c, cfg.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -139,6 +158,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.config.image_size or x.shape[-2] != self.config.image_size:
             raise ValueError(f"model expects {self.config.image_size}x{self.config.image_size} inputs, got {tuple(x.shape[-2:])}")
+        if self.config.time_offset:
+            t = t + self.config.time_offset
         emb = self.temb(timestep_embedding(t, self.config.ch))
         hs = [self.conv_in(x)]
         h = hs[-1]
@@ -148,6 +169,8 @@ class UNet(nn.Module):
                 for b in blocks[1:]:
                     h = b(h)
             else:
+                if self.config.down_padding == "tf":
+                    h = F.pad(h, (0, 1, 0, 1))
                 h = blocks[0](h)
             hs.append(h)
         h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zlib
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Training (Algorithm 1): the loss goes down, resume is bit-exact, DDP keeps replicas identical."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os

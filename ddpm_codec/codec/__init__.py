@@ -21,18 +21,24 @@ Modules, one concern each:
 """
 from __future__ import annotations
 
-from .api import (RECONSTRUCT_MODES, DecodeError, DecodeResult, EncodeResult, Reconstruct, StepRecord, check_model,
-                  decode, encode, read_header, trace_theoretical)
-from .profiles import (DEFAULT_PROFILE, PROFILE_INFO, PROFILES, Profile, default_settings, profile_id, profile_of,
-                       settings_with)
-from .settings import (COUNT_SPIKES, SCHEDULE_KINDS, SELECTION_IDS, TRELLIS_COUNT_SCALE, VARIANCE_IDS,
-                       X0_CHANNEL_COEFS, X0_MODELS, X0_SCALE_FACTORS, CodecSettings, x0_model_fields)
-from .tiles import check_image, from_tiles, to_tiles
+# Names are imported on first use (like ``ddpm_codec``): reading a header (``ddpm-codec info``,
+# ``profiles``) does not import torch.
+_LAZY = {
+    **dict.fromkeys(("RECONSTRUCT_MODES", "DecodeError", "DecodeResult", "EncodeResult", "Reconstruct", "StepRecord",
+                     "check_model", "decode", "encode", "trace_theoretical"), "api"),
+    **dict.fromkeys(("DEFAULT_PROFILE", "PROFILE_INFO", "PROFILES", "Profile", "default_settings", "profile_id",
+                     "profile_of", "read_header", "settings_with"), "profiles"),
+    **dict.fromkeys(("COUNT_SPIKES", "SCHEDULE_KINDS", "SELECTION_IDS", "TRELLIS_COUNT_SCALE", "VARIANCE_IDS",
+                     "X0_CHANNEL_COEFS", "X0_MODELS", "X0_SCALE_FACTORS", "CodecSettings", "x0_model_fields"),
+                    "settings"),
+    **dict.fromkeys(("check_image", "from_tiles", "to_tiles"), "tiles"),
+}
+__all__ = list(_LAZY)
 
-__all__ = [
-    "encode", "decode", "trace_theoretical", "read_header", "check_model", "EncodeResult", "DecodeResult",
-    "StepRecord", "DecodeError", "Reconstruct", "RECONSTRUCT_MODES", "CodecSettings", "PROFILES", "PROFILE_INFO",
-    "Profile", "DEFAULT_PROFILE", "default_settings", "settings_with", "profile_id", "profile_of", "SCHEDULE_KINDS",
-    "VARIANCE_IDS", "SELECTION_IDS", "COUNT_SPIKES", "TRELLIS_COUNT_SCALE", "X0_SCALE_FACTORS", "X0_CHANNEL_COEFS",
-    "X0_MODELS", "x0_model_fields", "check_image", "to_tiles", "from_tiles",
-]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,10 +19,10 @@ from ..data import to_uint8
 from ..models.checkpoint import LoadedModel
 from ..sample import reconstruct as _reconstruct_from
 from .chain import Chain, Link, deterministic_settings, warn_if_accelerated
-from .profiles import PROFILES, default_settings, profile_of
+from .profiles import default_settings, profile_of, read_header
 from .settings import CodecSettings
 from .stream import StepStream, pad4, stream_words
-from .tiles import check_image, from_tiles, inside_mask, tile_metrics, to_tiles
+from .tiles import check_dimensions, check_image, from_tiles, inside_mask, tile_metrics, to_tiles
 from .x0 import X0Side, x0_model
 
 Reconstruct = Literal["denoise", "ancestral", "flow"]
@@ -93,16 +93,14 @@ class DecodeResult:
     network_seconds: float = 0.0
 
 
-def read_header(data: bytes) -> tuple[container.ParsedFile, CodecSettings]:
-    parsed = container.unpack(data)
+def check_size(parsed: container.ParsedFile, max_pixels: int | None = None) -> None:
+    """Refuse (:class:`DecodeError`) a file whose header declares more than ``max_pixels`` pixels
+    (default ``tiles.MAX_CODEC_PIXELS``): from the header alone, before anything is allocated."""
     h = parsed.file.header
-    if h.profile is not None:
-        if h.profile not in PROFILES:
-            raise container.UnsupportedVersionError(f"file uses codec profile {h.profile}, unknown to this version")
-        settings = PROFILES[h.profile]
-    else:
-        settings = CodecSettings.from_schedule(h.schedule)
-    return parsed, settings
+    try:
+        check_dimensions(h.height, h.width, max_pixels)
+    except ValueError as e:
+        raise DecodeError(f"cannot decode: {e}") from None
 
 
 def check_model(parsed: container.ParsedFile, model: LoadedModel) -> None:
@@ -116,7 +114,7 @@ def check_model(parsed: container.ParsedFile, model: LoadedModel) -> None:
 def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
            max_reverse_time: int | None = None, max_bpd: float | None = None, lossless: bool | None = None,
            seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
-           metrics: bool = True, x0_in_stream: bool = True) -> EncodeResult:
+           metrics: bool = True, x0_in_stream: bool = True, max_pixels: int | None = None) -> EncodeResult:
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
@@ -128,10 +126,11 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     table entry). A file cut at a segment boundary decodes to that segment's last step.
     ``x0_in_stream``: a lossless file codes x_0 at the end of that stream (format version 2); False
     writes version 1 (x_0 as an ANS payload of its own: ~5 bytes more, readable by releases before
-    version 2).
+    version 2). ``max_pixels``: refuse larger images (default ``tiles.MAX_CODEC_PIXELS``; memory
+    grows with the size), before anything is allocated for them.
     """
     settings = settings or default_settings()
-    image = check_image(image)
+    image = check_image(image, max_pixels)
     if not settings.exact:
         warn_if_accelerated(model)
     height, width = image.shape[:2]
@@ -223,13 +222,16 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
 # ----------------------------------------------------------------------------- decode
 def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconstruct: Reconstruct = "denoise",
            progressive: bool = False, reconstruct_steps: int = 50, seed: int = 0,
-           on_step: Callable[[int, int], None] | None = None) -> DecodeResult:
+           on_step: Callable[[int, int], None] | None = None, max_pixels: int | None = None) -> DecodeResult:
     """Decode ``.ddpm`` bytes. ``steps=N`` uses only the coding steps with T - t + 1 <= N and
     reconstructs from the last one with ``reconstruct``; without ``steps`` a lossless file decodes
-    exactly (checksum verified) and a lossy or truncated one from its last complete step."""
+    exactly (checksum verified) and a lossy or truncated one from its last complete step.
+    ``max_pixels``: refuse a file whose header declares a larger image (default
+    ``tiles.MAX_CODEC_PIXELS``), before anything is allocated for it."""
     if reconstruct not in RECONSTRUCT_MODES:
         raise ValueError(f"unknown reconstruction {reconstruct!r}; expected one of {', '.join(RECONSTRUCT_MODES)}")
     parsed, settings = read_header(data)
+    check_size(parsed, max_pixels)   # the header's size, before the chain allocates its tiles
     check_model(parsed, model)
     h = parsed.file.header
     diffusion = model.diffusion

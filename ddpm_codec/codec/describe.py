@@ -8,9 +8,9 @@ def describe_file(data: bytes, name: str) -> list[str]:
 
     Reads only the header and framing (no model needed). Raises what ``codec.read_header`` raises
     (``DdpmFormatError`` and its subclasses) on a damaged or foreign file."""
-    from .. import codec
+    from .profiles import read_header
 
-    parsed, settings = codec.read_header(data)
+    parsed, settings = read_header(data)
     f = parsed.file
     h = f.header
     dims = h.height * h.width * 3
@@ -30,7 +30,8 @@ def describe_file(data: bytes, name: str) -> list[str]:
                                ("neighbour coefficients", settings.x0_neighbours)) if on]
     x0_scale = f", per-tile x0 {' and '.join(x0_side)}" if x0_side else ""
     lines.append(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
-                 f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}")
+                 f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}"
+                 + ("; exact arithmetic (decodes bit-exactly on any machine)" if settings.exact else ""))
     payload = sum(len(s.payload) for s in f.segments) + (len(f.x0) if f.x0 else 0)
     lines.append(f"header and framing: {len(data) - payload} bytes")
     if f.segments:

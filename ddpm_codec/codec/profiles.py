@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..coding import container
 from .settings import CodecSettings
 
 
@@ -100,3 +101,16 @@ def profile_of(settings: CodecSettings) -> int | None:
         if s == settings:
             return pid
     return None
+
+
+def read_header(data: bytes) -> tuple[container.ParsedFile, CodecSettings]:
+    """The parsed container and the coding settings it names (a profile or an explicit schedule)."""
+    parsed = container.unpack(data)
+    h = parsed.file.header
+    if h.profile is not None:
+        if h.profile not in PROFILES:
+            raise container.UnsupportedVersionError(f"file uses codec profile {h.profile}, unknown to this version")
+        settings = PROFILES[h.profile]
+    else:
+        settings = CodecSettings.from_schedule(h.schedule)
+    return parsed, settings

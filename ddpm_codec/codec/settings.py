@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..coding import container, rcc
-from ..diffusion import respaced_timesteps
+from ..coding import container
+from ..coding.rcc import layout as rcc
 
 SCHEDULE_KINDS = ("quadratic", "uniform", "cubic")   # file ids: append only
 VARIANCE_IDS = ("fixedsmall", "fitted", "fixedlarge")
@@ -87,6 +87,8 @@ class CodecSettings:
         self.rcc_config()  # validates the combination (e.g. trellis state bits)
 
     def timesteps(self, num_timesteps: int) -> list[int]:
+        from ..diffusion import respaced_timesteps
+
         return respaced_timesteps(self.num_steps, num_timesteps, kind=self.schedule_kind, t_end=self.t_end,
                                   portable=bool(self.exact))
 

@@ -2,15 +2,47 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..data import to_uint8
+
+if TYPE_CHECKING:   # torch is imported where used: the size check (the CLI's --max-pixels) needs none
+    import torch
+
+# The largest image (height x width) encode and decode accept by default, checked from the
+# dimensions alone (a header, an image file's size field) before anything is allocated. Both
+# sides hold every 32x32 tile at once and run the network on all of them in one batch (the batch
+# layout is part of what makes decoding bit-exact), so memory grows with the pixel count. Measured
+# with the shipped cpu-small model and the default profile: one network call peaks at ~3.2 MB per
+# tile, a decode at ~4 MB and an encode at ~12 MB per tile (~4 and ~12 KB per pixel; each float64
+# chain tensor alone is 24 bytes per pixel); a tile takes ~3.6 s to encode and ~0.6-1 s to decode
+# on one core. 2**20 pixels (1024 tiles, e.g. 1024x1024) thus costs ~4 GB / ~15 min to decode and
+# ~12 GB / ~1 h to encode: the most a default should let a file or an image ask of a machine. The
+# format's own ceiling (container.MAX_PIXELS = 2**28, e.g. a forged 16384x16384 header, whose first
+# tensor alone was 6.5 GB) would need ~256 times that. Raise it with ``max_pixels=`` (``--max-pixels``).
+MAX_CODEC_PIXELS = 1 << 20
+
+
+def check_dimensions(height: int, width: int, limit: int | None = None) -> None:
+    """Refuse an image size before allocating anything for it: ``1 <= height, width <= 65535`` and at
+    most ``limit`` pixels (default :data:`MAX_CODEC_PIXELS`). One-line ``ValueError``."""
+    from ..coding.container import MAX_DIM
+
+    limit = MAX_CODEC_PIXELS if limit is None else int(limit)
+    if not (1 <= height <= MAX_DIM and 1 <= width <= MAX_DIM):
+        raise ValueError(f"image size {width}x{height} is outside 1..{MAX_DIM} pixels a side")
+    if height * width > limit:
+        raise ValueError(f"image size {width}x{height} ({height * width:,} pixels) exceeds the limit of {limit:,} "
+                         f"pixels (memory grows with the size: ~12 KB a pixel to encode, ~4 KB to decode); "
+                         f"raise it with --max-pixels / max_pixels= if this machine can afford it")
 
 
 def to_tiles(image: np.ndarray, size: int) -> torch.Tensor:
     """uint8 [H, W, 3] -> float32 tiles [B, 3, size, size] in [-1, 1], edge-padded, raster order."""
+    import torch
+
     h, w, _ = image.shape
     ph, pw = -h % size, -w % size
     padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge")
@@ -37,9 +69,12 @@ def inside_mask(height: int, width: int, size: int) -> np.ndarray:
     return inside.reshape(-1, 3, size, size)
 
 
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Accept uint8 RGB [H, W, 3]; convert gray/RGBA/16-bit with clear rules or refuse."""
+def check_image(image: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
+    """Accept uint8 RGB [H, W, 3]; convert gray/RGBA/16-bit with clear rules or refuse. The size is
+    checked first (:func:`check_dimensions` with ``max_pixels``), before any conversion copies it."""
     arr = np.asarray(image)
+    if arr.ndim in (2, 3):
+        check_dimensions(arr.shape[0], arr.shape[1], max_pixels)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
@@ -52,8 +87,6 @@ def check_image(image: np.ndarray) -> np.ndarray:
         arr = arr[:, :, :3]
     if arr.dtype != np.uint8:
         raise ValueError(f"expected 8-bit pixels, got {arr.dtype}: convert 16-bit/float images to 8-bit first")
-    if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[0] > 65535 or arr.shape[1] > 65535:
-        raise ValueError(f"image size {arr.shape[1]}x{arr.shape[0]} is outside 1..65535")
     return np.ascontiguousarray(arr)
 
 

@@ -26,9 +26,12 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:   # torch is imported where a function needs it: reading headers must not load it
+    import torch
 
 __all__ = [
     "POOL_KEY",
@@ -228,6 +231,8 @@ def _pool_threads() -> int:
     env = os.environ.get("DDPM_CODEC_PRNG_THREADS")
     if env:
         return max(1, int(env))
+    import torch
+
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
@@ -319,17 +324,19 @@ def normal_block(key: int, rows: int, cols: int, row_start: int = 0, row_stop: i
 
 
 @lru_cache(maxsize=4)
-def candidate_pool_t(cols: int, rows: int) -> torch.Tensor:
+def candidate_pool_t(cols: int, rows: int) -> "torch.Tensor":
     """The candidate pool stored column-major: ``[cols, rows]`` contiguous float32 (CPU).
 
     Element ``[c, r]`` is ``normals_at(POOL_KEY, r*cols + c)``. Cached per shape.
     """
     if rows <= 0 or cols <= 0:
         raise ValueError("pool shape must be positive")
+    import torch
+
     return torch.from_numpy(normal_block(POOL_KEY, rows, cols, transposed=True))
 
 
-def candidate_pool(rows: int, cols: int) -> torch.Tensor:
+def candidate_pool(rows: int, cols: int) -> "torch.Tensor":
     """``P[r, c] = normals_at(POOL_KEY, r*cols + c)``, shape ``[rows, cols]`` float32.
 
     A transposed view of :func:`candidate_pool_t` (the layout the encoder scores in).

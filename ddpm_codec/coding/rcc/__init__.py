@@ -58,12 +58,20 @@ bits/dim with ``k = 2``, the same as a 4× larger pool (2^16 rows, 0.476 ± 0.00
 
 from __future__ import annotations
 
-from .bitstream import index_bucket_probs, read_step, write_step
-from .layout import (RCCConfig, StepCode, decode_step, expected_chunks, kl_bits, num_chunks_for, trellis_path,
-                     trellis_states)
-from .search import StepReport, encode_step, snap_chunks
+# Names are imported on first use: reading a file's header (``ddpm-codec info``) needs only the
+# configuration, not the encoder's search and its torch / numba imports.
+_LAZY = {
+    "index_bucket_probs": "bitstream", "read_step": "bitstream", "write_step": "bitstream",
+    "RCCConfig": "layout", "StepCode": "layout", "decode_step": "layout", "expected_chunks": "layout",
+    "kl_bits": "layout", "num_chunks_for": "layout", "trellis_path": "layout", "trellis_states": "layout",
+    "StepReport": "search", "encode_step": "search", "snap_chunks": "search",
+}
+__all__ = list(_LAZY)
 
-__all__ = [
-    "RCCConfig", "StepCode", "StepReport", "kl_bits", "num_chunks_for", "expected_chunks", "snap_chunks",
-    "encode_step", "decode_step", "write_step", "read_step", "index_bucket_probs", "trellis_path", "trellis_states",
-]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:   # torch is imported where a function needs it: reading headers must not load it
+    import torch
 
 from ..prng import POOL_KEY, derive_key, hash64, normals_at
 
@@ -270,4 +272,6 @@ def decode_step(code: StepCode, *, dim: int, seed: int, step: int, cfg: RCCConfi
             raise ValueError(f"item {b}: indices inconsistent with C={code.num_chunks[b]} and M={m}")
         if cfg.selection == "trellis" and np.any(np.asarray(idx) >> int(cfg.chunk_bits) != trellis_states(idx, cfg)):
             raise ValueError(f"item {b}: indices are not a path through the trellis")
+    import torch
+
     return torch.from_numpy(epsilon(code, seed, step, cfg)).to(device or "cpu")
