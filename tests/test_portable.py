@@ -86,3 +86,26 @@ def test_exact_files_decode_under_other_kernels_and_thread_counts(small, tmp_pat
                            timeout=600, env={**os.environ, **env})
         assert r.returncode == 0, (name, r.stderr[-2000:])
         assert json.loads(r.stdout.strip().splitlines()[-1]) == want, name
+
+
+def test_exact_tiles_go_through_the_network_in_any_pieces(small, monkeypatch):
+    """Exact outputs do not depend on the batch, so the codec sends tiles through the exact network in
+    pieces (bounded memory): a file encoded in one piece decodes with pieces of 2 tiles."""
+    from ddpm_codec.codec import chain
+
+    model, _ = small
+    ex = model.exact_net()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, 32, 32, generator=g)
+    with torch.no_grad():   # a non-trivial net: the fresh model's last conv is zero
+        w = torch.randn(ex.conv_out.w_int.shape, generator=g, dtype=torch.float64).mul_(50).round_()
+    monkeypatch.setattr(ex.conv_out, "w_int", w)
+    whole = ex(x, 40)
+    assert whole.abs().max() > 0
+    assert torch.equal(whole, torch.cat([ex(x[:2], 40), ex(x[2:3], 40), ex(x[3:], 40)]))
+    monkeypatch.undo()
+    img = np.tile(_image(7), (1, 3, 1))[:, :70]   # 20x70: 3 tiles
+    data = codec.encode(img, model, settings=EXACT).data
+    monkeypatch.setattr(chain, "EXACT_TILES_PER_CALL", 2)
+    dec = codec.decode(data, model)
+    assert dec.lossless and np.array_equal(dec.image, img)

@@ -24,6 +24,7 @@ from ..models.checkpoint import LoadedModel
 from .settings import CodecSettings
 
 CODEC_THREADS = 1   # network evaluations run single-threaded: thread count changes float sums
+EXACT_TILES_PER_CALL = 16   # exact outputs do not depend on the batch: bounded memory for any image size
 
 ACCELERATOR_WARNING = (
     "the network runs on {device}: a file encoded there decodes only where the network's outputs are "
@@ -70,8 +71,9 @@ class Net:
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         t0 = time.perf_counter()
-        if self.exact is not None:
-            out = self.exact(x, t)
+        if self.exact is not None:   # per-tile results are exact, so tiles can go through in pieces
+            out = torch.cat([self.exact(x[i:i + EXACT_TILES_PER_CALL], t)
+                             for i in range(0, len(x), EXACT_TILES_PER_CALL)])
             self.seconds += time.perf_counter() - t0
             return out
         if torch.get_num_threads() != CODEC_THREADS:  # anything run since (an OpenMP library: a parallel numba
