@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import click
@@ -98,7 +99,6 @@ def presets():
         n = count_parameters(UNet(cfg))
         click.echo(f"{name:14s} {n / 1e6:7.2f}M  ch={cfg.ch} mult={','.join(map(str, cfg.ch_mult))} "
                    f"blocks={cfg.num_res_blocks} attn={','.join(map(str, cfg.attn_resolutions))} dropout={cfg.dropout}")
-
 
 
 # --------------------------------------------------------------------------- models, sampling, likelihood
@@ -242,11 +242,7 @@ def nll(data, split, model_spec, num, start, save_path, steps, t_end, spacing, v
     click.echo("| L_T | rate (sum L_t) | L_0 | total (bits/dim) |\n|---|---|---|---|")
     click.echo(f"| {s['L_T']:.5f} | {s['rate']:.4f} | {s['L_0']:.4f} | {s['total']:.4f} |")
     if save_path:
-        import numpy as np
-
-        np.savez(save_path, prior=rep.prior, rate=rep.rate, distortion=rep.distortion, timesteps=np.array(rep.timesteps),
-                 per_step=rep.per_step if rep.per_step is not None else np.zeros((len(rep.prior), 0)),
-                 image_index=np.arange(start, start + len(rep.prior)), fingerprint=model.fingerprint, variance=variance)
+        rep.save(save_path, first_image=start, fingerprint=model.fingerprint, variance=variance)
         click.echo(f"wrote {save_path}")
 
 
@@ -283,7 +279,6 @@ def calibrate(data, split, model_spec, output, num, half, device):
     dtype = torch.float16 if half or model.config.get("weights_dtype") == "float16" else torch.float32
     path = save_model(output, cal.net, cal.config, dtype=dtype)
     click.echo(f"wrote {path} (x0 RMSE at t=1: {mse[1] ** 0.5 * 127.5:.3f}/255, t=10: {mse[10] ** 0.5 * 127.5:.3f}/255)")
-
 
 
 @main.command("import")
@@ -353,10 +348,6 @@ def _one_reconstruction(ctx, param, value: str) -> str:
     from ddpm_codec.codec import RECONSTRUCT_MODES
 
     return click.Choice(RECONSTRUCT_MODES).convert(value, param, ctx)
-
-
-def _fmt_row(cols, widths):
-    return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cols, widths)) + " |"
 
 
 def _schedule_options(f):
@@ -443,18 +434,21 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
         click.echo(f"note: {n}", err=True)
     model = _load(model_spec, device)
     try:
-        widths = (8, 6, 10, 10, 10, 8, 7, 6)
+        from tqdm.auto import tqdm
+
+        from ddpm_codec.codec.describe import step_table_header, step_table_row
+
+        bar = tqdm(total=settings.num_steps, unit="step", desc="encoding", disable=True if not quiet else None,
+                   file=sys.stderr)   # None: shown on a terminal only
         if not quiet:
-            click.echo(_fmt_row(("T-t+1", "t", "KL bits", "actual", "bits/dim", "RMSE", "PSNR", "chunks"), widths))
-            click.echo("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+            click.echo("\n".join(step_table_header()))
 
         def show(r):
-            if not quiet:
-                click.echo(_fmt_row((r.reverse_time, r.t, f"{r.kl_bits:.1f}", f"{r.actual_bits:.0f}", f"{r.cum_bpd:.4f}",
-                                     f"{r.rmse:.2f}", f"{r.psnr:.2f}", r.chunks), widths))
+            bar.update(1) if quiet else click.echo(step_table_row(r))
 
         res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd, seed=seed,
                            progress=show, max_pixels=max_pixels)
+        bar.close()
         write_bytes_atomic(out, res.data)
     except errors as e:
         raise CliError(str(e)) from None
@@ -506,8 +500,12 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
             model = find_by_fingerprint(fp, device=select_device(device)) or _load(None, device)
         else:
             model = _load(model_spec, device)
-        res = codec.decode(data, model, steps=steps, reconstruct=reconstruct, progressive=progressive_dir is not None,
-                           seed=seed, max_pixels=max_pixels)
+        from tqdm.auto import tqdm
+
+        with tqdm(unit="step", desc="decoding", file=sys.stderr, disable=None) as bar:   # a terminal only
+            res = codec.decode(data, model, steps=steps, reconstruct=reconstruct, seed=seed, max_pixels=max_pixels,
+                               progressive=progressive_dir is not None,
+                               on_step=lambda done, total: (setattr(bar, "total", total), bar.update(1)))
         write_image(out, res.image)
         if progressive_dir:
             for rt, im in res.progressive:
@@ -519,7 +517,8 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
     if res.truncated:
         click.echo(f"warning: {file} is truncated; decoded its {res.steps_decoded} complete steps", err=True)
     kind = "lossless (checksum verified)" if res.lossless else f"from reverse time {res.reverse_time} ({reconstruct})"
-    click.echo(f"wrote {out}: {res.image.shape[1]}x{res.image.shape[0]}, {kind}; {res.seconds:.2f} s")
+    click.echo(f"wrote {out}: {res.image.shape[1]}x{res.image.shape[0]}, {kind}; {res.seconds:.2f} s "
+               f"({res.network_seconds:.2f} s in the network)")
 
 
 @main.command()

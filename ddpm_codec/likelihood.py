@@ -36,6 +36,13 @@ class BoundReport:
                 "L_0": float(self.distortion.mean()), "total": float(self.total.mean()),
                 "num_images": int(len(self.prior)), "num_steps": len(self.timesteps)}
 
+    def save(self, path, *, first_image: int, fingerprint: str, variance: str) -> None:
+        """Per-image terms as an ``.npz`` (``image_index`` counts from ``first_image`` in the dataset)."""
+        np.savez(path, prior=self.prior, rate=self.rate, distortion=self.distortion, timesteps=np.array(self.timesteps),
+                 per_step=self.per_step if self.per_step is not None else np.zeros((len(self.prior), 0)),
+                 image_index=np.arange(first_image, first_image + len(self.prior)), fingerprint=fingerprint,
+                 variance=variance)
+
 
 def _batches(n: int, batch_size: int):
     for i in range(0, n, batch_size):

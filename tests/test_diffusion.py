@@ -507,3 +507,17 @@ def test_bound_mc_with_exact_tail_is_unbiased(diff):
     assert se > 0 and abs(rep.rate.mean() - exact.rate[0]) < 5 * se
     # and each estimate has the tail exactly: it never falls below it
     assert np.all(rep.rate >= terms[T - 1 - tail:].sum() - 1e-12)
+
+
+def test_bound_report_saves_its_per_image_terms(tmp_path):
+    import numpy as np
+
+    from ddpm_codec.likelihood import BoundReport
+
+    rep = BoundReport(prior=np.array([0.1, 0.2]), rate=np.array([1.0, 2.0]), distortion=np.array([3.0, 4.0]),
+                      timesteps=[1000, 500, 1])
+    rep.save(tmp_path / "b.npz", first_image=7, fingerprint="abc", variance="fixedlarge")
+    z = np.load(tmp_path / "b.npz")
+    assert list(z["image_index"]) == [7, 8] and list(z["timesteps"]) == [1000, 500, 1]
+    assert np.array_equal(z["prior"] + z["rate"] + z["distortion"], [4.1, 6.2]) and z["per_step"].shape == (2, 0)
+    assert str(z["fingerprint"]) == "abc" and str(z["variance"]) == "fixedlarge"

@@ -49,3 +49,22 @@ def describe_file(data: bytes, name: str) -> list[str]:
     if parsed.truncated:
         lines.append(f"  (truncated: {parsed.complete_segments} of {parsed.declared_segments} segments complete)")
     return lines
+
+
+_STEP_COLUMNS = ("T-t+1", "t", "KL bits", "actual", "bits/dim", "RMSE", "PSNR", "chunks")
+_STEP_WIDTHS = (8, 6, 10, 10, 10, 8, 7, 6)
+
+
+def _row(cols) -> str:
+    return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cols, _STEP_WIDTHS)) + " |"
+
+
+def step_table_header() -> list[str]:
+    """The two header lines of the encoder's per-step table (the paper's Table 4 with real bits)."""
+    return [_row(_STEP_COLUMNS), "|" + "|".join("-" * (w + 2) for w in _STEP_WIDTHS) + "|"]
+
+
+def step_table_row(r) -> str:
+    """One :class:`~ddpm_codec.codec.api.StepRecord` as a row of that table."""
+    return _row((r.reverse_time, r.t, f"{r.kl_bits:.1f}", f"{r.actual_bits:.0f}", f"{r.cum_bpd:.4f}",
+                 f"{r.rmse:.2f}", f"{r.psnr:.2f}", r.chunks))
