@@ -1,5 +1,10 @@
 """Golden files: a small .ddpm per profile, made once with the shipped model (tests/golden/make_golden.py),
-that must keep decoding to the stored pixels. A failure means a change broke files that already exist."""
+that must keep decoding to the stored pixels. A failure means a change broke files that already exist.
+
+Profiles 1-9 are float files: they decode where PyTorch's float kernels give the encoder's bits (this
+project's x86 AVX2 CPUs, one thread; an AVX-512 CPU did too, docs/results/gpu-2026-11-26.md). On a
+machine whose kernels differ they fail with a checksum error, which is what those files promise;
+profile 10 (exact arithmetic) must decode everywhere (tests/test_portable.py)."""
 from __future__ import annotations
 
 import hashlib
