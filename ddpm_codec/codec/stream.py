@@ -72,10 +72,25 @@ class StepStream:
         return out
 
     def _prefix_len(self, data: bytes, steps: int, lo: int, x0: bool = False) -> int:
-        for n in range(max(0, lo), len(data)):
-            if self._reads_back(data[:n], steps, x0):
-                return n
-        return len(data)
+        """The smallest ``n >= lo`` whose prefix ``data[:n]`` reads back (``len(data)`` always does).
+
+        Reading back is monotone in ``n``: the stream is one big-endian number, a prefix padded with
+        zeros is that number truncated, and ``n + 1`` bytes give a value between ``n`` bytes' and the
+        whole stream's; both lie in the (convex) interval of every symbol decoded right, so that
+        value does too. So the search may run either way and finds the same ``n``: upward from ``lo``
+        for the cuts between steps (the answer sits a few bytes above ``lo``), downward from the end
+        for the last cut, whose trials decode x_0 too (~0.1-0.3 s each) and whose answer is almost
+        always the stream's last byte or the one before (1-2 trials instead of 4)."""
+        lo = max(0, lo)
+        if not x0:
+            for n in range(lo, len(data)):
+                if self._reads_back(data[:n], steps, x0):
+                    return n
+            return len(data)
+        n = len(data)
+        while n - 1 >= lo and self._reads_back(data[:n - 1], steps, x0):
+            n -= 1
+        return n
 
     def _reads_back(self, data: bytes, steps: int, x0: bool = False) -> bool:
         import constriction
