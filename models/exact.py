@@ -374,10 +374,7 @@ class ExactUNet:
         self.resblocks: list[_QResBlock] = []
         for i, blocks in enumerate(net.down):
             if isinstance(blocks[0], ResBlock):
-                rb = _QResBlock(ctx, f"down.{i}.0", blocks[0], res * res)
-                self.resblocks.append(rb)
-                attn = [_QAttn(ctx, f"down.{i}.{j}", b, res * res) for j, b in enumerate(blocks[1:], 1)]
-                self.down.append(("res", rb, attn))
+                self.down.append(self._res_stage(f"down.{i}", blocks, res))
             else:
                 self.down.append(("down", _QConv(ctx, f"down.{i}.0", blocks[0]), None))
                 res //= 2
@@ -388,10 +385,7 @@ class ExactUNet:
         self.up = []
         for i, blocks in enumerate(net.up):
             if isinstance(blocks[0], ResBlock):
-                rb = _QResBlock(ctx, f"up.{i}.0", blocks[0], res * res)
-                self.resblocks.append(rb)
-                attn = [_QAttn(ctx, f"up.{i}.{j}", b, res * res) for j, b in enumerate(blocks[1:], 1)]
-                self.up.append(("res", rb, attn))
+                self.up.append(self._res_stage(f"up.{i}", blocks, res))
             else:
                 res *= 2
                 self.up.append(("up", _QConv(ctx, f"up.{i}.1", blocks[1]), None))
@@ -400,6 +394,12 @@ class ExactUNet:
         self._cache: dict[int, list[torch.Tensor]] = {}
         self._cache_size = cache_size
         verify_backend(self.device, gemm=ctx.gemm_conv)
+
+    def _res_stage(self, name: str, blocks, res: int):
+        """("res", the stage's residual block, its attention blocks) at resolution ``res``."""
+        rb = _QResBlock(self.ctx, f"{name}.0", blocks[0], res * res)
+        self.resblocks.append(rb)
+        return "res", rb, [_QAttn(self.ctx, f"{name}.{j}", b, res * res) for j, b in enumerate(blocks[1:], 1)]
 
     @classmethod
     def from_model(cls, model, config: ExactConfig | None = None, **kw) -> "ExactUNet":
