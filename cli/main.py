@@ -320,14 +320,18 @@ def _set_threads(ctx, param, n: int | None) -> None:
     if n is not None:
         import torch
 
+        from ddpm_codec.coding import viterbi
+
         torch.set_num_threads(n)
+        viterbi.SEARCH_THREADS = n
 
 
 def _threads_option(fn):
     return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
                         callback=_set_threads,
-                        help="Threads for exact-arithmetic files (profile 10; default: all cores). Float "
-                             "profiles always run their network on one thread (their float sums depend on it).")(fn)
+                        help="Threads for exact-arithmetic files (profile 10; default: all cores) and for the "
+                             "encoder's search (default: up to 4). Float profiles always run their network on one "
+                             "thread (their float sums depend on it).")(fn)
 
 
 def _reconstructions(ctx, param, value: str) -> tuple[str, ...]:

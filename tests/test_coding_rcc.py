@@ -328,15 +328,12 @@ def test_trellis_viterbi_finds_the_best_path(b, L, ratio, reuse):
     assert log_w(eps[0].double()) == pytest.approx(scores[best], abs=1e-9)
 
 
-@pytest.mark.skipif(not viterbi.HAVE_KERNEL, reason="numba not installed")
-@pytest.mark.parametrize("b,L,reuse,g", [(4, 10, 0, 1), (4, 10, 3, 3), (2, 6, 2, 2), (3, 9, 1, 1), (4, 8, 4, 2)])
-def test_compiled_viterbi_equals_the_torch_recursion(b, L, reuse, g):
-    """The numba recursion (coding.viterbi) and the torch one make the same decisions: same final
-    scores, back pointers and paths, on random scores and on scores with many exact ties (small
-    integers), fed in uneven blocks of segments."""
-    cfg = _trellis(b, L, reuse_bits=reuse)
-    m, c = cfg.num_candidates, 23
-    rng = np.random.default_rng(b * 1000 + L * 10 + reuse)
+def _compiled_and_torch_agree(cfg, g: int, c: int, feeds, seed: int) -> None:
+    """The numba recursion and the torch one, fed the same scores in the same blocks of segments
+    (``feeds``), end with the same scores, back pointers and paths: on random scores and on scores
+    with many exact ties (small integers)."""
+    m = cfg.num_candidates
+    rng = np.random.default_rng(seed)
     for tied in (False, True):
         s = rng.integers(0, 3, (c, g, m)) if tied else rng.standard_normal((c, g, m))
         s = torch.from_numpy(s.astype(np.float32))
@@ -345,14 +342,31 @@ def test_compiled_viterbi_equals_the_torch_recursion(b, L, reuse, g):
         for force_torch in (False, True):
             v = search.Viterbi(g, c, cfg, "cpu", kernel="torch" if force_torch else "auto")
             assert v.compiled == (not force_torch)
-            for lo, hi in ((0, 1), (1, 8), (8, c)):
+            for lo, hi in feeds:
                 v.feed(s[lo:hi].clone(), offsets)
             score = v.score if v.compiled else v.score.numpy()
             back = v.back if v.compiled else v.back.numpy()
             runs.append((score.copy(), back.astype(np.int64), v.best_paths()))
-        assert np.array_equal(runs[0][0], runs[1][0])
-        assert np.array_equal(runs[0][1], runs[1][1])
-        assert np.array_equal(runs[0][2], runs[1][2])
+        for a, b_ in zip(*runs):
+            assert np.array_equal(a, b_)
+
+
+@pytest.mark.skipif(not viterbi.HAVE_KERNEL, reason="numba not installed")
+@pytest.mark.parametrize("b,L,reuse,g", [(4, 10, 0, 1), (4, 10, 3, 3), (2, 6, 2, 2), (3, 9, 1, 1), (4, 8, 4, 2)])
+def test_compiled_viterbi_equals_the_torch_recursion(b, L, reuse, g):
+    """The numba recursion (coding.viterbi) and the torch one make the same decisions, fed in
+    uneven blocks of segments."""
+    _compiled_and_torch_agree(_trellis(b, L, reuse_bits=reuse), g, 23, ((0, 1), (1, 8), (8, 23)),
+                              b * 1000 + L * 10 + reuse)
+
+
+@pytest.mark.skipif(not viterbi.HAVE_KERNEL, reason="numba not installed")
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threaded_viterbi_equals_the_torch_recursion(threads, monkeypatch):
+    """Splitting each segment's new states between threads (trellises with >= 64 state blocks) makes
+    the same decisions as the torch recursion: scores, back pointers and paths, ties included."""
+    monkeypatch.setattr(viterbi, "SEARCH_THREADS", threads)
+    _compiled_and_torch_agree(_trellis(4, 12, reuse_bits=2), 2, 9, ((0, 2), (2, 9)), threads)   # 2^10 states
 
 
 def test_trellis_stream_roundtrip_and_exact_length():

@@ -106,6 +106,6 @@ def test_exact_tiles_go_through_the_network_in_any_pieces(small, monkeypatch):
     monkeypatch.undo()
     img = np.tile(_image(7), (1, 3, 1))[:, :70]   # 20x70: 3 tiles
     data = codec.encode(img, model, settings=EXACT).data
-    monkeypatch.setattr(chain, "EXACT_TILES_PER_CALL", 2)
+    monkeypatch.setattr(chain, "TILES_PER_CALL", 2)
     dec = codec.decode(data, model)
     assert dec.lossless and np.array_equal(dec.image, img)

@@ -181,6 +181,7 @@ def _cdf_units_t(mean_pix: np.ndarray, std_pix: np.ndarray, z_cut: float) -> np.
 
 
 _CHUNK = 256  # pixels per block: the temporaries (255 x 256 float64) stay in L2 cache
+_CALL = 1 << 13  # pixels per coder call: their [N, 256] float64 weights take 16 MiB, whatever the image size
 
 
 def cdf_units(mean_pix, std_pix, *, z_cut: float = Z_CUT) -> np.ndarray:
@@ -228,30 +229,36 @@ def write_pixels(encoder, pixels, mean_pix, std_pix) -> None:
     ``constriction.stream.queue.RangeEncoder`` under the portable model of the module docstring,
     with per-pixel ``mean_pix``/``std_pix`` (float64 ``[N]``, pixel units: ``(mu + 1) * 127.5``
     and ``sigma * 127.5``, as :func:`ddpm_codec.coding.entropy.coder_params` makes them)."""
-    w = _weights(mean_pix, std_pix)
-    symbols = _symbols(pixels, w.shape[0])
-    if symbols.size:
-        encoder.encode(symbols, _family(), w)
+    mean_pix, std_pix = _check_params(mean_pix, std_pix)
+    symbols = _symbols(pixels, mean_pix.size)
+    for c in range(0, symbols.size, _CALL):   # a queue coder: pieces in order = one call, in bounded memory
+        sl = slice(c, c + _CALL)
+        encoder.encode(symbols[sl], _family(), _weights(mean_pix[sl], std_pix[sl]))
 
 
 def read_pixels(decoder, mean_pix, std_pix) -> np.ndarray:
     """Inverse of :func:`write_pixels` on a ``RangeDecoder``: uint8 ``[N]``. Raises ValueError
     on data the coder rejects; garbage it accepts decodes to garbage (the pixel CRC catches it)."""
-    w = _weights(mean_pix, std_pix)
-    if not w.shape[0]:
-        return np.zeros(0, np.uint8)
-    try:
-        symbols = decoder.decode(_family(), w)
-    except Exception as exc:  # constriction reports invalid data as ValueError
-        raise ValueError(f"x0 data is corrupted: {exc}") from exc
-    return np.asarray(symbols).astype(np.uint8)
+    mean_pix, std_pix = _check_params(mean_pix, std_pix)
+    out = np.zeros(mean_pix.size, np.uint8)
+    for c in range(0, mean_pix.size, _CALL):
+        sl = slice(c, c + _CALL)
+        try:
+            out[sl] = decoder.decode(_family(), _weights(mean_pix[sl], std_pix[sl]))
+        except Exception as exc:  # constriction reports invalid data as ValueError
+            raise ValueError(f"x0 data is corrupted: {exc}") from exc
+    return out
 
 
 def ideal_bits(pixels, mean_pix, std_pix) -> float:
     """``-sum log2(f_v / 2^24)`` over the pixels: the code length this model aims at, in bits.
 
     A report only, not portable: it uses numpy's ``log2`` (libm) and ``math.fsum``."""
-    f = frequencies(mean_pix, std_pix)
-    symbols = _symbols(pixels, f.shape[0])
-    fv = f[np.arange(f.shape[0]), symbols].astype(np.float64)
+    mean_pix, std_pix = _check_params(mean_pix, std_pix)
+    symbols = _symbols(pixels, mean_pix.size)
+    fv = np.empty(symbols.size, np.float64)
+    for c in range(0, symbols.size, _CALL):
+        sl = slice(c, c + _CALL)
+        f = frequencies(mean_pix[sl], std_pix[sl])
+        fv[sl] = f[np.arange(f.shape[0]), symbols[sl]]
     return math.fsum((PRECISION - np.log2(fv)).tolist())
