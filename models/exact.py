@@ -212,8 +212,12 @@ class _QConv(_QLinearBase):
 
     def raw(self, a: torch.Tensor) -> torch.Tensor:
         """Σ W_int·A: exact integers (any algorithm that sums exact products)."""
-        if not self.ctx.gemm_conv:
-            return F.conv2d(a, self.w_int, None, self.stride, self.padding)
+        if not self.ctx.gemm_conv:   # one sample per call: float64 conv2d (im2col + GEMM) of 16 samples
+            # at once ran 7x slower than 16 single-sample calls (65 vs 9 ms, 32 channels at 32x32)
+            if a.shape[0] == 1:
+                return F.conv2d(a, self.w_int, None, self.stride, self.padding)
+            return torch.cat([F.conv2d(a[i:i + 1], self.w_int, None, self.stride, self.padding)
+                              for i in range(a.shape[0])])
         n, _, h, w = a.shape
         ho = (h + 2 * self.padding - self.k) // self.stride + 1
         wo = (w + 2 * self.padding - self.k) // self.stride + 1
