@@ -52,14 +52,23 @@ def _feed(s, offsets, shifts, score, new, arg, back, j0, h0, h1, commit, B, log2
     row2 = np.empty(2 * M, np.float32)  # the row twice: a rotated block never wraps
     for i in range(nb):
         sh = shifts[i]
+        # Paths start in state 0, so after j segments only states < B^j are reached: new blocks
+        # h >= B^j have no finite predecessor. They get what the loop would give them (-inf, and
+        # the last k: every comparison of -inf with -inf is a tie) without the loop.
+        hr = h1
+        if (j0 + i) * log2_b < log2_s - log2_b:
+            hr = min(h1, max(h0, 1 << ((j0 + i) * log2_b)))
         for g in range(G):
+            for x in range(hr * B, h1 * B):
+                new[g, x] = -np.inf
+                arg[g, x] = B - 1
             for x in range(M):
                 v = s[i, g, x]
                 row2[x] = v
                 row2[M + x] = v
             r = offsets[g]
             sc = score[g]
-            for h in range(h0, h1):
+            for h in range(h0, hr):
                 nv = new[g, h * B: h * B + B]
                 av = arg[g, h * B: h * B + B]
                 for y in range(B):
