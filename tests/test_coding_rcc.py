@@ -361,12 +361,14 @@ def test_compiled_viterbi_equals_the_torch_recursion(b, L, reuse, g):
 
 
 @pytest.mark.skipif(not viterbi.HAVE_KERNEL, reason="numba not installed")
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_threaded_viterbi_equals_the_torch_recursion(threads, monkeypatch):
-    """Splitting each segment's new states between threads (trellises with >= 64 state blocks) makes
-    the same decisions as the torch recursion: scores, back pointers and paths, ties included."""
+@pytest.mark.parametrize("threads,items", [(1, 16), (2, 16), (3, 16), (1, 2), (2, 1)])
+def test_threaded_viterbi_equals_the_torch_recursion(threads, items, monkeypatch):
+    """Splitting each segment's new states between threads (trellises with >= 64 state blocks), and
+    the items between kernel calls, makes the same decisions as the torch recursion: scores, back
+    pointers and paths, ties included."""
     monkeypatch.setattr(viterbi, "SEARCH_THREADS", threads)
-    _compiled_and_torch_agree(_trellis(4, 12, reuse_bits=2), 2, 9, ((0, 2), (2, 9)), threads)   # 2^10 states
+    monkeypatch.setattr(viterbi, "ITEMS_PER_CALL", items)
+    _compiled_and_torch_agree(_trellis(4, 12, reuse_bits=2), 3, 9, ((0, 2), (2, 9)), threads)   # 2^10 states
 
 
 def test_trellis_stream_roundtrip_and_exact_length():
