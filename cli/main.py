@@ -312,7 +312,7 @@ def _max_pixels_option(fn):
 
     return click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_CODEC_PIXELS, show_default=True,
                         help="Refuse larger images (height x width), checked on the size the file declares "
-                             "before anything is allocated: memory grows ~12 KB a pixel to encode, ~4 KB to "
+                             "before anything is allocated: memory grows ~2.5 KB a pixel to encode, ~0.4 KB to "
                              "decode. A file encoded above the default needs it on decode too.")(fn)
 
 

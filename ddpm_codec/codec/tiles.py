@@ -13,15 +13,17 @@ if TYPE_CHECKING:   # torch is imported where used: the size check (the CLI's --
 
 # The largest image (height x width) encode and decode accept by default, checked from the
 # dimensions alone (a header, an image file's size field) before anything is allocated. Both
-# sides hold every 32x32 tile at once and run the network on all of them in one batch (the batch
-# layout is part of what makes decoding bit-exact), so memory grows with the pixel count. Measured
-# with the shipped cpu-small model and the default profile: one network call peaks at ~3.2 MB per
-# tile, a decode at ~4 MB and an encode at ~12 MB per tile (~4 and ~12 KB per pixel; each float64
-# chain tensor alone is 24 bytes per pixel); a tile takes ~3.6 s to encode and ~0.6-1 s to decode
-# on one core. 2**20 pixels (1024 tiles, e.g. 1024x1024) thus costs ~4 GB / ~15 min to decode and
-# ~12 GB / ~1 h to encode: the most a default should let a file or an image ask of a machine. The
-# format's own ceiling (container.MAX_PIXELS = 2**28, e.g. a forged 16384x16384 header, whose first
-# tensor alone was 6.5 GB) would need ~256 times that. Raise it with ``max_pixels=`` (``--max-pixels``).
+# sides hold every 32x32 tile's chain state (float64, 24 bytes per pixel per tensor) and send the
+# tiles through the network 16 at a time; the encoder's search and x_0 stage work in bounded
+# pieces too. Measured with the shipped cpu-small model and the default profile (2026-12-05,
+# docs/results/speed-memory.md): a 32x32 image peaks at 0.90 GB to encode (the 200 MB candidate
+# pool and its 200 MB norm table) and 0.29 GB to decode; a 768x512 one (384 tiles) at 1.84 and
+# 0.45 GB, ~2.5 and ~0.4 KB more per pixel; a tile takes ~1.5 s to encode and ~0.6 s to decode on
+# this 2-vCPU machine. 2**20 pixels (1024 tiles, e.g. 1024x1024) thus costs ~1 GB / ~10 min to
+# decode and up to ~3.5 GB / ~25 min to encode: the most a default should let a file or an image
+# ask of a machine. The format's own ceiling (container.MAX_PIXELS = 2**28, e.g. a forged
+# 16384x16384 header, whose first tensor alone was 6.5 GB) would need ~256 times that. Raise it
+# with ``max_pixels=`` (``--max-pixels``).
 MAX_CODEC_PIXELS = 1 << 20
 
 
@@ -35,7 +37,7 @@ def check_dimensions(height: int, width: int, limit: int | None = None) -> None:
         raise ValueError(f"image size {width}x{height} is outside 1..{MAX_DIM} pixels a side")
     if height * width > limit:
         raise ValueError(f"image size {width}x{height} ({height * width:,} pixels) exceeds the limit of {limit:,} "
-                         f"pixels (memory grows with the size: ~12 KB a pixel to encode, ~4 KB to decode); "
+                         f"pixels (memory grows with the size: ~2.5 KB a pixel to encode, ~0.4 KB to decode); "
                          f"raise it with --max-pixels / max_pixels= if this machine can afford it")
 
 
