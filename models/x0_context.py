@@ -32,8 +32,11 @@ __all__ = [
     "ContextConfig",
     "ContextX0Net",
     "ExactContextX0",
+    "code_length_bits",
     "discretized_gaussian_bits",
+    "load_weights",
     "pass_masks",
+    "save_weights",
 ]
 
 NUM_PASSES = 12
@@ -149,6 +152,32 @@ class ExactContextX0:
             h.update(layer.w_int.cpu().numpy().tobytes())
             h.update(layer.bias.cpu().numpy().tobytes())
         return h.hexdigest()
+
+
+def save_weights(net: ContextX0Net, path) -> None:
+    """fp16 safetensors with the config in the metadata (fp16 values are exact binary fractions: the
+    exact path's integer weights are then the same on every machine)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={"x0_context": json.dumps(net.config.to_dict())})
+
+
+def load_weights(path) -> ContextX0Net:
+    """A :class:`ContextX0Net` (eval mode, float32 holding the fp16 values) from :func:`save_weights`'s file."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "x0_context" not in meta:
+            raise ValueError(f"{path}: not an x_0 context model (no 'x0_context' metadata)")
+        net = ContextX0Net(ContextConfig(**json.loads(meta["x0_context"])))
+        net.load_state_dict({k: f.get_tensor(k).float() for k in f.keys()})   # noqa: SIM118
+    return net.eval()
 
 
 def code_length_bits(model, pixels: torch.Tensor, xt: torch.Tensor, xhat: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,7 @@ class X0Side:
     nb_idx: np.ndarray       # [B, 3, 6] int64: channel c's coefficients on (up R, G, B, left R, G, B)
 
     @classmethod
-    def choose(cls, settings: CodecSettings, tiles_pix, means, scales, mask) -> "X0Side":
+    def choose(cls, settings: CodecSettings, tiles_pix, means, scales, mask) -> X0Side:
         """The encoder's choice (policy): each channel's coefficients by least squares on the tile's
         residuals, rounded to the table; then the scale factor with the fewest ideal bits."""
         b = len(means)
@@ -65,7 +65,7 @@ class X0Side:
             res = residual(tiles_pix, means, mask)
             up, left = shifted(res)
             table = np.asarray(X0_CHANNEL_COEFS)
-            nearest = lambda a: int(np.argmin(np.abs(table - a)))  # noqa: E731
+            nearest = lambda a: int(np.argmin(np.abs(table - a)))
             for i in range(b):
                 for c in range(3):
                     m = mask[i, c]
@@ -132,7 +132,7 @@ class X0Side:
             write_raw_bits(enc, self.nb_idx.reshape(-1), np.full(18 * b, self.settings.x0_channel_bits, np.int64))
 
     @classmethod
-    def read(cls, dec, settings: CodecSettings, b: int) -> "X0Side":
+    def read(cls, dec, settings: CodecSettings, b: int) -> X0Side:
         try:
             scale_idx = (read_raw_bits(dec, np.full(b, settings.x0_scale_bits, np.int64))
                          if settings.x0_scale_bits else np.zeros(b, np.int64))
@@ -245,3 +245,44 @@ def choose_x0_scales(tiles_pix: np.ndarray, means: np.ndarray, scales: np.ndarra
         bits = [entropy.ideal_bits(tiles_pix[b][m], means[b][m], scales[b][m] * f) for f in X0_SCALE_FACTORS]
         idx[b] = int(np.argmin(bits))
     return idx
+
+
+# ----------------------------------------------------------------------------- x_0 by the context model
+
+def _context_pass(ctx, q: int, pixels: torch.Tensor, xt: torch.Tensor, xhat: torch.Tensor, inside: torch.Tensor):
+    """Pass ``q``'s (selection, means, scales) in pixel units: ONE function for both sides. ``pixels``
+    uint8 ``[B, 3, H, W]`` with every pixel not yet decoded (and every one outside the image) zero."""
+    from ..models.x0_context import pass_masks
+
+    b, _, h, w = pixels.shape
+    known, target = pass_masks(q, h, w)
+    known, target = known.expand(b, -1, -1, -1) & inside, target.expand(b, -1, -1, -1) & inside
+    mean, scale = ctx(pixels, xt, xhat, known, target)
+    sel = target.numpy()
+    return sel, mean.numpy()[sel], scale.numpy()[sel]
+
+
+def write_pixels_context(enc, ctx, tiles_pix: np.ndarray, xt: torch.Tensor, xhat: torch.Tensor, mask: np.ndarray) -> None:
+    """Code the tiles' pixels (uint8 ``[B, 3, H, W]``, inside ``mask``) pass by pass under the context
+    model ``ctx`` (:class:`ddpm_codec.models.x0_context.ExactContextX0` for portable files) given the
+    chain's ``x_tau`` and ``x_hat_0`` (float64 ``[B, 3, H, W]``), with exact integer frequencies."""
+    from ..models.x0_context import NUM_PASSES
+
+    inside = torch.from_numpy(np.asarray(mask, bool))
+    done = np.zeros(tiles_pix.shape, np.uint8)   # what the decoder holds before each pass
+    for q in range(NUM_PASSES):
+        sel, mean, scale = _context_pass(ctx, q, torch.from_numpy(done), xt, xhat, inside)
+        exact_entropy.write_pixels(enc, tiles_pix[sel], mean, scale)
+        done[sel] = tiles_pix[sel]
+
+
+def read_pixels_context(dec, ctx, xt: torch.Tensor, xhat: torch.Tensor, mask: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`write_pixels_context`: uint8 tiles ``[B, 3, H, W]`` (zeros outside ``mask``)."""
+    from ..models.x0_context import NUM_PASSES
+
+    inside = torch.from_numpy(np.asarray(mask, bool))
+    out = np.zeros(tuple(xt.shape), np.uint8)
+    for q in range(NUM_PASSES):
+        sel, mean, scale = _context_pass(ctx, q, torch.from_numpy(out.copy()), xt, xhat, inside)
+        out[sel] = exact_entropy.read_pixels(dec, mean, scale)
+    return out
