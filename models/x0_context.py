@@ -144,15 +144,6 @@ class ExactContextX0:
         scale = exp(o[:, 3:].clamp(*LOG_SCALE_RANGE)) * s
         return mean, scale
 
-    def fingerprint(self) -> str:
-        import hashlib
-
-        h = hashlib.sha256(repr((self.cfg.to_dict(), self.config.to_dict())).encode())
-        for layer in [self.inp, *[c for pair in self.blocks for c in pair], self.out]:
-            h.update(layer.w_int.cpu().numpy().tobytes())
-            h.update(layer.bias.cpu().numpy().tobytes())
-        return h.hexdigest()
-
 
 def save_weights(net: ContextX0Net, path) -> None:
     """fp16 safetensors with the config in the metadata (fp16 values are exact binary fractions: the

@@ -55,7 +55,7 @@ class X0Side:
     nb_idx: np.ndarray       # [B, 3, 6] int64: channel c's coefficients on (up R, G, B, left R, G, B)
 
     @classmethod
-    def choose(cls, settings: CodecSettings, tiles_pix, means, scales, mask) -> X0Side:
+    def choose(cls, settings: CodecSettings, tiles_pix, means, scales, mask) -> "X0Side":
         """The encoder's choice (policy): each channel's coefficients by least squares on the tile's
         residuals, rounded to the table; then the scale factor with the fewest ideal bits."""
         b = len(means)
@@ -65,7 +65,7 @@ class X0Side:
             res = residual(tiles_pix, means, mask)
             up, left = shifted(res)
             table = np.asarray(X0_CHANNEL_COEFS)
-            nearest = lambda a: int(np.argmin(np.abs(table - a)))
+            nearest = lambda a: int(np.argmin(np.abs(table - a)))  # noqa: E731
             for i in range(b):
                 for c in range(3):
                     m = mask[i, c]
@@ -132,7 +132,7 @@ class X0Side:
             write_raw_bits(enc, self.nb_idx.reshape(-1), np.full(18 * b, self.settings.x0_channel_bits, np.int64))
 
     @classmethod
-    def read(cls, dec, settings: CodecSettings, b: int) -> X0Side:
+    def read(cls, dec, settings: CodecSettings, b: int) -> "X0Side":
         try:
             scale_idx = (read_raw_bits(dec, np.full(b, settings.x0_scale_bits, np.int64))
                          if settings.x0_scale_bits else np.zeros(b, np.int64))
@@ -283,6 +283,6 @@ def read_pixels_context(dec, ctx, xt: torch.Tensor, xhat: torch.Tensor, mask: np
     inside = torch.from_numpy(np.asarray(mask, bool))
     out = np.zeros(tuple(xt.shape), np.uint8)
     for q in range(NUM_PASSES):
-        sel, mean, scale = _context_pass(ctx, q, torch.from_numpy(out.copy()), xt, xhat, inside)
+        sel, mean, scale = _context_pass(ctx, q, torch.from_numpy(out), xt, xhat, inside)
         out[sel] = exact_entropy.read_pixels(dec, mean, scale)
     return out
