@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--decode", action="store_true", help="also decode every file (checked bit-exact) and time it")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (float profiles force 1 while coding)")
+    ap.add_argument("--save", help="also write the per-image arrays (bits/dim, body, seconds) to this .npz")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = resolve_model(a.model)
@@ -59,21 +60,27 @@ def main():
     imgs = np.load(Path(a.data) / "cifar10-subset.npz")["test_images"][a.start:a.start + a.n]
     bpd = np.zeros((len(runs), len(imgs)))
     body = np.zeros_like(bpd)
-    secs = np.zeros(len(runs))
-    dsecs = np.zeros(len(runs))
+    esec, dsec, x0bits = np.zeros_like(bpd), np.zeros_like(bpd), np.zeros_like(bpd)
     for j, img in enumerate(imgs):
         for i, (_, st) in enumerate(runs):
             t0 = time.perf_counter()
-            data = codec.encode(img, model, settings=st, metrics=False).data
-            secs[i] += time.perf_counter() - t0
+            res = codec.encode(img, model, settings=st, metrics=False)
+            data = res.data
+            esec[i, j] = time.perf_counter() - t0
+            x0bits[i, j] = res.x0_bits
             if a.decode:
                 t0 = time.perf_counter()
                 out = codec.decode(data, model).image
-                dsecs[i] += time.perf_counter() - t0
+                dsec[i, j] = time.perf_counter() - t0
                 assert np.array_equal(out, img), f"{runs[i][0]}: image {a.start + j} did not decode bit-exactly"
             f = container.unpack(data).file
             bpd[i, j] = 8 * len(data) / img.size
             body[i, j] = 8 * (sum(len(s.payload) for s in f.segments) + len(f.x0 or b"")) / img.size
+        if a.save:   # after every image: a long run can be read while it goes
+            np.savez(a.save, runs=np.array([r[0] for r in runs]), start=a.start, bpd=bpd[:, :j + 1],
+                     body=body[:, :j + 1], encode_s=esec[:, :j + 1], decode_s=dsec[:, :j + 1],
+                     x0_bits=x0bits[:, :j + 1])
+    secs, dsecs = esec.sum(1), dsec.sum(1)
     print(f"model {model.name} ({model.fingerprint[:8]}), CIFAR-10 test images {a.start}..{a.start + len(imgs) - 1}")
     print("| run | bits/dim | w/o header and trailer | encode s/img | vs first: bits/dim (± s.e.) "
           "| vs first: body bits/image (± s.e.) | time ratio |" + (" decode s/img | decode ratio |" if a.decode else ""))

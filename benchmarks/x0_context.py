@@ -265,6 +265,13 @@ def export(args) -> None:
     s = torch.load(Path(args.run).expanduser() / "ck.pt")
     net = ContextX0Net(ContextConfig(**s["config"]))
     net.load_state_dict(s["model"])
+    if args.attach:   # ship it with a saved model: weights beside it, config names them with their hash
+        from ddpm_codec.models.checkpoint import add_x0_context
+
+        print(f"{add_x0_context(args.attach, net)}: step {s['step']}, fp16, named by {args.attach}")
+        return
+    if not args.out:
+        raise SystemExit("export: give --out or --attach")
     save_weights(net, Path(args.out).expanduser())
     print(f"{args.out}: step {s['step']}, fp16")
 
@@ -293,7 +300,8 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=1)
     a = sub.add_parser("export")
     a.add_argument("--run", required=True)
-    a.add_argument("--out", required=True)
+    a.add_argument("--out", help="write the fp16 weights here")
+    a.add_argument("--attach", help="or ship them with this saved model (e.g. models/weights/cifar10-cpu-small)")
     a = sub.add_parser("eval")
     a.add_argument("--feat", required=True)
     a.add_argument("--run")

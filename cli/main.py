@@ -134,7 +134,8 @@ def profiles():
         s = p.settings
         coder = (f"trellis 2^{s.rcc_config().state_bits} states" if s.selection == "trellis"
                  else f"{s.selection} {s.chunk_bits}-bit chunks")
-        x0 = f"x0 +{s.x0_side_bits_per_tile()} bits/tile" if s.x0_side_bits_per_tile() else "x0 plain"
+        x0 = (f"x0 +{s.x0_side_bits_per_tile()} bits/tile" if s.x0_side_bits_per_tile()
+              else "x0 context model" if s.x0_context else "x0 plain")
         star = "*" if pid == DEFAULT_PROFILE else " "
         click.echo(f"{star} {pid:2d} {p.name:15s} {coder:22s} {x0:18s} {p.summary}")
 
@@ -150,7 +151,9 @@ def models():
     for m in ms:
         bpd = f"{m.test_bpd:.3f} bits/dim" if m.test_bpd is not None else "n/a"
         star = "*" if m.name == DEFAULT_MODEL else " "
-        click.echo(f"{star} {m.name:22s} preset={m.preset:12s} test NLL {bpd:16s} fp={m.fingerprint[:8]}  {m.description}")
+        ctx = f" (with its x0 context model: {m.context_fingerprint[:8]})" if m.context_fingerprint else ""
+        click.echo(f"{star} {m.name:22s} preset={m.preset:12s} test NLL {bpd:16s} fp={m.fingerprint[:8]}{ctx}  "
+                   f"{m.description}")
 
 
 @main.command()
@@ -358,8 +361,8 @@ def _schedule_options(f):
     """The coding-schedule overrides shared by encode and rd-curve, passed on as ``schedule``."""
     opts = [
         click.option("--profile", default=None,
-                     help="A built-in profile, by id or name (see `ddpm-codec profiles`; default: the default "
-                          "profile); the options below override its values."),
+                     help="A built-in profile, by id or name (see `ddpm-codec profiles`; default: 11, or 9 for "
+                          "a model without an x0 context model); the options below override its values."),
         click.option("--coding-steps", "num_steps", type=int, default=None,
                      help="Gaussian coding steps in the chain (default: the profile's)."),
         click.option("--t-end", type=int, default=None, help="Last time of the chain; x_0 is coded from x_t_end."),
@@ -380,16 +383,17 @@ def _schedule_options(f):
         click.option("--x0-model", default=None,
                      help="Lossless x0 per 32x32 tile: 'model' the model's decoder as is; 'scale' + a scale "
                           "factor (4 bits); 'channels' + G, B predicted from decoded R, G residuals (9 bits); "
-                          "'neighbours' + the residuals above and left (54 bits more; profile 9)."),
+                          "'neighbours' + the residuals above and left (54 bits more; profile 9); 'context' "
+                          "the model's learned context model, 12 passes, no side information (profile 11)."),
     ]
 
     @functools.wraps(f)
     def wrapper(*args, profile, num_steps, t_end, schedule_kind, selection, chunk_bits, log2_candidates,
                 rate_percent, reuse_bits, variance, x0_model, **kw):
-        from ddpm_codec.codec import DEFAULT_PROFILE, profile_id, x0_model_fields
+        from ddpm_codec.codec import profile_id, x0_model_fields
 
         try:
-            pid = DEFAULT_PROFILE if profile is None else profile_id(profile)
+            pid = None if profile is None else profile_id(profile)   # None: the model's default profile
             x0 = x0_model_fields(x0_model) if x0_model is not None else {}
         except ValueError as e:
             raise CliError(str(e)) from None
@@ -430,7 +434,7 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
     out = Path(output) if output else Path(image).with_suffix(".ddpm")
     try:   # the input and the output path are checked before the model is loaded
         img, notes = read_image(image, max_pixels=max_pixels)
-        settings = codec.settings_with(**schedule)
+        codec.settings_with(**schedule)   # the options are valid (checked again with the model below)
         check_writable(out)
     except errors as e:
         raise CliError(str(e)) from None
@@ -441,6 +445,8 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
         from tqdm.auto import tqdm
 
         from ddpm_codec.codec.describe import step_table_header, step_table_row
+
+        settings = codec.settings_with(model=model, **schedule)   # the model's default profile (11 or 9)
 
         bar = tqdm(total=settings.num_steps, unit="step", desc="encoding", disable=True if not quiet else None,
                    file=sys.stderr)   # None: shown on a terminal only
@@ -457,9 +463,12 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
     except errors as e:
         raise CliError(str(e)) from None
     kind = "lossless" if res.lossless else f"lossy (to reverse time {res.steps[-1].reverse_time})"
+    if settings.x0_context and res.lossless:
+        x0_line = f"with the x0 context model {res.adapted_code_length_bpd:.4f}"
+    else:
+        x0_line = f"adapted code length {res.adapted_code_length_bpd:.4f}"
     click.echo(f"wrote {out}: {len(res.data)} bytes, {res.bits_per_dim:.4f} bits/dim, {kind}; "
-               f"model bound {res.model_bound_bpd:.4f}, adapted code length {res.adapted_code_length_bpd:.4f} "
-               f"bits/dim; {res.seconds:.2f} s "
+               f"model bound {res.model_bound_bpd:.4f}, {x0_line} bits/dim; {res.seconds:.2f} s "
                f"({res.network_seconds:.2f} s in the network)")
 
 
@@ -589,7 +598,7 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, mode
         if images.shape[1:3] != (model.image_size, model.image_size):
             raise ValueError(f"rd-curve expects {model.image_size}x{model.image_size} images, got "
                              f"{images.shape[2]}x{images.shape[1]}")
-        rd.run(images, model, output, settings=codec.settings_with(**schedule), theoretical=theoretical,
+        rd.run(images, model, output, settings=codec.settings_with(model=model, **schedule), theoretical=theoretical,
                reconstruct=modes, dataset=str(spec))
         if not no_baselines:
             rd.run_baselines(images, output)

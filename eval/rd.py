@@ -56,7 +56,7 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     from .. import codec
     from .store import ResultStore
 
-    settings = settings or codec.default_settings()
+    settings = settings or codec.default_settings(model)
     store = ResultStore(store_path)
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
     if store.has(GROUP, LEGACY_BOUND):
@@ -101,7 +101,8 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
                                                                                rt, seed)[None])
         store.append_rows(GROUP, "lossless_bpd", np.array([res.bits_per_dim if not theoretical else np.nan]))
         store.append_rows(GROUP, "lossless_model_bound_bpd", np.array([res.model_bound_bpd]))
-        store.append_rows(GROUP, "lossless_adapted_bpd", np.array([res.adapted_code_length_bpd]))
+        key = "lossless_context_bpd" if settings.x0_context else "lossless_adapted_bpd"
+        store.append_rows(GROUP, key, np.array([res.adapted_code_length_bpd]))
         store.append_rows(GROUP, "seconds", np.array([res.seconds]))
         store.append_rows(GROUP, "image_index", np.array([indices[i]], dtype=np.int64))
         bar.update(1)
@@ -139,6 +140,7 @@ class Aggregate:
     lossless_model_bound_bpd: float = math.nan    # realised chain's KLs + x_0 under the model's own decoder
     lossless_adapted_bpd: float = math.nan        # KLs + x_0 under the adapted decoder + side bits (not a bound)
     lossless_adapted_no_side_bpd: float = math.nan  # older stores: KLs + adapted x_0, side bits left out
+    lossless_context_bpd: float = math.nan        # KLs + x_0 under the learned context model (no side information)
 
     def lossless_references(self) -> list[tuple[str, str, float]]:
         """(short label, what it is, bits/dim) of each reference code length this aggregate holds."""
@@ -155,6 +157,10 @@ LOSSLESS_REFERENCES = {
         "adapted code length",
         ("the realised chain's KLs + -log2 p(x_0|x_tau) under the decoder adapted to the image by the per-tile "
          "side information + the side information's bits; not a bound (the adaptation is fitted to the image)")),
+    "lossless_context_bpd": (
+        "context-model code length",
+        ("the realised chain's KLs + -log2 p(x_0|x_tau) under the learned x_0 context model (no side "
+         "information: a code length of the model itself)")),
     "lossless_adapted_no_side_bpd": (
         "adapted, side bits left out",
         ("the realised chain's KLs + -log2 p(x_0|x_tau) under the decoder adapted by the per-tile side "
@@ -183,7 +189,7 @@ def aggregate(store_path: str | Path) -> Aggregate:
         return float(np.mean(st.read(GROUP, key))) if st.has(GROUP, key) else math.nan
 
     refs = dict(lossless_model_bound_bpd=mean("lossless_model_bound_bpd"),
-                lossless_adapted_bpd=mean("lossless_adapted_bpd"))
+                lossless_adapted_bpd=mean("lossless_adapted_bpd"), lossless_context_bpd=mean("lossless_context_bpd"))
     if st.has(GROUP, LEGACY_BOUND):
         attrs = st.get_attrs(GROUP)
         if attrs.get("mode") == "theoretical" or not _has_x0_side_information(str(attrs.get("settings", ""))):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,28 @@ class LoadedModel:
     fingerprint: str
     name: str = ""
     path: Path | None = None
+    x0_context: object = None       # the learned x_0 context model (models.x0_context.ContextX0Net), if any
+    x0_context_hash: str | None = None
     _exact: object = field(default=None, repr=False, compare=False)
+    _ctx_coders: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def context_fingerprint(self) -> str | None:
+        """The fingerprint of this model *with* its x_0 context model: files whose x_0 is coded by the
+        context model name this one, so one fingerprint covers both. None without a context model."""
+        if self.x0_context is None:
+            return None
+        return combined_fingerprint(self.fingerprint, self.x0_context_hash)
+
+    def x0_context_coder(self, exact: bool):
+        """The context model as the x_0 coder calls it: in exact arithmetic (portable) or in float64."""
+        if self.x0_context is None:
+            raise ValueError(f"model {self.name} has no x_0 context model")
+        if exact not in self._ctx_coders:
+            from .x0_context import ExactContextX0, FloatContextX0
+
+            self._ctx_coders[exact] = ExactContextX0(self.x0_context) if exact else FloatContextX0(self.x0_context)
+        return self._ctx_coders[exact]
 
     def exact_net(self):
         """The network in exact fixed-point arithmetic (:class:`~ddpm_codec.models.exact.ExactUNet`),
@@ -88,6 +109,11 @@ def fingerprint(config: dict, state: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
     return h.hexdigest()
+
+
+def combined_fingerprint(fingerprint_hex: str, context_hash_hex: str) -> str:
+    """The fingerprint of a model together with its x_0 context model (hex SHA-256)."""
+    return hashlib.sha256(f"{fingerprint_hex}:{context_hash_hex}".encode()).hexdigest()
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -151,7 +177,57 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", name: st
         diffusion = _diffusion_of(config)
     except ValueError as e:
         raise ValueError(f"{jpath}: {e}") from None
-    return LoadedModel(net=net, diffusion=diffusion, config=config, fingerprint=fp, name=name or wpath.stem, path=wpath)
+    model = LoadedModel(net=net, diffusion=diffusion, config=config, fingerprint=fp, name=name or wpath.stem, path=wpath)
+    if "x0_context" in config:
+        model = with_x0_context(model, _load_x0_context(config["x0_context"], jpath))
+    return model
+
+
+def add_x0_context(path: str | Path, net) -> Path:
+    """Ship the x_0 context model ``net`` with the saved model at ``path``: its fp16 weights go to
+    ``x0-context/<stem>-tau<tau>.safetensors`` beside the model and the config names them with their
+    hash. The model's own fingerprint does not change. Returns the weights path."""
+    from .x0_context import context_hash, save_weights
+
+    wpath, jpath = _paths(path)
+    config = json.loads(jpath.read_text())
+    rel = Path("x0-context") / f"{wpath.stem}-tau{net.config.tau}.safetensors"
+    (jpath.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+    save_weights(net, jpath.parent / rel)
+    config["x0_context"] = {"weights": rel.as_posix(), "hash": context_hash(net)}
+    jpath.write_text(json.dumps(config, indent=1) + "\n")
+    return jpath.parent / rel
+
+
+def _load_x0_context(entry, jpath: Path):
+    """The context model a config names: ``{"weights": path relative to the config, "hash": context_hash}``."""
+    from .x0_context import context_hash, load_weights
+
+    try:
+        wpath, declared = jpath.parent / entry["weights"], str(entry["hash"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{jpath}: bad 'x0_context' entry (needs 'weights' and 'hash'): {e}") from None
+    if not wpath.exists():
+        raise FileNotFoundError(f"{jpath.name} names an x_0 context model {wpath}, which is missing")
+    net = load_weights(wpath)
+    if context_hash(net) != declared:
+        raise ValueError(f"x_0 context weights {wpath} do not match the hash in {jpath.name} "
+                         f"({context_hash(net)[:8]} vs {declared[:8]})")
+    return net
+
+
+def with_x0_context(model: LoadedModel, net) -> LoadedModel:
+    """The same model with a learned x_0 context model (weights rounded to fp16, as stored). The model's
+    own fingerprint stays (its files keep decoding); files coded with the context model name
+    :attr:`LoadedModel.context_fingerprint`, which covers both."""
+    from .x0_context import context_hash
+
+    if net is not None:
+        round_weights_to_half(net)
+        if net.config.tau < 1:
+            raise ValueError(f"context model tau must be >= 1, got {net.config.tau}")
+    return replace(model, x0_context=net, x0_context_hash=context_hash(net) if net is not None else None,
+                   _ctx_coders={})
 
 
 def _diffusion_of(config: dict) -> GaussianDiffusion:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import LoadedModel, load_model
+from .checkpoint import LoadedModel, combined_fingerprint, load_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = "cifar10-cpu-small"
@@ -24,6 +24,7 @@ class ModelInfo:
     test_bpd: float | None
     description: str
     fingerprint: str
+    context_fingerprint: str = ""   # with its x_0 context model ("" without one)
 
 
 def shipped_models() -> list[ModelInfo]:
@@ -35,8 +36,17 @@ def shipped_models() -> list[ModelInfo]:
         card = cfg.get("card", {})
         out.append(ModelInfo(name=j.stem, path=j.with_suffix(".safetensors"), preset=card.get("preset", "?"),
                              test_bpd=card.get("test_bpd"), description=card.get("description", ""),
-                             fingerprint=cfg.get("fingerprint", "")))
+                             fingerprint=cfg.get("fingerprint", ""),
+                             context_fingerprint=_context_fingerprint(cfg)))
     return out
+
+
+def _context_fingerprint(cfg: dict) -> str:
+    """As :attr:`LoadedModel.context_fingerprint`, from the config alone (checked again on load)."""
+    ctx = cfg.get("x0_context")
+    if not isinstance(ctx, dict) or "hash" not in ctx or not cfg.get("fingerprint"):
+        return ""
+    return combined_fingerprint(cfg["fingerprint"], str(ctx["hash"]))
 
 
 def resolve_model(spec: str | None = None, *, device="cpu") -> LoadedModel:
@@ -58,10 +68,11 @@ def resolve_model(spec: str | None = None, *, device="cpu") -> LoadedModel:
 
 
 def find_by_fingerprint(prefix_hex: str, *, device="cpu") -> LoadedModel | None:
-    """The shipped model whose fingerprint starts with ``prefix_hex`` (as written in .ddpm files)."""
+    """The shipped model whose fingerprint, or whose fingerprint with its x_0 context model, starts with
+    ``prefix_hex`` (as written in .ddpm files)."""
     for m in shipped_models():
-        if m.fingerprint.startswith(prefix_hex):
+        if m.fingerprint.startswith(prefix_hex) or m.context_fingerprint.startswith(prefix_hex):
             model = load_model(m.path, device=device, name=m.name)
-            if model.fingerprint.startswith(prefix_hex):
+            if model.fingerprint.startswith(prefix_hex) or (model.context_fingerprint or "").startswith(prefix_hex):
                 return model
     return None

@@ -32,6 +32,8 @@ __all__ = [
     "ContextConfig",
     "ContextX0Net",
     "ExactContextX0",
+    "FloatContextX0",
+    "context_hash",
     "code_length_bits",
     "discretized_gaussian_bits",
     "load_weights",
@@ -143,6 +145,34 @@ class ExactContextX0:
         mean = (xhat + 1.0) * 127.5 + o[:, :3] * s
         scale = exp(o[:, 3:].clamp(*LOG_SCALE_RANGE)) * s
         return mean, scale
+
+
+class FloatContextX0:
+    """:class:`ContextX0Net` in float64, without gradients: what float profiles' x_0 coders call (the same
+    bits wherever the U-Net's float kernels give the same bits: same machine, same thread count)."""
+
+    def __init__(self, net: ContextX0Net):
+        import copy
+
+        self.net = copy.deepcopy(net).double().eval()
+        self.config = net.config
+
+    @torch.no_grad()
+    def __call__(self, pixels, xt, xhat, known, target) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(pixels, xt.to(torch.float64), xhat.to(torch.float64), known, target)
+
+
+def context_hash(net: ContextX0Net) -> str:
+    """SHA-256 (hex) over the config and the weights as fp16 in name order: what a model's config
+    declares for its context model and what a file's fingerprint covers (:mod:`.checkpoint`)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(net.config.to_dict(), sort_keys=True, separators=(",", ":")).encode())
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().to(torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_weights(net: ContextX0Net, path) -> None:

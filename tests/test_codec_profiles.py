@@ -14,33 +14,39 @@ from ddpm_codec.coding import rcc
 from ddpm_codec.coding.rcc import bitstream, layout
 
 FIELDS = ("num_steps", "t_end", "schedule_kind", "chunk_bits", "log2_candidates", "variance", "selection",
-          "rate_percent", "count_model", "reuse_bits", "x0_scale_bits", "x0_channel_bits", "x0_neighbours", "exact")
+          "rate_percent", "count_model", "reuse_bits", "x0_scale_bits", "x0_channel_bits", "x0_neighbours", "exact",
+          "x0_context")
 _TRELLIS = (48, 1, "cubic", 4, 14, "fitted", "trellis", 105)
 PINNED = {
-    1: ("pfr12", (64, 2, "quadratic", 12, 13, "fitted", "pfr", 100, 0, 0, 0, 0, 0, 0)),
-    2: ("pfr10", (64, 4, "quadratic", 10, 14, "fitted", "pfr", 100, 0, 0, 0, 0, 0, 0)),
-    3: ("trellis", _TRELLIS + (0, 0, 0, 0, 0, 0)),
-    4: ("trellis-pool16", (48, 1, "cubic", 4, 16, "fitted", "trellis", 105, 0, 0, 0, 0, 0, 0)),
-    5: ("counts", _TRELLIS + (1, 0, 0, 0, 0, 0)),
-    6: ("states13", _TRELLIS + (1, 3, 0, 0, 0, 0)),
-    7: ("states17-scale", _TRELLIS + (1, 7, 4, 0, 0, 0)),
-    8: ("x0-channels", _TRELLIS + (1, 7, 4, 3, 0, 0)),
-    9: ("x0-neighbours", _TRELLIS + (1, 7, 4, 3, 1, 0)),
-    10: ("exact", _TRELLIS + (1, 7, 4, 3, 1, 1)),
+    1: ("pfr12", (64, 2, "quadratic", 12, 13, "fitted", "pfr", 100, 0, 0, 0, 0, 0, 0, 0)),
+    2: ("pfr10", (64, 4, "quadratic", 10, 14, "fitted", "pfr", 100, 0, 0, 0, 0, 0, 0, 0)),
+    3: ("trellis", _TRELLIS + (0, 0, 0, 0, 0, 0, 0)),
+    4: ("trellis-pool16", (48, 1, "cubic", 4, 16, "fitted", "trellis", 105, 0, 0, 0, 0, 0, 0, 0)),
+    5: ("counts", _TRELLIS + (1, 0, 0, 0, 0, 0, 0)),
+    6: ("states13", _TRELLIS + (1, 3, 0, 0, 0, 0, 0)),
+    7: ("states17-scale", _TRELLIS + (1, 7, 4, 0, 0, 0, 0)),
+    8: ("x0-channels", _TRELLIS + (1, 7, 4, 3, 0, 0, 0)),
+    9: ("x0-neighbours", _TRELLIS + (1, 7, 4, 3, 1, 0, 0)),
+    10: ("exact", _TRELLIS + (1, 7, 4, 3, 1, 1, 0)),
+    11: ("context", _TRELLIS + (1, 7, 0, 0, 0, 0, 1)),
+    12: ("exact-context", _TRELLIS + (1, 7, 0, 0, 0, 1, 1)),
 }
 # the explicit-schedule bytes each profile would write (container.Schedule fields), from FORMAT.md's
-# bit layout: variance byte = kind | x0_scale_bits << 4 | 0x80 channels | 0x20 neighbours | 0x10 exact;
+# bit layout: variance byte = kind | x0_scale_bits << 4 | 0x80 channels | 0x20 neighbours | 0x10 exact
+# | 0x08 context model;
 # selection byte = coder | (reuse >> 2) << 2 | count_model << 4 | (reuse & 3) << 6
 SCHEDULE_BYTES = {1: (0, 1, 0), 2: (0, 1, 0), 3: (2, 1, 2), 4: (2, 1, 2), 5: (2, 1, 2 | 1 << 4),
                   6: (2, 1, 2 | 1 << 4 | 3 << 6), 7: (2, 1 | 4 << 4, 2 | 1 << 2 | 1 << 4 | 3 << 6),
                   8: (2, 1 | 4 << 4 | 0x80, 2 | 1 << 2 | 1 << 4 | 3 << 6),
                   9: (2, 1 | 4 << 4 | 0x80 | 0x20, 2 | 1 << 2 | 1 << 4 | 3 << 6),
-                  10: (2, 1 | 4 << 4 | 0x80 | 0x20 | 0x10, 2 | 1 << 2 | 1 << 4 | 3 << 6)}
+                  10: (2, 1 | 4 << 4 | 0x80 | 0x20 | 0x10, 2 | 1 << 2 | 1 << 4 | 3 << 6),
+                  11: (2, 1 | 0x08, 2 | 1 << 2 | 1 << 4 | 3 << 6),
+                  12: (2, 1 | 0x10 | 0x08, 2 | 1 << 2 | 1 << 4 | 3 << 6)}
 
 
 def test_every_profile_is_pinned_field_by_field():
     assert sorted(codec.PROFILES) == sorted(PINNED)
-    assert codec.DEFAULT_PROFILE == 9
+    assert codec.DEFAULT_PROFILE == 11 and codec.PLAIN_DEFAULT_PROFILE == 9
     assert tuple(f.name for f in codec.CodecSettings.__dataclass_fields__.values()) == FIELDS
     for pid, (name, values) in PINNED.items():
         s = codec.PROFILES[pid]
@@ -80,8 +86,8 @@ def test_format_constants_are_pinned():
     assert codec.SELECTION_IDS == ("pfr", "mrc", "trellis")
     assert codec.COUNT_SPIKES == {0: 0.0, 1: 0.8}
     assert codec.TRELLIS_COUNT_SCALE == (0.6, 0.03)
-    assert codec.X0_MODELS == {"model": (0, 0, 0), "scale": (4, 0, 0), "channels": (4, 3, 0),
-                               "neighbours": (4, 3, 1)}
+    assert codec.X0_MODELS == {"model": (0, 0, 0, 0), "scale": (4, 0, 0, 0), "channels": (4, 3, 0, 0),
+                               "neighbours": (4, 3, 1, 0), "context": (0, 0, 0, 1)}
     # channel coefficients: the exact binary fractions k/16, k = -1..6
     assert codec.X0_CHANNEL_COEFS == tuple(k / 16 for k in range(-1, 7))
     # scale factors: 2^((i - 10)/16) written out; each within one ulp of the closed form, exact at i = 10

@@ -25,6 +25,7 @@ def test_sizes_dimensions_and_segments_of_a_version_2_file():
     assert lines[0] == f"x.ddpm: {len(data)} bytes, {8 * len(data) / dims:.4f} bits/dim, 40x24 RGB"
     assert lines[1] == "model fingerprint deadbeef, seed 7, lossless"
     assert f"schedule (profile {codec.DEFAULT_PROFILE}): 48 Gaussian steps" in lines[2]
+    assert "x0 by the model's learned context model" in lines[2]   # profile 11
     # everything that is not a segment payload is header and framing
     assert f"header and framing: {len(data) - (64 + 170 + 900)} bytes" in lines
     i = lines.index("segments (cut from one coded stream):")

@@ -145,7 +145,7 @@ def test_older_stores_are_read_and_labelled_by_what_they_hold(store, model, tmp_
         del g["lossless_model_bound_bpd"], g["lossless_adapted_bpd"]
         g.create_dataset("lossless_bound_bpd", data=old)
         if side:
-            g.attrs["settings"] = repr(codec.settings_with(codec.DEFAULT_PROFILE))
+            g.attrs["settings"] = repr(codec.settings_with(9))   # profile 9: per-tile side information
     agg = rd.aggregate(path)
     md = rd.markdown_table(agg)
     ll = _table_rows(md)["lossless"]
@@ -230,3 +230,22 @@ def test_cli_runs_resumes_and_redraws(model, tmp_path):
     r3 = CliRunner().invoke(main, args[:-1] + ["8", "--reconstruct", "flow,sharpen"])
     assert r3.exit_code == 2 and "'sharpen'" in r3.output
     assert all(m in r3.output for m in codec.RECONSTRUCT_MODES)
+
+
+def test_context_model_runs_store_and_label_their_own_code_length(model, tmp_path):
+    """With the learned x_0 context model (no side information) the lossless reference is that model's
+    code length, stored and labelled as such, never as an 'adapted' one."""
+    from dataclasses import replace
+
+    from ddpm_codec.models.checkpoint import with_x0_context
+    from ddpm_codec.models.x0_context import ContextConfig, ContextX0Net
+
+    torch.manual_seed(5)
+    ctx_model = with_x0_context(model, ContextX0Net(ContextConfig(channels=8, blocks=1, scale=0.02, tau=2)))
+    path = tmp_path / "ctx.h5"
+    rd.run(made_up_images(1, seed=3), ctx_model, path, settings=replace(SETTINGS, x0_context=1), progress=False)
+    st = ResultStore(path)
+    assert st.has(rd.GROUP, "lossless_context_bpd") and not st.has(rd.GROUP, "lossless_adapted_bpd")
+    agg = rd.aggregate(path)
+    assert [r[0] for r in agg.lossless_references()] == ["model bound", "context-model code length"]
+    assert agg.lossless_context_bpd > st.read(rd.GROUP, "cum_kl_bpd")[0, -1]   # KLs + x_0's bits > 0

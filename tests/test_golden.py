@@ -1,10 +1,11 @@
 """Golden files: a small .ddpm per profile, made once with the shipped model (tests/golden/make_golden.py),
 that must keep decoding to the stored pixels. A failure means a change broke files that already exist.
 
-Profiles 1-9 are float files: they decode where PyTorch's float kernels give the encoder's bits (this
+Profiles 1-9 and 11 are float files: they decode where PyTorch's float kernels give the encoder's bits (this
 project's x86 AVX2 CPUs, one thread; an AVX-512 CPU did too, docs/results/gpu-2026-11-26.md). On a
 machine whose kernels differ they fail with a checksum error, which is what those files promise;
-profile 10 (exact arithmetic) must decode everywhere (tests/test_portable.py)."""
+profiles 10 and 12 (exact arithmetic) must decode everywhere (tests/test_portable.py). Profiles 11 and 12 code
+x_0 with the shipped x_0 context model (models/weights/x0-context/)."""
 from __future__ import annotations
 
 import hashlib
@@ -45,6 +46,13 @@ def test_golden_file_decodes_to_its_pixels(pid, shipped):
     parsed, settings = codec.read_header(data)
     assert parsed.file.header.profile == pid and settings == codec.PROFILES[pid]
     assert shipped.fingerprint.startswith(TABLE["model"])
+    # files whose x_0 the shipped context model codes name the model with it (one fingerprint for both)
+    want = shipped.context_fingerprint if settings.x0_context else shipped.fingerprint
+    assert parsed.file.header.fingerprint.hex() == want[:8]
+    if settings.x0_context:   # `decode` without --model finds the shipped model by either fingerprint
+        from ddpm_codec.models.registry import find_by_fingerprint
+
+        assert find_by_fingerprint(want[:8]).fingerprint == shipped.fingerprint
     res = codec.decode(data, shipped)
     assert res.lossless and not res.truncated
     assert hashlib.sha256(res.image.tobytes()).hexdigest() == TABLE["pixels_sha256"]

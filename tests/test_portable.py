@@ -78,9 +78,26 @@ def test_exact_files_decode_under_other_kernels_and_thread_counts(small, tmp_pat
     img = _image(5)
     exact_file = tmp_path / "exact.ddpm"
     exact_file.write_bytes(codec.encode(img, model, settings=EXACT).data)
-    jobs = [(str(exact_file), str(mpath)), (str(GOLDEN / "p10.ddpm"), None)]
+    # the exact x_0 context model too (profile 12's x_0 stage): the small model with a random one attached
+    from ddpm_codec.models.checkpoint import add_x0_context, load_model
+    from ddpm_codec.models.x0_context import ContextConfig, ContextX0Net
+
+    torch.manual_seed(4)
+    net = ContextX0Net(ContextConfig(channels=8, blocks=1, scale=0.02, tau=EXACT.t_end))
+    with torch.no_grad():
+        net.out.weight.normal_(0.0, 0.05)
+    cpath = tmp_path / "with-context.safetensors"
+    save_model(cpath, model.net, model.config)
+    add_x0_context(cpath, net)
+    context_file = tmp_path / "context.ddpm"
+    context_file.write_bytes(codec.encode(img, load_model(cpath), settings=replace(
+        EXACT, x0_context=1, x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0)).data)
+    golden = json.loads((GOLDEN / "golden.json").read_text())["pixels_sha256"]
+    jobs = [(str(exact_file), str(mpath)), (str(context_file), str(cpath)), (str(GOLDEN / "p10.ddpm"), None),
+            (str(GOLDEN / "p12.ddpm"), None)]
     want = {str(exact_file): hashlib.sha256(img.tobytes()).hexdigest(),
-            str(GOLDEN / "p10.ddpm"): json.loads((GOLDEN / "golden.json").read_text())["pixels_sha256"]}
+            str(context_file): hashlib.sha256(img.tobytes()).hexdigest(),
+            str(GOLDEN / "p10.ddpm"): golden, str(GOLDEN / "p12.ddpm"): golden}
     for name, env in VARIANTS.items():
         r = subprocess.run([sys.executable, "-c", DECODER, json.dumps(jobs)], capture_output=True, text=True,
                            timeout=600, env={**os.environ, **env})

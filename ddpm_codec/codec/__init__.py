@@ -26,8 +26,9 @@ from __future__ import annotations
 _LAZY = {
     **dict.fromkeys(("RECONSTRUCT_MODES", "DecodeError", "DecodeResult", "EncodeResult", "Reconstruct", "StepRecord",
                      "check_model", "decode", "encode", "trace_theoretical"), "api"),
-    **dict.fromkeys(("DEFAULT_PROFILE", "PROFILE_INFO", "PROFILES", "Profile", "default_settings", "profile_id",
-                     "profile_of", "read_header", "settings_with"), "profiles"),
+    **dict.fromkeys(("DEFAULT_PROFILE", "PLAIN_DEFAULT_PROFILE", "PROFILE_INFO", "PROFILES", "Profile",
+                     "default_profile", "default_settings", "profile_id", "profile_of", "read_header",
+                     "settings_with"), "profiles"),
     **dict.fromkeys(("COUNT_SPIKES", "SCHEDULE_KINDS", "SELECTION_IDS", "TRELLIS_COUNT_SCALE", "VARIANCE_IDS",
                      "X0_CHANNEL_COEFS", "X0_MODELS", "X0_SCALE_FACTORS", "CodecSettings", "x0_model_fields"),
                     "settings"),

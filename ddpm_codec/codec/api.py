@@ -23,7 +23,7 @@ from .profiles import default_settings, profile_of, read_header
 from .settings import CodecSettings
 from .stream import StepStream, pad4, stream_words
 from .tiles import check_dimensions, check_image, from_tiles, inside_mask, tile_metrics, to_tiles
-from .x0 import X0Side, x0_model
+from .x0 import ContextX0Code, SideX0Code, X0Side, read_pixels_context, x0_model
 
 Reconstruct = Literal["denoise", "ancestral", "flow"]
 RECONSTRUCT_MODES = ("denoise", "ancestral", "flow")
@@ -76,7 +76,8 @@ class EncodeResult:
     def adapted_code_length_bpd(self) -> float:
         """Sum of KLs + -log2 p(x_0 | x_tau) under the decoder adapted to this image by the per-tile side
         information, + the side information's own bits, per dim. Not a bound: the adaptation is fitted to
-        the image."""
+        the image. With the learned context model (no side information) it is that model's code length
+        along the realised chain."""
         kl = self.steps[-1].cum_kl_bpd if self.steps else 0.0
         return kl + (self.x0_ideal_bits + self.x0_side_bits) / self.num_dims
 
@@ -103,11 +104,35 @@ def check_size(parsed: container.ParsedFile, max_pixels: int | None = None) -> N
         raise DecodeError(f"cannot decode: {e}") from None
 
 
-def check_model(parsed: container.ParsedFile, model: LoadedModel) -> None:
+def coding_fingerprint(model: LoadedModel, settings: CodecSettings) -> str:
+    """The fingerprint a file coded with ``settings`` names: the model's own, or with a learned x_0
+    context model, the one covering both (:attr:`LoadedModel.context_fingerprint`)."""
+    if not settings.x0_context:
+        return model.fingerprint
+    ctx = model.x0_context
+    if ctx is None:
+        raise ValueError(f"x_0 by a learned context model (x0_context=1), but model {model.name} has none; "
+                         f"choose another profile or --x0-model")
+    if ctx.config.tau != settings.t_end:
+        raise ValueError(f"model {model.name}'s x_0 context model was trained for tau {ctx.config.tau}, "
+                         f"but the chain ends at t_end {settings.t_end}")
+    return model.context_fingerprint
+
+
+def check_model(parsed: container.ParsedFile, model: LoadedModel, settings: CodecSettings | None = None) -> None:
+    """Refuse (:class:`DecodeError`) a model that is not the one the file names (with ``settings``'s
+    x_0 context model, where the file uses one)."""
     fp = parsed.file.header.fingerprint.hex()
-    if not model.fingerprint.startswith(fp):
+    if settings is not None and settings.x0_context:
+        if model.x0_context is None:
+            raise DecodeError(f"the file codes x_0 with a learned context model (model {fp}), which model "
+                              f"{model.name} ({model.fingerprint[:8]}) lacks: decode with the model that encoded it")
+        have = model.context_fingerprint
+    else:
+        have = model.fingerprint
+    if not have.startswith(fp):
         raise DecodeError(f"the file was encoded with model {fp}, but the model given is {model.name} "
-                          f"({model.fingerprint[:8]}): decode with the same model (--model)")
+                          f"({have[:8]}): decode with the same model (--model)")
 
 
 # ----------------------------------------------------------------------------- encode
@@ -129,7 +154,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     version 2). ``max_pixels``: refuse larger images (default ``tiles.MAX_CODEC_PIXELS``; memory
     grows with the size), before anything is allocated for them.
     """
-    settings = settings or default_settings()
+    settings = settings or default_settings(model)
     image = check_image(image, max_pixels)
     if not settings.exact:
         warn_if_accelerated(model)
@@ -142,15 +167,18 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         lossless = max_reverse_time is None and max_bpd is None
     if settings.variance == "fitted" and diffusion.x0_mse is None:
         raise ValueError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
-    if lossless and (settings.x0_scale_bits or settings.x0_channel_bits or settings.exact) and not x0_in_stream:
-        raise ValueError("per-tile x_0 side information or exact arithmetic needs format version 2 (x0_in_stream=True)")
+    if lossless and (settings.x0_scale_bits or settings.x0_channel_bits or settings.exact or settings.x0_context) \
+            and not x0_in_stream:
+        raise ValueError("per-tile x_0 side information, the context model or exact arithmetic needs format "
+                         "version 2 (x0_in_stream=True)")
+    fingerprint = coding_fingerprint(model, settings)
     chain = Chain(model, settings, tuple(x0.shape))
     T, B = chain.T, x0.shape[0]
     gen = torch.Generator().manual_seed(seed ^ 0x5EED)   # the encoder's private randomness
     start = time.perf_counter()
 
     profile = profile_of(settings)
-    header = container.Header(fingerprint=bytes.fromhex(model.fingerprint[:8]), height=height, width=width, seed=seed,
+    header = container.Header(fingerprint=bytes.fromhex(fingerprint[:8]), height=height, width=width, seed=seed,
                               schedule=None if profile is not None else settings.to_schedule(), profile=profile,
                               lossless=lossless, one_stream=True, x0_in_stream=lossless and x0_in_stream)
     header_bytes = len(container.pack(container.DdpmFile(header=replace(header, lossless=False, x0_in_stream=False))))
@@ -198,16 +226,23 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             means, scales = x0_model(diffusion, chain.x, chain.ts[-1], chain.eps, settings.variance)
             mask = inside_mask(height, width, size)
             tiles_pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy().astype(np.uint8)
-            side = X0Side.choose(settings, tiles_pix, means, scales, mask)
-            eff_means, eff_scales = side.apply(means, scales, tiles_pix, mask)
             pix = tiles_pix[mask]
-            x0_ideal = float(entropy.ideal_bits(pix, eff_means[mask], eff_scales[mask]))
             x0_own = float(entropy.ideal_bits(pix, means[mask], scales[mask]))
-            x0_side = float(side.num_bits())
+            if settings.x0_context:
+                code = ContextX0Code(model.x0_context_coder(bool(settings.exact)), tiles_pix, chain.x,
+                                     torch.from_numpy(means), mask)
+            else:
+                side = X0Side.choose(settings, tiles_pix, means, scales, mask)
+                eff_means, eff_scales = side.apply(means, scales, tiles_pix, mask)
+                x0_ideal = float(entropy.ideal_bits(pix, eff_means[mask], eff_scales[mask]))
+                x0_side = float(side.num_bits())
+                code = SideX0Code(side, tiles_pix, means, scales, mask)
             if header.x0_in_stream:
                 before = stream.num_bits()
-                stream.write_x0(tiles_pix, means, scales, mask, side)
+                stream.write_x0(code)
                 x0_bits = float(stream.num_bits() - before)
+                if settings.x0_context:
+                    x0_ideal = code.ideal_bits()
             else:
                 x0_payload = entropy.encode_pixels(pix, means[mask], scales[mask])
                 x0_bits = 8.0 * len(x0_payload)
@@ -232,7 +267,7 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         raise ValueError(f"unknown reconstruction {reconstruct!r}; expected one of {', '.join(RECONSTRUCT_MODES)}")
     parsed, settings = read_header(data)
     check_size(parsed, max_pixels)   # the header's size, before the chain allocates its tiles
-    check_model(parsed, model)
+    check_model(parsed, model, settings)
     h = parsed.file.header
     diffusion = model.diffusion
     size = model.image_size
@@ -288,23 +323,27 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         full_chain = chain.done == len(chain) and steps is None
         x0_present = parsed.file.x0 is not None or (h.x0_in_stream and parsed.file.pixel_crc is not None)
         if full_chain and x0_present:
-            exact = _decode_x0(parsed, settings, chain, one_dec, height, width, size)
+            exact = _decode_x0(parsed, settings, model, chain, one_dec, height, width, size)
         image = exact if exact is not None else recon(reconstruct)
     return DecodeResult(image=image, lossless=exact is not None, reverse_time=T - chain.last_t + 1,
                         truncated=parsed.truncated, steps_decoded=chain.done, progressive=shots,
                         seconds=time.perf_counter() - start, network_seconds=chain.net.seconds)
 
 
-def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, chain: Chain, one_dec, height: int,
-               width: int, size: int) -> np.ndarray:
+def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, model: LoadedModel, chain: Chain, one_dec,
+               height: int, width: int, size: int) -> np.ndarray:
     """The exact image from the end of a complete chain (checksum verified)."""
     h = parsed.file.header
     means, scales = x0_model(chain.diffusion, chain.x, chain.ts[-1], chain.eps, settings.variance)
     mask = inside_mask(height, width, size)
-    if (settings.x0_scale_bits or settings.x0_channel_bits) and not h.x0_in_stream:
-        raise container.CorruptFileError("a version 1 file cannot carry per-tile x0 side information")
+    if (settings.x0_scale_bits or settings.x0_channel_bits or settings.x0_context) and not h.x0_in_stream:
+        raise container.CorruptFileError("a version 1 file cannot carry per-tile x0 side information or "
+                                         "context-model x0")
     try:
-        if h.x0_in_stream:
+        if settings.x0_context:
+            ctx = model.x0_context_coder(bool(settings.exact))
+            pix = read_pixels_context(one_dec, ctx, chain.x, torch.from_numpy(means), mask)[mask]
+        elif h.x0_in_stream:
             pix = X0Side.read(one_dec, settings, chain.shape[0]).read_pixels(one_dec, means, scales, mask)[mask]
         else:
             pix = entropy.decode_pixels(parsed.file.x0, means[mask], scales[mask])
@@ -326,7 +365,7 @@ def trace_theoretical(image: np.ndarray, model: LoadedModel, *, settings: CodecS
                       seed: int = 0) -> EncodeResult:
     """The paper's own evaluation (Sec. 4.3): the same chain and report as :func:`encode`, but each
     x_s is drawn exactly from q(x_s | x_t, x_0) and only the KLs are counted (no bits written)."""
-    settings = settings or default_settings()
+    settings = settings or default_settings(model)
     image = check_image(image)
     height, width = image.shape[:2]
     diffusion = model.diffusion

@@ -29,6 +29,8 @@ def describe_file(data: bytes, name: str) -> list[str]:
     x0_side = [n for n, on in (("scale", settings.x0_scale_bits), ("channel coefficients", settings.x0_channel_bits),
                                ("neighbour coefficients", settings.x0_neighbours)) if on]
     x0_scale = f", per-tile x0 {' and '.join(x0_side)}" if x0_side else ""
+    if settings.x0_context:
+        x0_scale = ", x0 by the model's learned context model (the fingerprint covers both)"
     lines.append(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
                  f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}"
                  + ("; exact arithmetic (decodes bit-exactly on any machine)" if settings.exact else ""))

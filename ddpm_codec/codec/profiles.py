@@ -53,7 +53,7 @@ _ALL = (
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=0, exact=0)),
-    Profile(9, "x0-neighbours", "the default: 2^17 states; x_0 scale, cross-channel and above/left prediction (67 bits per tile)",
+    Profile(9, "x0-neighbours", "2^17 states; x_0 scale, cross-channel and above/left prediction (67 bits per tile); default without a context model",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=0)),
@@ -61,14 +61,31 @@ _ALL = (
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=1)),
+    Profile(11, "context", "profile 9's chain; x_0 by the model's learned context model (12 passes, no side information)",
+            CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
+                          variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
+                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=1)),
+    Profile(12, "exact-context", "profile 11 in exact arithmetic: the context model's x_0, files decode on any machine",
+            CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
+                          variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
+                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=1, x0_context=1)),
 )
 PROFILE_INFO: dict[int, Profile] = {p.id: p for p in _ALL}
 PROFILES: dict[int, CodecSettings] = {p.id: p.settings for p in _ALL}
-DEFAULT_PROFILE = 9
+DEFAULT_PROFILE = 11
+PLAIN_DEFAULT_PROFILE = 9   # the default for a model without a learned x_0 context model
 
 
-def default_settings() -> CodecSettings:
-    return PROFILES[DEFAULT_PROFILE]
+def default_profile(model=None) -> int:
+    """The default profile for ``model``: ``DEFAULT_PROFILE`` (x_0 by the learned context model) when it
+    has a context model or no model is named, else ``PLAIN_DEFAULT_PROFILE``."""
+    if model is not None and getattr(model, "x0_context", None) is None:
+        return PLAIN_DEFAULT_PROFILE
+    return DEFAULT_PROFILE
+
+
+def default_settings(model=None) -> CodecSettings:
+    return PROFILES[default_profile(model)]
 
 
 def profile_id(spec: int | str) -> int:
@@ -86,9 +103,12 @@ def profile_id(spec: int | str) -> int:
     return pid
 
 
-def settings_with(profile: int | str = DEFAULT_PROFILE, **overrides) -> CodecSettings:
-    """A profile's settings with the non-None ``overrides`` applied (validated). Another coder than
-    the trellis drops the profile's ``reuse_bits`` (trellis states) unless given."""
+def settings_with(profile: int | str | None = None, model=None, **overrides) -> CodecSettings:
+    """A profile's settings (default: :func:`default_profile` of ``model``) with the non-None
+    ``overrides`` applied (validated). Another coder than the trellis drops the profile's
+    ``reuse_bits`` (trellis states) unless given."""
+    if profile is None:
+        profile = default_profile(model)
     over = {k: v for k, v in overrides.items() if v is not None}
     if over.get("selection", "trellis") != "trellis":
         over.setdefault("reuse_bits", 0)

@@ -30,15 +30,16 @@ X0_SCALE_FACTORS = (0.6484197773255048, 0.6771277734684463, 0.7071067811865476, 
 # Cross-channel and neighbour x_0 prediction (x0_channel_bits = 3): each tile's coefficients are
 # indices into this table (3 raw bits each). Exact binary fractions.
 X0_CHANNEL_COEFS = (-0.0625, 0.0, 0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375)
-# --x0-model names: (x0_scale_bits, x0_channel_bits, x0_neighbours)
-X0_MODELS = {"model": (0, 0, 0), "scale": (4, 0, 0), "channels": (4, 3, 0), "neighbours": (4, 3, 1)}
+# --x0-model names: (x0_scale_bits, x0_channel_bits, x0_neighbours, x0_context)
+X0_MODELS = {"model": (0, 0, 0, 0), "scale": (4, 0, 0, 0), "channels": (4, 3, 0, 0), "neighbours": (4, 3, 1, 0),
+             "context": (0, 0, 0, 1)}
 
 
 def x0_model_fields(name: str) -> dict[str, int]:
     """The :class:`CodecSettings` fields of an x_0 model name (see ``X0_MODELS``)."""
     if name not in X0_MODELS:
         raise ValueError(f"unknown x0 model {name!r}; expected one of {', '.join(X0_MODELS)}")
-    return dict(zip(("x0_scale_bits", "x0_channel_bits", "x0_neighbours"), X0_MODELS[name]))
+    return dict(zip(("x0_scale_bits", "x0_channel_bits", "x0_neighbours", "x0_context"), X0_MODELS[name]))
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class CodecSettings:
     x0_neighbours: int = 0                  # 1: and every channel's from the residuals above and to the left
     exact: int = 0                          # 1: exact arithmetic for everything the decoder depends on (the
                                             # network, the chain, the count and x_0 models): portable files
+    x0_context: int = 0                     # 1: x_0 by the model's learned context model (models.x0_context),
+                                            # 12 passes; no side information
 
     def __post_init__(self):
         if self.schedule_kind not in SCHEDULE_KINDS:
@@ -82,6 +85,9 @@ class CodecSettings:
             raise ValueError(f"x0_neighbours must be 0 or 1, and 1 only with x0_channel_bits, got {self.x0_neighbours}")
         if self.exact not in (0, 1):
             raise ValueError(f"exact must be 0 or 1, got {self.exact}")
+        if self.x0_context not in (0, 1) or (self.x0_context and (self.x0_scale_bits or self.x0_channel_bits)):
+            raise ValueError(f"x0_context must be 0 or 1, and 1 only without per-tile x0 side information, "
+                             f"got {self.x0_context}")
         if not 25 <= self.rate_percent <= 255:
             raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
         self.rcc_config()  # validates the combination (e.g. trellis state bits)
@@ -110,7 +116,7 @@ class CodecSettings:
                                   log2_candidates=self.log2_candidates,
                                   variance_kind=VARIANCE_IDS.index(self.variance) | (self.x0_scale_bits << 4)
                                   | (0x80 if self.x0_channel_bits else 0) | (0x20 if self.x0_neighbours else 0)
-                                  | (0x10 if self.exact else 0),
+                                  | (0x10 if self.exact else 0) | (0x08 if self.x0_context else 0),
                                   selection=SELECTION_IDS.index(self.selection) | (self.reuse_bits >> 2 << 2)
                                   | (self.count_model << 4) | ((self.reuse_bits & 3) << 6),
                                   rate_percent=self.rate_percent)
@@ -121,8 +127,9 @@ class CodecSettings:
         sel, count_model = s.selection & 0x3, (s.selection >> 4) & 0x3
         reuse_bits = (s.selection >> 6) | (((s.selection >> 2) & 0x3) << 2)
         # variance byte: bits 0-3 the variance kind, 6 x0_scale_bits 4, 7 cross-channel x0 coefficients
-        # (3 bits each), 5 neighbour coefficients too, 4 exact arithmetic
-        variance, x0_scale_bits = s.variance_kind & 0x0F, (s.variance_kind >> 4) & 0x4
+        # (3 bits each), 5 neighbour coefficients too, 4 exact arithmetic, 3 the learned x0 context model
+        variance, x0_scale_bits = s.variance_kind & 0x07, (s.variance_kind >> 4) & 0x4
+        x0_context = 1 if s.variance_kind & 0x08 else 0
         exact = 1 if s.variance_kind & 0x10 else 0
         x0_channel_bits = 3 if s.variance_kind & 0x80 else 0
         x0_neighbours = 1 if s.variance_kind & 0x20 else 0
@@ -135,7 +142,7 @@ class CodecSettings:
                        variance=VARIANCE_IDS[variance], selection=SELECTION_IDS[sel],
                        rate_percent=s.rate_percent, count_model=count_model, reuse_bits=reuse_bits,
                        x0_scale_bits=x0_scale_bits, x0_channel_bits=x0_channel_bits, x0_neighbours=x0_neighbours,
-                       exact=exact)
+                       exact=exact, x0_context=x0_context)
         except ValueError as exc:
             raise container.CorruptFileError(f"file names impossible coding settings: {exc}") from exc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..coding import container, rcc
-from .x0 import X0Side
+from .x0 import ContextX0Code, SideX0Code
 
 SEGMENT_GROWTH = 2.5   # each segment at least this many times the previous one (encoder policy; 1.5 until
                        # profile 5: 4.75 segments per lossless CIFAR image, 2.5 gives 3.4 and 3.1 bytes less)
@@ -32,7 +32,7 @@ class StepStream:
         self.cuts: list[tuple[int, int]] = []   # (steps before the cut, stream bits when decided)
         self.last_cut_bits = 0
         self.last_size = 0
-        self.x0 = None   # (pixels, means, scales) coded after the last step (format version 2)
+        self.x0: SideX0Code | ContextX0Code | None = None   # coded after the last step (format version 2)
 
     def num_bits(self) -> int:
         return int(self.enc.num_bits())
@@ -44,10 +44,10 @@ class StepStream:
         rcc.write_step(self.enc, code, self.cfg, centres)
         self.written.append((code, centres))
 
-    def write_x0(self, tiles_pix, means, scales, mask, side: "X0Side") -> None:
-        side.write(self.enc)
-        side.write_pixels(self.enc, tiles_pix, means, scales, mask)
-        self.x0 = (tiles_pix, means, scales, mask, side)
+    def write_x0(self, code: "SideX0Code | ContextX0Code") -> None:
+        """x_0 after the last step (format version 2): ``code`` writes itself and checks read-backs."""
+        code.write(self.enc)
+        self.x0 = code
 
     def maybe_end_segment(self) -> None:
         size = self.num_bits() - self.last_cut_bits
@@ -102,14 +102,8 @@ class StepStream:
                 if not (np.array_equal(got.num_chunks, code.num_chunks)
                         and all(np.array_equal(a, b) for a, b in zip(got.indices, code.indices))):
                     return False
-            if x0:
-                tiles_pix, means, scales, mask, side = self.x0
-                got = X0Side.read(dec, side.settings, len(tiles_pix))
-                if not all(np.array_equal(a, b) for a, b in ((got.scale_idx, side.scale_idx),
-                                                             (got.chan_idx, side.chan_idx), (got.nb_idx, side.nb_idx))):
-                    return False
-                if not np.array_equal(got.read_pixels(dec, means, scales, mask)[mask], tiles_pix[mask]):
-                    return False
+            if x0 and not self.x0.reads_back(dec):
+                return False
         except (ValueError, RuntimeError):
             return False
         return True

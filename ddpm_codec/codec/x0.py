@@ -1,10 +1,14 @@
-"""The lossless x_0 stage: p(x_0 | x_tau) (Eq. 13) with per-tile side information, on both sides.
+"""The lossless x_0 stage on both sides: p(x_0 | x_tau) by Eq. 13 with per-tile side information, or
+by the model's learned context model.
 
 :func:`x0_model` gives the model's own discretized-Gaussian means and scales from the chain's last
 state; :class:`X0Side` is the per-tile side information (a scale factor and linear-prediction
 coefficients on decoded residuals) and the ONE place that turns it into the coder's parameters,
 for the encoder (:meth:`X0Side.write_pixels`), the decoder (:meth:`X0Side.read_pixels`) and the
-segment cutter alike.
+segment cutter alike. :func:`write_pixels_context` / :func:`read_pixels_context` code x_0 pass by
+pass under a context model (:mod:`ddpm_codec.models.x0_context`; profiles 11 and 12).
+:class:`SideX0Code` and :class:`ContextX0Code` are what the segment stream writes after the last
+step: each writes itself and checks that a stream prefix reads it back.
 """
 from __future__ import annotations
 
@@ -262,27 +266,81 @@ def _context_pass(ctx, q: int, pixels: torch.Tensor, xt: torch.Tensor, xhat: tor
     return sel, mean.numpy()[sel], scale.numpy()[sel]
 
 
-def write_pixels_context(enc, ctx, tiles_pix: np.ndarray, xt: torch.Tensor, xhat: torch.Tensor, mask: np.ndarray) -> None:
+def write_pixels_context(enc, ctx, tiles_pix: np.ndarray, xt: torch.Tensor, xhat: torch.Tensor,
+                         mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Code the tiles' pixels (uint8 ``[B, 3, H, W]``, inside ``mask``) pass by pass under the context
     model ``ctx`` (:class:`ddpm_codec.models.x0_context.ExactContextX0` for portable files) given the
-    chain's ``x_tau`` and ``x_hat_0`` (float64 ``[B, 3, H, W]``), with exact integer frequencies."""
+    chain's ``x_tau`` and ``x_hat_0`` (float64 ``[B, 3, H, W]``), with exact integer frequencies.
+    Returns each pass's (selection, means, scales): what a decoder computes when all before is right."""
     from ..models.x0_context import NUM_PASSES
 
-    inside = torch.from_numpy(np.asarray(mask, bool))
+    inside = torch.tensor(np.asarray(mask, bool))
     done = np.zeros(tiles_pix.shape, np.uint8)   # what the decoder holds before each pass
+    passes = []
     for q in range(NUM_PASSES):
         sel, mean, scale = _context_pass(ctx, q, torch.from_numpy(done), xt, xhat, inside)
         exact_entropy.write_pixels(enc, tiles_pix[sel], mean, scale)
         done[sel] = tiles_pix[sel]
+        passes.append((sel, mean, scale))
+    return passes
 
 
 def read_pixels_context(dec, ctx, xt: torch.Tensor, xhat: torch.Tensor, mask: np.ndarray) -> np.ndarray:
     """Inverse of :func:`write_pixels_context`: uint8 tiles ``[B, 3, H, W]`` (zeros outside ``mask``)."""
     from ..models.x0_context import NUM_PASSES
 
-    inside = torch.from_numpy(np.asarray(mask, bool))
+    inside = torch.tensor(np.asarray(mask, bool))
     out = np.zeros(tuple(xt.shape), np.uint8)
     for q in range(NUM_PASSES):
         sel, mean, scale = _context_pass(ctx, q, torch.from_numpy(out), xt, xhat, inside)
         out[sel] = exact_entropy.read_pixels(dec, mean, scale)
     return out
+
+
+# ----------------------------------------------------------------------------- what the stream codes after the steps
+
+class SideX0Code:
+    """x_0 under Eq. 13 with per-tile side information (:class:`X0Side`), as the stream writes it."""
+
+    def __init__(self, side: X0Side, tiles_pix, means, scales, mask):
+        self.side, self.tiles_pix, self.means, self.scales, self.mask = side, tiles_pix, means, scales, mask
+
+    def write(self, enc) -> None:
+        self.side.write(enc)
+        self.side.write_pixels(enc, self.tiles_pix, self.means, self.scales, self.mask)
+
+    def reads_back(self, dec) -> bool:
+        """Whether ``dec`` (positioned after the last step) reads this x_0 back exactly (segment cutter)."""
+        side = self.side
+        got = X0Side.read(dec, side.settings, len(self.tiles_pix))
+        if not all(np.array_equal(a, b) for a, b in ((got.scale_idx, side.scale_idx), (got.chan_idx, side.chan_idx),
+                                                     (got.nb_idx, side.nb_idx))):
+            return False
+        return np.array_equal(got.read_pixels(dec, self.means, self.scales, self.mask)[self.mask],
+                              self.tiles_pix[self.mask])
+
+
+class ContextX0Code:
+    """x_0 under the learned context model, pass by pass (:func:`write_pixels_context`). It keeps each
+    pass's parameters: a decoder that read every earlier pass right computes exactly these, so the
+    segment cutter checks a prefix without running the network again."""
+
+    def __init__(self, ctx, tiles_pix, xt: torch.Tensor, xhat: torch.Tensor, mask):
+        self.ctx, self.tiles_pix, self.xt, self.xhat, self.mask = ctx, tiles_pix, xt, xhat, mask
+        self.passes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def write(self, enc) -> None:
+        self.passes = write_pixels_context(enc, self.ctx, self.tiles_pix, self.xt, self.xhat, self.mask)
+
+    def ideal_bits(self) -> float:
+        """-log2 p(x_0 | x_tau) under the context model (float measurement, not the coder's count)."""
+        from ..models.x0_context import discretized_gaussian_bits
+
+        return float(sum(discretized_gaussian_bits(torch.from_numpy(self.tiles_pix[sel]), torch.from_numpy(mean),
+                                                   torch.from_numpy(scale)).sum() for sel, mean, scale in self.passes))
+
+    def reads_back(self, dec) -> bool:
+        for sel, mean, scale in self.passes:
+            if not np.array_equal(exact_entropy.read_pixels(dec, mean, scale), self.tiles_pix[sel]):
+                return False
+        return True
