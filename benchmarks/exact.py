@@ -76,23 +76,28 @@ def agreement(args) -> None:
 
 
 def timing(args) -> None:
+    """Float, exact with torch's elementwise ops, exact with the compiled kernels: interleaved."""
+    from ddpm_codec.models.exact import ExactUNet
+
     m, ex, torch = _load(args.model)
+    ex_torch = ExactUNet(m.net, kernels="torch")
     x0 = _images(4)
     print(f"model {m.name}; min over {args.reps} interleaved reps (ms per call); t = 500")
-    print("| threads | batch | float ms | exact ms | exact / float |")
-    print("|---|---|---|---|---|")
+    print("| threads | batch | float ms | exact ms (torch elementwise) | exact ms (compiled kernels) | exact / float |")
+    print("|---|---|---|---|---|---|")
     for threads in args.thread_counts:
         torch.set_num_threads(threads)
         for b in args.batches:
             x = x0[:b].float()
-            tf, te = [], []
-            m.eps(x, 500), ex(x, 500)
+            tf, tt, te = [], [], []
+            m.eps(x, 500), ex(x, 500), ex_torch(x, 500)
             for _ in range(args.reps):
                 t0 = time.perf_counter(); m.eps(x, 500); t1 = time.perf_counter()
-                ex(x, 500); t2 = time.perf_counter()
-                tf.append(t1 - t0); te.append(t2 - t1)
-            f, e = min(tf) * 1e3, min(te) * 1e3
-            print(f"| {threads} | {b} | {f:.1f} | {e:.1f} | {e / f:.2f} |")
+                ex_torch(x, 500); t2 = time.perf_counter()
+                ex(x, 500); t3 = time.perf_counter()
+                tf.append(t1 - t0); tt.append(t2 - t1); te.append(t3 - t2)
+            f, et, e = min(tf) * 1e3, min(tt) * 1e3, min(te) * 1e3
+            print(f"| {threads} | {b} | {f:.1f} | {et:.1f} | {e:.1f} | {e / f:.2f} |")
 
 
 def digest(args) -> None:

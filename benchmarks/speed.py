@@ -9,7 +9,7 @@ side by side in one run, and the CLI's start-up, on this machine.
 
 In-process rows (the first encode of the process is a warm-up, not counted): encode and decode wall
 seconds, the network's seconds inside them and their ratio, with the encoder's search on 1 thread and
-on ``viterbi.SEARCH_THREADS`` threads (interleaved, same images, bytes compared). CLI rows: each
+on 2 threads (interleaved, same images, bytes compared). CLI rows: each
 command in a fresh process, wall time from outside (start-up included) against the network seconds
 the command prints. Kodak rows: one fresh CLI process each for encode and decode, peak RSS from
 GNU ``/usr/bin/time``, bits/dim beside PNG, WebP and JPEG XL.
@@ -42,7 +42,7 @@ def in_process(n: int, profile: int) -> None:
     codec.decode(codec.encode(imgs[0], model, settings=settings).data, model)   # warm-up: pool, compiled search
     rows = {}
     for rep in range(2):
-        for threads in (1, viterbi.SEARCH_THREADS):
+        for threads in (1, 2):
             viterbi.SEARCH_THREADS, keep = threads, viterbi.SEARCH_THREADS
             r = rows.setdefault(threads, {"enc": 0.0, "enc_net": 0.0, "dec": 0.0, "dec_net": 0.0, "bits": 0, "files": []})
             for i, img in enumerate(imgs):

@@ -332,8 +332,8 @@ def _set_threads(ctx, param, n: int | None) -> None:
 def _threads_option(fn):
     return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
                         callback=_set_threads,
-                        help="Threads for exact-arithmetic files (profile 10; default: all cores) and for the "
-                             "encoder's search (default: up to 4). Float profiles always run their network on one "
+                        help="Threads for exact-arithmetic files (profiles 10 and 12; default: all cores) and for the "
+                             "encoder's search (default: 1). Float profiles always run their network on one "
                              "thread (their float sums depend on it).")(fn)
 
 

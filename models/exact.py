@@ -41,6 +41,7 @@ exact products): :class:`ExactUNet` does that off CPU and checks the backend onc
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 from dataclasses import asdict, dataclass
 
@@ -51,6 +52,8 @@ import torch.nn.functional as F
 
 from ..coding import detmath
 from .unet import AttnBlock, ResBlock, UNet
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 __all__ = [
     "ExactConfig",
@@ -146,9 +149,19 @@ def _ldexp_tensor(e: list[int]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 class _Ctx:
-    def __init__(self, cfg: ExactConfig, device: torch.device):
+    def __init__(self, cfg: ExactConfig, device: torch.device, kernels: str = "auto"):
+        if kernels not in ("auto", "torch", "numba"):
+            raise ValueError(f"kernels must be 'auto', 'torch' or 'numba', not {kernels!r}")
         self.cfg = cfg
         self.device = device
+        # elementwise work: compiled loops on the CPU (exact_kernels, the same bits), else torch
+        self.kernels = None
+        if kernels == "numba" or (kernels == "auto" and device.type == "cpu" and HAVE_NUMBA):
+            if device.type != "cpu":
+                raise ValueError("the compiled exact kernels run on the CPU only")
+            from . import exact_kernels
+
+            self.kernels = exact_kernels
         self.amax = float(math.ldexp(cfg.act_clamp, cfg.act_bits))
         if self.amax != math.floor(self.amax):
             raise ValueError("act_clamp · 2^act_bits must be an integer")
@@ -158,12 +171,16 @@ class _Ctx:
         self.silu_hi = math.ldexp(2 * cfg.silu_range << cfg.silu_bits, cfg.act_bits - cfg.silu_bits) - 1
         self.silu_off = float(cfg.silu_range << cfg.act_bits)
         self.gemm_conv = device.type != "cpu"
+        if self.kernels is not None:
+            sh = cfg.act_bits - cfg.silu_bits
+            self._silu_args = (self.silu_t.numpy(), self.silu_d.numpy(), self.silu_off, self.silu_hi,
+                               2.0**-sh, 2.0**sh, self.amax)
 
     def q(self, y: torch.Tensor) -> torch.Tensor:
         """round to the grid (y already in grid units) and clamp, in place."""
         return y.round_().clamp_(-self.amax, self.amax)
 
-    def silu(self, a: torch.Tensor) -> torch.Tensor:
+    def silu_torch(self, a: torch.Tensor) -> torch.Tensor:
         """SiLU on grid units ``a`` (integers, or any deterministic float64: GroupNorm's output):
         T_j + round(ΔT_j · f · 2^-sh) with j = floor(u 2^-sh), f = u - j 2^sh exact."""
         cfg = self.cfg
@@ -175,6 +192,15 @@ class _Ctx:
         out = self.silu_d.index_select(0, ji).reshape(a.shape).mul_(f).mul_(2.0**-sh).round_()
         out.add_(self.silu_t.index_select(0, ji).reshape(a.shape))
         return torch.where(a >= self.silu_off, self.q(a.clone()), out)
+
+    def silu(self, a: torch.Tensor) -> torch.Tensor:
+        """:meth:`silu_torch`, by the compiled loop where there is one (the same bits)."""
+        if self.kernels is None:
+            return self.silu_torch(a)
+        a = a.contiguous()
+        out = torch.empty_like(a)
+        self.kernels.silu(a.view(-1).numpy(), out.view(-1).numpy(), *self._silu_args)
+        return out
 
 
 class _QLinearBase:
@@ -224,9 +250,27 @@ class _QConv(_QLinearBase):
         cols = F.unfold(a, self.k, padding=self.padding, stride=self.stride)      # exact copies
         return torch.matmul(self.w2, cols).reshape(n, -1, ho, wo)
 
-    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+    def __call__(self, a: torch.Tensor, tp: torch.Tensor | None = None, res: torch.Tensor | None = None) -> torch.Tensor:
+        """``q(Σ W·A · 2^-e + b)``; then, given, ``clamp(· + tp[n, c])`` or ``clamp(· + res)``."""
+        ctx = self.ctx
         s = self.raw(a)
-        return self.ctx.q(s.mul_(self.inv4).add_(self.bias4))
+        if ctx.kernels is not None:
+            n, c = s.shape[:2]
+            mode = 0 if tp is None and res is None else 1 if res is None else 2
+            tpn = _NONE2 if tp is None else tp.contiguous().numpy()
+            rn = _NONE3 if res is None else res.contiguous().view(n, c, -1).numpy()
+            ctx.kernels.epilogue(s.view(n, c, -1).numpy(), self.inv.numpy(), self.bias.numpy(), ctx.amax, tpn, rn, mode)
+            return s
+        out = ctx.q(s.mul_(self.inv4).add_(self.bias4))
+        if tp is not None:
+            out.add_(tp[:, :, None, None]).clamp_(-ctx.amax, ctx.amax)
+        if res is not None:
+            out.add_(res).clamp_(-ctx.amax, ctx.amax)
+        return out
+
+
+_NONE2, _NONE3 = np.zeros((1, 1)), np.zeros((1, 1, 1))
+_EXP_ARGS = (np.array(detmath._EXP_COEF), detmath._INV_LN2, detmath._LN2_HI, detmath._LN2_LO)
 
 
 class _QLinear(_QLinearBase):
@@ -249,13 +293,25 @@ class _QGroupNorm:
         ctx.bounds[name] = math.log2(n * amax * amax)
         self.gamma = gn.weight.detach().to(ctx.device, _F64).reshape(1, self.g, c // self.g, 1)
         self.beta2 = (gn.bias.detach().to(ctx.device, _F64) * 2.0**ctx.cfg.act_bits).reshape(1, self.g, c // self.g, 1)
+        self.gamma_n, self.beta2_n = self.gamma.reshape(-1).numpy(), self.beta2.reshape(-1).numpy()
 
     def __call__(self, a: torch.Tensor, *, silu: bool = False) -> torch.Tensor:
         """GroupNorm on the grid; with ``silu`` SiLU of the unrounded normalised value (one rounding)."""
         ctx = self.ctx
         n, c, h, w = a.shape
-        ag = a.reshape(n, self.g, c // self.g, h * w)
         cnt = float(c // self.g * h * w)
+        if ctx.kernels is not None:
+            k = ctx.kernels
+            a = a.contiguous()
+            a3 = a.view(n, c, -1).numpy()
+            s1, s2 = np.empty((n, self.g)), np.empty((n, self.g), np.int64)
+            k.gn_sums(a3, self.g, s1, s2)
+            scale, shift = np.empty((n, c)), np.empty((n, c))
+            k.gn_params(s1, s2, cnt, self.gamma_n, self.beta2_n, self.eps, 2.0 ** (-2 * ctx.cfg.act_bits), scale, shift)
+            out = torch.empty_like(a)
+            k.gn_apply(a3, scale, shift, out.view(n, c, -1).numpy(), silu, *ctx._silu_args)
+            return out
+        ag = a.reshape(n, self.g, c // self.g, h * w)
         s1 = ag.sum((2, 3), keepdim=True)                 # exact: integers < 2^53
         ai = ag.to(torch.int64)
         s2 = ai.mul_(ai).sum((2, 3), keepdim=True).to(_F64)   # exact int64 sum, one correctly rounded conversion
@@ -279,12 +335,9 @@ class _QResBlock:
         self.skip = _QConv(ctx, name + ".skip", blk.skip) if isinstance(blk.skip, nn.Conv2d) else None
 
     def __call__(self, a: torch.Tensor, tproj: torch.Tensor) -> torch.Tensor:
-        ctx = self.ctx
-        h = self.conv1(self.norm1(a, silu=True))
-        h.add_(tproj[:, :, None, None]).clamp_(-ctx.amax, ctx.amax)
-        h = self.conv2(self.norm2(h, silu=True))
+        h = self.conv1(self.norm1(a, silu=True), tp=tproj)
         s = self.skip(a) if self.skip is not None else a
-        return h.add_(s).clamp_(-ctx.amax, ctx.amax)
+        return self.conv2(self.norm2(h, silu=True), res=s)
 
 
 class _QAttn:
@@ -315,13 +368,18 @@ class _QAttn:
         q = q.clamp(-self.qmax, self.qmax)
         k = k.clamp(-self.qmax, self.qmax)
         s = torch.bmm(q.transpose(1, 2), k).mul_(self.score_mul)      # [n, q, k]; exact ints, then ×const
-        s.sub_(s.amax(-1, keepdim=True)).clamp_(min=-40.0)            # exact max; one rounded subtract
-        e = exp(s).mul_(2.0**cfg.exp_bits).round_()                   # integers ≤ 2^exp_bits
-        z = e.sum(-1, keepdim=True)                                   # exact (< 2^53)
-        p = e.mul_(2.0**cfg.prob_bits).div_(z).round_()               # integers, Σ ≤ 2^prob_bits + hw/2
+        if ctx.kernels is not None:                                   # the same, one compiled pass per row
+            ctx.kernels.softmax_weights(s.view(-1, s.shape[-1]).numpy(), -40.0, 2.0**cfg.exp_bits,
+                                        2.0**cfg.prob_bits, *_EXP_ARGS)
+            p = s
+        else:
+            s.sub_(s.amax(-1, keepdim=True)).clamp_(min=-40.0)        # exact max; one rounded subtract
+            e = exp(s).mul_(2.0**cfg.exp_bits).round_()               # integers ≤ 2^exp_bits
+            z = e.sum(-1, keepdim=True)                               # exact (< 2^53)
+            p = e.mul_(2.0**cfg.prob_bits).div_(z).round_()           # integers, Σ ≤ 2^prob_bits + hw/2
         o = torch.bmm(v, p.transpose(1, 2))                           # [n, c, q]: exact ints
         o = ctx.q(o.mul_(2.0**-cfg.prob_bits)).reshape(n, c, h, w)
-        return self.proj(o).add_(a).clamp_(-ctx.amax, ctx.amax)
+        return self.proj(o, res=a)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,13 +421,16 @@ class ExactUNet:
     float tensor ``[N, C, H, W]`` and ``t`` an int (or an int tensor ``[N]``); returns float64
     ``[N, C, H, W]`` on CPU, in the float net's units. ``device`` picks where the tensors live
     (CPU default; on CUDA convolutions run as im2col + matmul, see :func:`verify_backend`).
+    ``kernels``: the elementwise work by :mod:`.exact_kernels`' compiled loops (``"auto"``: on the
+    CPU when numba is installed) or by torch (``"torch"``); the same bits either way.
     """
 
-    def __init__(self, net: UNet, config: ExactConfig | None = None, *, device="cpu", cache_size: int = 64):
+    def __init__(self, net: UNet, config: ExactConfig | None = None, *, device="cpu", cache_size: int = 64,
+                 kernels: str = "auto"):
         self.config = cfg = config or ExactConfig()
         self.device = torch.device(device)
         self.ucfg = ucfg = net.config
-        self.ctx = ctx = _Ctx(cfg, self.device)
+        self.ctx = ctx = _Ctx(cfg, self.device, kernels)
         self.temb1 = _QLinear(ctx, "temb.0", net.temb[0])
         self.temb2 = _QLinear(ctx, "temb.2", net.temb[2])
         res = ucfg.image_size

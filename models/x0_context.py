@@ -124,9 +124,9 @@ class ExactContextX0:
     s·exp(o')`` by IEEE operations in this order and the project's own ``exp``. Same bits on any
     IEEE-754 machine, thread count or SIMD level (the inputs must be the same float64 values)."""
 
-    def __init__(self, net: ContextX0Net, config: ExactConfig | None = None, *, device="cpu"):
+    def __init__(self, net: ContextX0Net, config: ExactConfig | None = None, *, device="cpu", kernels: str = "auto"):
         self.cfg = config or ExactConfig()
-        self.ctx = _Ctx(self.cfg, torch.device(device))
+        self.ctx = _Ctx(self.cfg, torch.device(device), kernels)
         self.config = net.config
         self.inp = _QConv(self.ctx, "inp", net.inp, amax_in=float(2 ** (self.cfg.act_bits + 1)))
         self.blocks = [(_QConv(self.ctx, f"b{i}.0", b[1]), _QConv(self.ctx, f"b{i}.1", b[3]))

@@ -207,3 +207,28 @@ def test_the_default_profile_follows_the_model(model, base):
     assert codec.default_settings(model).x0_context == 1 and codec.default_settings(base).x0_context == 0
     assert codec.settings_with(model=base, rate_percent=107) == replace(codec.PROFILES[9], rate_percent=107)
     assert codec.settings_with(11, model=base) == codec.PROFILES[11]   # named: as named (then refused on use)
+
+
+def test_the_context_models_calls_count_as_network_time(model, monkeypatch):
+    """The seconds the coders spend in the context model go into the network seconds that encode and
+    decode report, with the U-Net's: a context model slowed by 40 ms a call (12 passes) shows up
+    there in full."""
+    import time
+
+    inner = model.x0_context_coder(False)
+    calls = []
+
+    def slow(*args):
+        calls.append(1)
+        time.sleep(0.04)
+        return inner(*args)
+
+    img = _images(1, 3)[0]
+    fast = codec.encode(img, model, settings=FLOAT)
+    monkeypatch.setattr(model, "x0_context_coder", lambda exact: slow)
+    res = codec.encode(img, model, settings=FLOAT)
+    assert res.data == fast.data and len(calls) == 12
+    assert res.network_seconds >= fast.network_seconds + 12 * 0.04 - 0.05
+    dec = codec.decode(res.data, model)
+    assert dec.lossless and np.array_equal(dec.image, img) and len(calls) == 24
+    assert dec.network_seconds >= 12 * 0.04

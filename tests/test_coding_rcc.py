@@ -371,6 +371,52 @@ def test_threaded_viterbi_equals_the_torch_recursion(threads, items, monkeypatch
     _compiled_and_torch_agree(_trellis(4, 12, reuse_bits=2), 3, 9, ((0, 2), (2, 9)), threads)   # 2^10 states
 
 
+def _reference_segment(score, row, r, shift, B, M):
+    """One segment of the recursion by brute force (numpy): new state σ' = h·B + y has the B
+    predecessors σ = k·H + h, candidate n = k·S + σ' on pool row (n mod M + r + (n div M)·shift) mod
+    M; the best score and its k, ties to the largest k."""
+    S = score.shape[0]
+    H = S // B
+    k = np.arange(B)[:, None]
+    sig = np.arange(S)[None, :]
+    n = k * S + sig
+    rows = (n % M + r + (n // M) * shift) % M
+    cand = score[k * H + sig // B] + row[rows]                      # [B, S], float32
+    best = cand.max(0)
+    arg = B - 1 - np.argmax(cand[::-1] == best, axis=0)
+    return best, arg
+
+
+@pytest.mark.skipif(not viterbi.HAVE_KERNEL, reason="numba not installed")
+@pytest.mark.parametrize("log2_s,log2_m", [(13, 9), (12, 14), (14, 10)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tiled_viterbi_kernel_against_brute_force(log2_s, log2_m, threads):
+    """The compiled kernel's tiles (up to 128 blocks of B = 16 states, cut where candidates cross a
+    multiple of M) against a brute-force segment: trellises with more states than pool rows and
+    fewer, several tiles per segment, random and tied scores, and the first segments (where only
+    states below B^j are reached)."""
+    B, M, S, G, C = 16, 1 << log2_m, 1 << log2_s, 2, 6
+    rng = np.random.default_rng(log2_s * 100 + log2_m + threads)
+    for tied in (False, True):
+        s = (rng.integers(0, 3, (C, G, M)) if tied else rng.standard_normal((C, G, M))).astype(np.float32)
+        offsets = rng.integers(0, M, G).astype(np.int64)
+        shifts = rng.integers(0, M, C).astype(np.int64) | 1
+        for j0 in (0, 1, 4):
+            score = np.full((G, S), -np.inf, np.float32)
+            score[:, 0] = 0.0
+            if j0 == 4:                                     # a later segment: every state reached
+                score = (rng.integers(0, 4, (G, S)) if tied else rng.standard_normal((G, S))).astype(np.float32)
+            want_score = score.copy()
+            back = np.zeros((j0 + C, G, S), np.int8)
+            viterbi.feed_kernel(s, offsets, shifts, score, back, j0, B, threads=threads)
+            for j in range(C):
+                for g in range(G):
+                    best, arg = _reference_segment(want_score[g], s[j, g], int(offsets[g]), int(shifts[j]), B, M)
+                    assert np.array_equal(back[j0 + j, g], arg), (tied, j0, j, g)
+                    want_score[g] = best
+            assert np.array_equal(score, want_score)
+
+
 def test_trellis_stream_roundtrip_and_exact_length():
     """Decoder gets ε bit-exact from the bytes; the path costs exactly C·b raw bits and C is
     round(f·KL/b); indices that are no path through the trellis are refused."""

@@ -113,7 +113,8 @@ def test_same_bits_under_other_isa_and_threads(net_and_exact):
             f"s = importlib.util.spec_from_file_location('tme', {str(Path(__file__))!r}); "
             "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m._child_digest())")
     runs = [({"ATEN_CPU_CAPABILITY": "default"}, 1),
-            ({"ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "2"}, 2)]
+            ({"ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "2"}, 2),
+            ({"NUMBA_CPU_NAME": "generic", "ATEN_CPU_CAPABILITY": "default"}, 2)]   # kernels without AVX
     procs = []
     for extra, threads in runs:
         env = dict(os.environ, **extra)
@@ -123,6 +124,84 @@ def test_same_bits_under_other_isa_and_threads(net_and_exact):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err[-2000:]
         assert out.strip() == mine, extra
+
+
+def test_compiled_kernels_give_the_torch_paths_bits(net_and_exact):
+    """The compiled elementwise loops (models/exact_kernels.py, the CPU default) and the torch
+    code they replace give the same bits: inputs of ordinary size, and inputs 150x larger, which
+    drive activations into the clamp and the SiLU's pass-through and zero ends."""
+    net, ex = net_and_exact
+    assert ex.ctx.kernels is not None
+    ref = ExactUNet(net, kernels="torch")
+    assert ref.ctx.kernels is None
+    x = small_input()
+    assert digest(ex, x) == digest(ref, x)
+    big = x * 150.0
+    assert ex.ctx.q(ex.grid(big)).abs().max() == ex.ctx.amax          # the input clamp is reached
+    for t in (1, 1000):
+        assert torch.equal(ex(big, t), ref(big, t))
+
+
+def test_silu_and_softmax_kernels_against_the_torch_code():
+    """Element by element on values chosen at the SiLU table's edges and node boundaries, and on
+    attention rows with ties, large gaps (the -40 floor) and one dominant entry."""
+    from ddpm_codec.models import exact_kernels as K
+    from ddpm_codec.models.exact import _EXP_ARGS, _Ctx
+
+    cfg = ExactConfig()
+    fast, ref = _Ctx(cfg, torch.device("cpu"), "numba"), _Ctx(cfg, torch.device("cpu"), "torch")
+    off, step = fast.silu_off, 2.0 ** (cfg.act_bits - cfg.silu_bits)
+    g = np.random.default_rng(3)
+    edges = np.array([-off - 1, -off, -off + 0.5, off - 1, off - 0.5, off, off + 0.25, 0.0, -0.0, step, -step,
+                      step - 0.5, fast.amax, -fast.amax, fast.amax + 7])
+    a = torch.from_numpy(np.concatenate([edges, g.uniform(-1.2 * off, 1.2 * off, 20000),
+                                         np.round(g.uniform(-off, off, 20000))]))
+    assert torch.equal(fast.silu(a), ref.silu_torch(a))
+    rows = np.round(g.normal(0, 2**34, (6, 256)))
+    rows[1] = 5.0                                  # all tied
+    rows[2, 7] = 2**40                             # one dominant entry: the rest hit the floor
+    rows[3, ::2] = -2**45
+    s_ref = torch.from_numpy(rows * 0.5 ** 35)
+    s_fast = s_ref.clone()
+    K.softmax_weights(s_fast.numpy(), -40.0, 2.0**cfg.exp_bits, 2.0**cfg.prob_bits, *_EXP_ARGS)
+    s_ref.sub_(s_ref.amax(-1, keepdim=True)).clamp_(min=-40.0)
+    e = exp(s_ref).mul_(2.0**cfg.exp_bits).round_()
+    z = e.sum(-1, keepdim=True)
+    p = e.mul_(2.0**cfg.prob_bits).div_(z).round_()
+    assert p[2, 7] == 2.0**cfg.prob_bits and p[1, 0] == 2.0**cfg.prob_bits / 256
+    assert torch.equal(s_fast, p)
+
+
+_FMA_CHILD = """
+import json, re, sys, importlib.util
+s = importlib.util.spec_from_file_location('tme', sys.argv[1]); m = importlib.util.module_from_spec(s)
+s.loader.exec_module(m)
+from ddpm_codec.models import exact_kernels as K
+m.ExactUNet(m.small_net())(m.small_input(), 10)          # compiles every kernel the network uses
+out = {}
+for name in ("epilogue", "silu", "gn_sums", "gn_params", "gn_apply", "softmax_weights"):
+    asm = "".join(getattr(K, name).inspect_asm().values())
+    out[name] = [len(re.findall(r"\\bmulsd|\\bvmulsd|\\bvmulpd|\\bmulpd|\\baddsd|\\bvaddsd|\\bvaddpd|\\bvpadd", asm)),
+                 len(re.findall(r"\\bv?f(n)?m(add|sub)", asm))]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 machine code")
+def test_compiled_kernels_contain_no_fused_multiply_add(tmp_path):
+    """A fused a·b + c rounds once where the torch code rounds twice: the kernels must contain no
+    FMA instruction (numba without fastmath emits none). Compiled afresh in a subprocess (an empty
+    numba cache: cached code cannot be inspected), on this CPU, which has FMA."""
+    import json
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    p = subprocess.run([sys.executable, "-c", _FMA_CHILD, str(Path(__file__))], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    counts = json.loads(p.stdout.strip().splitlines()[-1])
+    for name, (arith, fma) in counts.items():
+        assert arith > 0, name                     # the inspection saw real code
+        assert fma == 0, name
 
 
 def test_golden_hash(net_and_exact):

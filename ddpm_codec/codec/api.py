@@ -229,7 +229,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             pix = tiles_pix[mask]
             x0_own = float(entropy.ideal_bits(pix, means[mask], scales[mask]))
             if settings.x0_context:
-                code = ContextX0Code(model.x0_context_coder(bool(settings.exact)), tiles_pix, chain.x,
+                code = ContextX0Code(chain.net.context(bool(settings.exact)), tiles_pix, chain.x,
                                      torch.from_numpy(means), mask)
             else:
                 side = X0Side.choose(settings, tiles_pix, means, scales, mask)
@@ -323,14 +323,14 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         full_chain = chain.done == len(chain) and steps is None
         x0_present = parsed.file.x0 is not None or (h.x0_in_stream and parsed.file.pixel_crc is not None)
         if full_chain and x0_present:
-            exact = _decode_x0(parsed, settings, model, chain, one_dec, height, width, size)
+            exact = _decode_x0(parsed, settings, chain, one_dec, height, width, size)
         image = exact if exact is not None else recon(reconstruct)
     return DecodeResult(image=image, lossless=exact is not None, reverse_time=T - chain.last_t + 1,
                         truncated=parsed.truncated, steps_decoded=chain.done, progressive=shots,
                         seconds=time.perf_counter() - start, network_seconds=chain.net.seconds)
 
 
-def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, model: LoadedModel, chain: Chain, one_dec,
+def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, chain: Chain, one_dec,
                height: int, width: int, size: int) -> np.ndarray:
     """The exact image from the end of a complete chain (checksum verified)."""
     h = parsed.file.header
@@ -341,7 +341,7 @@ def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, model: Loa
                                          "context-model x0")
     try:
         if settings.x0_context:
-            ctx = model.x0_context_coder(bool(settings.exact))
+            ctx = chain.net.context(bool(settings.exact))
             pix = read_pixels_context(one_dec, ctx, chain.x, torch.from_numpy(means), mask)[mask]
         elif h.x0_in_stream:
             pix = X0Side.read(one_dec, settings, chain.shape[0]).read_pixels(one_dec, means, scales, mask)[mask]

@@ -88,6 +88,18 @@ class Net:
         self.seconds += time.perf_counter() - t0
         return out
 
+    def context(self, exact: bool):
+        """The model's x_0 context model as the x_0 coders call it (exact or float64), its time
+        counted in :attr:`seconds` with the U-Net's: both are the network calls a file costs."""
+        coder = self.model.x0_context_coder(exact)
+
+        def timed(*args):
+            t0 = time.perf_counter()
+            out = coder(*args)
+            self.seconds += time.perf_counter() - t0
+            return out
+        return timed
+
 
 class CountPredictor:
     """Both sides' prediction of each tile's chunk count ``C`` for the next step.
