@@ -268,8 +268,7 @@ def _context_pass(ctx, q: int, pixels: torch.Tensor, xt: torch.Tensor, xhat: tor
     # bits either way (float64 convolutions run sample by sample; the exact path is exact)
     parts = [ctx(pixels[i:i + TILES_PER_CALL], xt[i:i + TILES_PER_CALL], xhat[i:i + TILES_PER_CALL],
                  known[i:i + TILES_PER_CALL], target[i:i + TILES_PER_CALL]) for i in range(0, b, TILES_PER_CALL)]
-    mean = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    scale = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    mean, scale = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     sel = target.numpy()
     return sel, mean.numpy()[sel], scale.numpy()[sel]
 
