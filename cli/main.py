@@ -58,7 +58,7 @@ def train(data, split, eval_data, download, preset, dropout, run_dir, steps, bat
     `torchrun --nproc_per_node N` for several GPUs (NCCL) or CPU processes (gloo)."""
     import torch
 
-    from ddpm_codec.data import DatasetError, load_images
+    from ddpm_codec.data import load_images
     from ddpm_codec.models.presets import get_preset
     from ddpm_codec.train import TrainConfig, Trainer
 
@@ -70,7 +70,7 @@ def train(data, split, eval_data, download, preset, dropout, run_dir, steps, bat
         if eval_every:
             held = load_images(eval_data, "test") if eval_data else load_images(data, "test", download=download)
         ucfg = get_preset(preset, dropout=dropout)
-    except (DatasetError, ValueError) as e:
+    except _errors() as e:
         raise CliError(str(e)) from None
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay, loss=loss,
                       hflip=not no_flip, seed=seed, ckpt_every=ckpt_every, eval_every=eval_every,
@@ -121,7 +121,7 @@ def _load(model_spec, device="cpu"):
 
     try:
         return resolve_model(model_spec, device=select_device(device))
-    except (FileNotFoundError, ValueError) as e:
+    except _errors() as e:
         raise CliError(str(e)) from None
 
 
@@ -178,11 +178,11 @@ def sample(model_spec, num, output, steps, seed, progressive, columns, variance,
                         progress=True)
     imgs = res[0] if progressive else res
     if num == 1:   # one sample: the image itself, no grid border (e.g. to encode it)
-        from ddpm_codec.imageio import ImageFormatError, OutputError, write_image
+        from ddpm_codec.imageio import write_image
 
         try:
             write_image(output, imgs[0])
-        except (ImageFormatError, OutputError) as e:
+        except _errors() as e:
             raise CliError(str(e)) from None
     else:
         save_image_grid(square_grid(imgs), output)
@@ -219,24 +219,26 @@ def nll(data, split, model_spec, num, start, save_path, steps, t_end, spacing, v
     DATA: an .npz, CIFAR-10 archive/folder, image folder, or 'cifar10'."""
     import torch
 
-    from ddpm_codec.data import DatasetError, load_images, to_model_range
+    from ddpm_codec.data import load_images_or_sample, to_model_range
     from ddpm_codec.diffusion import respaced_timesteps
     from ddpm_codec.likelihood import nll_bound
 
+    if steps is None and t_end != 1:
+        raise CliError("--t-end needs --steps")
     model = _load(model_spec, device)
     try:
-        images = load_images(data, split, download=download)
+        images, note = load_images_or_sample(data, split, download=download)
+        if note:
+            click.echo(f"note: {note}", err=True)
         ts = None if steps is None else respaced_timesteps(steps, model.diffusion.num_timesteps, kind=spacing, t_end=t_end)
-        if steps is None and t_end != 1:
-            raise ValueError("--t-end needs --steps")
         images = images[start:start + num] if num else images[start:]
         if not len(images):
-            raise ValueError(f"no images left after --start {start}")
+            raise CliError(f"no images left after --start {start}")
         if images.shape[1:3] != (model.image_size, model.image_size):
-            raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}, the model is {model.image_size}x{model.image_size}")
+            raise CliError(f"images are {images.shape[2]}x{images.shape[1]}, the model is {model.image_size}x{model.image_size}")
         rep = nll_bound(model.eval_eps(), model.diffusion, to_model_range(images), timesteps=ts, variance=variance,
                         mc_samples=mc, exact_tail=exact_tail, batch_size=batch_size, generator=torch.Generator().manual_seed(seed), progress=True)
-    except (DatasetError, ValueError) as e:
+    except _errors() as e:
         raise CliError(str(e)) from None
     s = rep.summary()
     how = f"MC {mc} terms/image + the last {exact_tail} exactly" if mc else "exact over all terms"
@@ -265,14 +267,14 @@ def calibrate(data, split, model_spec, output, num, half, device):
     decoder, and the expected chunk counts; they change the model's fingerprint."""
     import torch
 
-    from ddpm_codec.data import DatasetError, load_images, to_model_range
+    from ddpm_codec.data import load_images, to_model_range
     from ddpm_codec.likelihood import fit_x0_stats
     from ddpm_codec.models.checkpoint import round_weights_to_half, save_model, with_stats
 
     model = _load(model_spec, device)
     try:
         images = load_images(data, split)[:num]
-    except DatasetError as e:
+    except _errors() as e:
         raise CliError(str(e)) from None
     if half:
         round_weights_to_half(model.net)
@@ -296,18 +298,19 @@ def import_model(folder, output):
 
     try:
         path, fp = import_diffusers(folder, output)
-    except (FileNotFoundError, ValueError) as e:
+    except _errors() as e:
         raise CliError(str(e)) from None
     click.echo(f"wrote {path} (fingerprint {fp[:16]}); next: ddpm-codec calibrate --model {path} "
                f"--data IMAGES -o CALIBRATED.safetensors")
 
 
 # --------------------------------------------------------------------------- the codec
-def _codec_errors():
-    from ddpm_codec.codec import DecodeError
+def _errors() -> tuple[type[Exception], ...]:
+    """What a command reports as a one-line error (exit 1): ddpm-codec's root :class:`ddpm_codec.Error`
+    (the container's DdpmFormatError is listed until it subclasses that root)."""
+    from ddpm_codec import Error
     from ddpm_codec.coding.container import DdpmFormatError
-    from ddpm_codec.imageio import ImageFormatError, OutputError
-    return (DecodeError, DdpmFormatError, ImageFormatError, OutputError, FileNotFoundError, ValueError)
+    return (Error, DdpmFormatError)
 
 
 def _max_pixels_option(fn):
@@ -390,17 +393,16 @@ def _schedule_options(f):
     @functools.wraps(f)
     def wrapper(*args, profile, num_steps, t_end, schedule_kind, selection, chunk_bits, log2_candidates,
                 rate_percent, reuse_bits, variance, x0_model, **kw):
-        from ddpm_codec.codec import profile_id, x0_model_fields
+        from ddpm_codec.simple import settings_for
 
+        schedule = dict(profile=profile, num_steps=num_steps, t_end=t_end, schedule_kind=schedule_kind,
+                        selection=selection, chunk_bits=chunk_bits, log2_candidates=log2_candidates,
+                        rate_percent=rate_percent, reuse_bits=reuse_bits, variance=variance, x0_model=x0_model)
         try:
-            pid = None if profile is None else profile_id(profile)   # None: the model's default profile
-            x0 = x0_model_fields(x0_model) if x0_model is not None else {}
-        except ValueError as e:
+            settings_for(**schedule)   # valid before anything loads (checked again with the model)
+        except _errors() as e:
             raise CliError(str(e)) from None
-        return f(*args, schedule=dict(profile=pid, num_steps=num_steps, t_end=t_end, schedule_kind=schedule_kind,
-                                      selection=selection, chunk_bits=chunk_bits, log2_candidates=log2_candidates,
-                                      rate_percent=rate_percent, reuse_bits=reuse_bits, variance=variance, **x0),
-                 **kw)
+        return f(*args, schedule=schedule, **kw)
 
     for o in reversed(opts):
         wrapper = o(wrapper)
@@ -415,26 +417,29 @@ def _schedule_options(f):
 @click.option("--steps", "max_steps", type=int, default=None,
               help="Lossy: stop after reverse-process time N (T - t + 1 <= N; the paper's Table 4 axis).")
 @click.option("--bpd", "max_bpd", type=float, default=None, help="Lossy: stop once the rate reaches R bits/dim.")
+@click.option("--psnr", "min_psnr", type=float, default=None,
+              help="Lossy: stop at the first step whose reconstruction (what decode shows) reaches this PSNR "
+                   "in dB (lossless if none does).")
 @_schedule_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-step table.")
 @_max_pixels_option
 @_threads_option
 @_device_option
-def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet, max_pixels, device):
-    """Encode IMAGE (PNG etc.) to a .ddpm file: lossless by default, lossy with --steps or --bpd.
+def encode(image, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device):
+    """Encode IMAGE (PNG etc.) to a .ddpm file: lossless by default, lossy with --steps, --bpd or --psnr.
 
     Prints the paper's Table 4 with real bits: per coding step the reverse time T-t+1, the KL bound,
     the bits actually written, the cumulative bits/dim, and RMSE/PSNR of x_hat_0."""
 
     from ddpm_codec import codec
     from ddpm_codec.imageio import check_writable, read_image, write_bytes_atomic
+    from ddpm_codec.simple import settings_for
 
-    errors = _codec_errors()
+    errors = _errors()
     out = Path(output) if output else Path(image).with_suffix(".ddpm")
     try:   # the input and the output path are checked before the model is loaded
         img, notes = read_image(image, max_pixels=max_pixels)
-        codec.settings_with(**schedule)   # the options are valid (checked again with the model below)
         check_writable(out)
     except errors as e:
         raise CliError(str(e)) from None
@@ -446,7 +451,7 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
 
         from ddpm_codec.codec.describe import step_table_header, step_table_row
 
-        settings = codec.settings_with(model=model, **schedule)   # the model's default profile (11 or 9)
+        settings = settings_for(model=model, **schedule)   # default: the model's default profile
 
         bar = tqdm(total=settings.num_steps, unit="step", desc="encoding", disable=True if not quiet else None,
                    file=sys.stderr)   # None: shown on a terminal only
@@ -456,8 +461,8 @@ def encode(image, output, model_spec, max_steps, max_bpd, schedule, seed, quiet,
         def show(r):
             bar.update(1) if quiet else click.echo(step_table_row(r))
 
-        res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd, seed=seed,
-                           progress=show, max_pixels=max_pixels)
+        res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd,
+                           min_psnr=min_psnr, seed=seed, progress=show, max_pixels=max_pixels)
         bar.close()
         write_bytes_atomic(out, res.data)
     except errors as e:
@@ -494,7 +499,7 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
     from ddpm_codec.codec.api import check_size
     from ddpm_codec.imageio import check_writable, image_format_for, make_folder, read_bytes, write_image
 
-    errors = _codec_errors()
+    errors = _errors()
     out = Path(output) if output else Path(file).with_suffix(".png")
     made_dir = None
     try:   # the file's header and the output paths are checked before the model is loaded
@@ -535,6 +540,24 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
 
 
 @main.command()
+@click.option("-o", "--output", type=click.Path(), default="example.png", show_default=True,
+              help="Where to write the image (PNG, or another format by its suffix).")
+@click.option("--index", type=int, default=7, show_default=True,
+              help="Which image of the shipped sample: CIFAR-10 test image 0-99.")
+def example(output, index):
+    """Write an example image to code: a 32x32 CIFAR-10 test image shipped with the package
+    (the shipped model never saw it)."""
+    from ddpm_codec.data import SAMPLE_NAME, example_image
+    from ddpm_codec.imageio import write_image
+
+    try:
+        write_image(output, example_image(index))
+    except _errors() as e:
+        raise CliError(str(e)) from None
+    click.echo(f"wrote {output}: CIFAR-10 test image {index} (32x32) from {SAMPLE_NAME}")
+
+
+@main.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 def info(file):
     """Show a .ddpm file's header and per-segment sizes."""
@@ -542,7 +565,7 @@ def info(file):
 
     try:
         lines = describe_file(Path(file).read_bytes(), file)
-    except _codec_errors() as e:
+    except _errors() as e:
         raise CliError(str(e)) from None
     for line in lines:
         click.echo(line)
@@ -574,15 +597,16 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, mode
     """The paper's rate-distortion study (Fig. 5 / Table 4) with real bits, beside PNG, WebP,
     JPEG XL, JPEG, AVIF and JPEG 2000 on the same images.
 
-    DATASET: 'cifar10' (test split; --data or --download) or a path (.npz, image folder)."""
-    from ddpm_codec import codec
-    from ddpm_codec.data import DatasetError, load_images
+    DATASET: 'cifar10' (the test split: --data PATH or --download for all 10,000 images; without
+    either, the 100 shipped with the package), 'cifar10-sample', or a path (.npz, image folder)."""
+    from ddpm_codec.data import load_images_or_sample
     from ddpm_codec.eval import rd
+    from ddpm_codec.simple import settings_for
 
     if from_h5:
         try:
             click.echo(rd.write_report(from_h5, plot_path))
-        except (ValueError, KeyError) as e:
+        except _errors() as e:
             raise CliError(str(e)) from None
         return
     if not dataset:
@@ -594,16 +618,20 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, mode
         spec = data_path
     model = _load(model_spec, device)
     try:
-        images = load_images(spec, split, download=download)[:num]
+        images, note = load_images_or_sample(spec, split, download=download)
+        if note:
+            click.echo(f"note: {note}", err=True)
+            spec = "cifar10-sample"
+        images = images[:num]
         if images.shape[1:3] != (model.image_size, model.image_size):
-            raise ValueError(f"rd-curve expects {model.image_size}x{model.image_size} images, got "
-                             f"{images.shape[2]}x{images.shape[1]}")
-        rd.run(images, model, output, settings=codec.settings_with(model=model, **schedule), theoretical=theoretical,
+            raise CliError(f"rd-curve expects {model.image_size}x{model.image_size} images, got "
+                           f"{images.shape[2]}x{images.shape[1]}")
+        rd.run(images, model, output, settings=settings_for(model=model, **schedule), theoretical=theoretical,
                reconstruct=modes, dataset=str(spec))
         if not no_baselines:
             rd.run_baselines(images, output)
         click.echo(rd.write_report(output, plot_path, images.shape[1:]))
-    except (DatasetError, ValueError) as e:
+    except _errors() as e:
         raise CliError(str(e)) from None
 
 

@@ -13,12 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import Error
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+# The first 100 official CIFAR-10 test images, shipped (samples/README.md says where from).
+SAMPLE_PATH = Path(__file__).resolve().parent / "samples" / "cifar10-test-100.npz"
+SAMPLE_NAME = "the shipped CIFAR-10 sample (official test images 0-99)"
+FULL_SET_HINT = "for the full test set pass --data cifar-10-python.tar.gz (or its folder) or --download"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 
 
-class DatasetError(ValueError):
+class DatasetError(Error, ValueError):
     """A dataset is missing or malformed."""
 
 
@@ -155,13 +161,47 @@ def _check_images(arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
+def load_sample(split: str = "test") -> np.ndarray:
+    """The shipped sample: the first 100 official CIFAR-10 test images, uint8 ``[100, 32, 32, 3]``."""
+    if split != "test":
+        raise DatasetError(f"the shipped CIFAR-10 sample holds test images only, not {split!r}: "
+                           f"pass --data PATH or --download")
+    return load_npz(SAMPLE_PATH, "test")
+
+
+def example_image(index: int = 7) -> np.ndarray:
+    """One image of the shipped sample (CIFAR-10 test image ``index``, 0-99), uint8 ``[32, 32, 3]``."""
+    images = load_sample()
+    if not 0 <= index < len(images):
+        raise DatasetError(f"the shipped sample holds CIFAR-10 test images 0-{len(images) - 1}, not {index}")
+    return images[index]
+
+
+def load_images_or_sample(spec: str | Path, split: str = "test", *, download: bool = False,
+                          root: str | Path = "~/.cache/ddpm-codec") -> tuple[np.ndarray, str | None]:
+    """As :func:`load_images`, but ``cifar10`` with nothing downloaded (and no ``download``) gives the
+    shipped sample's test images instead of an error, with a one-line note saying so (else None)."""
+    if str(spec) == "cifar10" and not download and split == "test" and _cached_cifar10(root) is None:
+        images = load_sample()
+        return images, f"using {SAMPLE_NAME}, {len(images)} images; {FULL_SET_HINT}"
+    return load_images(spec, split, download=download, root=root), None
+
+
+def _cached_cifar10(root: str | Path) -> Path | None:
+    root = Path(root).expanduser()
+    for cand in (root / "cifar-10-python.tar.gz", root / "cifar-10-batches-py"):
+        if cand.exists():
+            return cand
+    return None
+
+
 def load_images(spec: str | Path, split: str = "test", *, download: bool = False,
                 root: str | Path = "~/.cache/ddpm-codec") -> np.ndarray:
     """Resolve a dataset spec to uint8 ``[N, H, W, 3]``.
 
     ``cifar10`` (or ``cifar10:<path>``): the official CIFAR-10 archive/folder, downloaded into
-    ``root`` with ``download=True``; a path to an ``.npz``, a CIFAR archive/folder, or a folder
-    of images.
+    ``root`` with ``download=True``; ``cifar10-sample``: the shipped sample (:func:`load_sample`); a
+    path to an ``.npz``, a CIFAR archive/folder, or a folder of images.
     """
     spec = str(spec)
     if spec == "cifar10" or spec.startswith("cifar10:"):
@@ -170,10 +210,12 @@ def load_images(spec: str | Path, split: str = "test", *, download: bool = False
         root = Path(root).expanduser()
         if download:
             return load_cifar10(download_cifar10(root), split)
-        for cand in (root / "cifar-10-python.tar.gz", root / "cifar-10-batches-py"):
-            if cand.exists():
-                return load_cifar10(cand, split)
+        cached = _cached_cifar10(root)
+        if cached is not None:
+            return load_cifar10(cached, split)
         raise DatasetError(f"CIFAR-10 not found in {root}: pass --data PATH (archive, folder or .npz) or --download")
+    if spec == "cifar10-sample":
+        return load_sample(split)
     p = Path(spec).expanduser()
     if not p.exists():
         raise DatasetError(f"no dataset at {p}: expected an .npz, a CIFAR-10 archive/folder, or a folder of images")

@@ -21,6 +21,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from .errors import InputError
+
 VarianceKind = Literal["fixedlarge", "fixedsmall", "fitted"]
 VARIANCE_KINDS: tuple[str, ...] = ("fixedlarge", "fixedsmall", "fitted")
 
@@ -36,7 +38,7 @@ def make_betas(schedule: str, num_timesteps: int = 1000, *, beta_start: float = 
     Dhariwal (2021), alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2), betas clipped at 0.999.
     """
     if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+        raise InputError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if schedule == "linear":   # i·step + start, as numpy's linspace computes it today, written out so that
         if num_timesteps == 1:  # the values cannot move with a numpy version (exact profiles depend on them)
             return np.array([beta_start], dtype=np.float64)
@@ -48,7 +50,7 @@ def make_betas(schedule: str, num_timesteps: int = 1000, *, beta_start: float = 
         t = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
         ab = np.array([abar(u) for u in t]) / abar(0.0)
         return np.minimum(1.0 - ab[1:] / ab[:-1], 0.999)
-    raise ValueError(f"unknown beta schedule {schedule!r}; expected 'linear' or 'cosine'")
+    raise InputError(f"unknown beta schedule {schedule!r}; expected 'linear' or 'cosine'")
 
 
 def _gather(arr: np.ndarray | torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
@@ -121,7 +123,7 @@ class GaussianDiffusion:
                  x0_shrink: Sequence[float] | None = None, data_mean: Sequence[float] | None = None):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)):
-            raise ValueError("betas must be a 1-D array with values in (0, 1)")
+            raise InputError("betas must be a 1-D array with values in (0, 1)")
         self.num_timesteps = T = len(betas)
         self.betas = np.concatenate([[0.0], betas])                    # beta_t, [T+1]
         self.alphas = 1.0 - self.betas
@@ -139,14 +141,14 @@ class GaussianDiffusion:
         if x0_mse is not None:
             x0_mse = np.asarray(x0_mse, dtype=np.float64)
             if x0_mse.shape != (T + 1,):
-                raise ValueError(f"x0_mse must have T + 1 = {T + 1} entries, got {x0_mse.shape}")
+                raise InputError(f"x0_mse must have T + 1 = {T + 1} entries, got {x0_mse.shape}")
         self.x0_mse = x0_mse
         if (x0_shrink is None) != (data_mean is None):
-            raise ValueError("x0_shrink and data_mean go together")
+            raise InputError("x0_shrink and data_mean go together")
         if x0_shrink is not None:
             x0_shrink = np.asarray(x0_shrink, dtype=np.float64)
             if x0_shrink.shape != (T + 1,) or not np.all((x0_shrink >= 0) & (x0_shrink <= 1)):
-                raise ValueError(f"x0_shrink must have T + 1 = {T + 1} entries in [0, 1]")
+                raise InputError(f"x0_shrink must have T + 1 = {T + 1} entries in [0, 1]")
             data_mean = np.asarray(data_mean, dtype=np.float64)
         self.x0_shrink = x0_shrink
         self.data_mean = data_mean
@@ -175,7 +177,7 @@ class GaussianDiffusion:
     def _check_pair(self, t, s):
         tt, ss = torch.as_tensor(t).cpu(), torch.as_tensor(s).cpu()   # t may be on the GPU, s an int
         if torch.any(ss < 0) or torch.any(tt > self.num_timesteps) or torch.any(ss >= tt):
-            raise ValueError(f"need 0 <= s < t <= T={self.num_timesteps}")
+            raise InputError(f"need 0 <= s < t <= T={self.num_timesteps}")
 
     def posterior_coefs(self, t, s, like: torch.Tensor):
         """Coefficients (c0, ct, var) with q(x_s | x_t, x_0) = N(c0 x_0 + ct x_t, var I).
@@ -230,7 +232,7 @@ class GaussianDiffusion:
         at t, the KL-optimal isotropic variance (needs ``x0_mse``).
         """
         if kind not in VARIANCE_KINDS:
-            raise ValueError(f"unknown variance kind {kind!r}; expected one of {VARIANCE_KINDS}")
+            raise InputError(f"unknown variance kind {kind!r}; expected one of {VARIANCE_KINDS}")
         c0, _, var = self.posterior_coefs(t, s, like)
         if kind == "fixedlarge":
             return 1.0 - _gather(self.alphas_cumprod, t, like) / _gather(self.alphas_cumprod, s, like)
@@ -239,7 +241,7 @@ class GaussianDiffusion:
             floor = torch.tensor(self.posterior_variance_clipped[1], dtype=torch.float64, device=like.device)
             return torch.where(var > 0, var, floor)
         if self.x0_mse is None:
-            raise ValueError("variance 'fitted' needs x0_mse statistics; run `ddpm-codec calibrate`")
+            raise InputError("variance 'fitted' needs x0_mse statistics; run `ddpm-codec calibrate`")
         return var + c0 ** 2 * _gather(self.x0_mse, t, like)
 
     def p_mean_variance(self, xt: torch.Tensor, t, eps: torch.Tensor, s=None,
@@ -261,7 +263,7 @@ class GaussianDiffusion:
         direct = bool(torch.any(torch.as_tensor(t) > 1))
         if kind == "fitted" or direct:
             if self.x0_mse is None:
-                raise ValueError("decoding x_0 from t > 1 (or 'fitted') needs x0_mse statistics")
+                raise InputError("decoding x_0 from t > 1 (or 'fitted') needs x0_mse statistics")
             return torch.sqrt(_gather(self.x0_mse, t, like))
         return torch.sqrt(self.p_variance(t, 0, kind, like))
 
@@ -327,9 +329,9 @@ def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str =
     """
     T = num_timesteps
     if not 1 <= t_end <= T:
-        raise ValueError(f"t_end must be in [1, {T}], got {t_end}")
+        raise InputError(f"t_end must be in [1, {T}], got {t_end}")
     if num_steps < 1 or num_steps > T - t_end + 1:
-        raise ValueError(f"num_steps must be in [1, {T - t_end + 1}], got {num_steps}")
+        raise InputError(f"num_steps must be in [1, {T - t_end + 1}], got {num_steps}")
     if num_steps == 1:
         return [T]
     if portable:
@@ -337,7 +339,7 @@ def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str =
         u = np.array([(n1 - i) / n1 for i in range(num_steps)])
         powers = {"uniform": u, "quadratic": u * u, "cubic": u * u * u}
         if kind not in powers:
-            raise ValueError(f"unknown spacing {kind!r}; expected 'uniform', 'quadratic' or 'cubic'")
+            raise InputError(f"unknown spacing {kind!r}; expected 'uniform', 'quadratic' or 'cubic'")
         return _strictly_decreasing([int(round(v)) for v in t_end + powers[kind] * (T - t_end)], t_end)
     u = np.linspace(1.0, 0.0, num_steps)
     if kind == "uniform":
@@ -347,7 +349,7 @@ def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str =
     elif kind == "cubic":
         ts = t_end + u ** 3 * (T - t_end)
     else:
-        raise ValueError(f"unknown spacing {kind!r}; expected 'uniform', 'quadratic' or 'cubic'")
+        raise InputError(f"unknown spacing {kind!r}; expected 'uniform', 'quadratic' or 'cubic'")
     return _strictly_decreasing([int(round(v)) for v in ts], t_end)
 
 

@@ -32,12 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import Error, NotFoundError
 
-class ImageFormatError(ValueError):
+
+class ImageFormatError(Error, ValueError):
     """An input image this codec refuses (with the reason), or an image it cannot write."""
 
 
-class OutputError(OSError):
+class OutputError(Error, OSError):
     """An output path that cannot be written (one-line reason)."""
 
 
@@ -98,7 +100,7 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.n
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(p)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no image at {p}") from None
+        raise NotFoundError(f"no image at {p}") from None
     except UnidentifiedImageError:
         raise ImageFormatError(f"{p} is not an image in a format Pillow reads (unknown or damaged)") from None
     except Image.DecompressionBombError as e:
@@ -221,7 +223,7 @@ def read_bytes(path: str | Path) -> bytes:
     try:
         return p.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"no file at {p}") from None
+        raise NotFoundError(f"no file at {p}") from None
     except OSError as e:
         raise ImageFormatError(f"cannot read {p}: {_why(e)}") from None
 

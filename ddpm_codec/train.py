@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .diffusion import GaussianDiffusion
+from .errors import InputError
 from .models.checkpoint import DEFAULT_DIFFUSION, save_model
 from .models.unet import UNet, UNetConfig
 
@@ -110,7 +111,7 @@ def loss_fn(net, diffusion: GaussianDiffusion, x0: torch.Tensor, gen: torch.Gene
         nll0 = -discretized_gaussian_log_likelihood(x0, means=x0_hat, scales=torch.sqrt(var_p)).flatten(1).sum(1).float()
         per = torch.where(t_dev == 1, nll0, kl)
         return (per / (dims * math.log(2))).mean() * diffusion.num_timesteps / 1000.0
-    raise ValueError(f"unknown loss {kind!r}; expected 'simple' or 'vlb'")
+    raise InputError(f"unknown loss {kind!r}; expected 'simple' or 'vlb'")
 
 
 def _g(arr, t, like):
@@ -127,7 +128,7 @@ class Trainer:
         self.distributed = init_distributed(self.device)
         self.rank, self.world = _dist_info()
         if cfg.batch_size % self.world:
-            raise ValueError(f"batch size {cfg.batch_size} is not divisible by {self.world} processes")
+            raise InputError(f"batch size {cfg.batch_size} is not divisible by {self.world} processes")
         self.cfg, self.unet_config, self.run_dir = cfg, unet_config, Path(run_dir)
         self.diffusion_config = dict(diffusion_config or DEFAULT_DIFFUSION)
         self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
@@ -185,7 +186,7 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(state["meta"])
         if meta["unet"] != self.unet_config.to_dict():
-            raise ValueError(f"{path} was trained with a different U-Net config: {meta['unet']}")
+            raise InputError(f"{path} was trained with a different U-Net config: {meta['unet']}")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ResultsError
+
 # Ho et al. (2020), Table 4: reverse time, rate (bits/dim), distortion (RMSE, 0-255).
 PAPER_TABLE4 = np.array([
     [1000, 1.77581, 0.95136], [900, 0.11994, 12.02277], [800, 0.05415, 18.47482], [700, 0.02866, 24.43656],
@@ -60,13 +62,13 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     store = ResultStore(store_path)
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
     if store.has(GROUP, LEGACY_BOUND):
-        raise ValueError(f"{store_path} was written by an older version ({LEGACY_BOUND}): use a new -o file")
+        raise ResultsError(f"{store_path} was written by an older version ({LEGACY_BOUND}): use a new -o file")
     attrs = store.get_attrs(GROUP)
     mode = "theoretical" if theoretical else "actual"
     if attrs:
         if attrs.get("fingerprint") != model.fingerprint or attrs.get("mode") != mode \
                 or attrs.get("settings") != repr(settings):
-            raise ValueError(f"{store_path} holds results of another model/mode/settings: use a new -o file")
+            raise ResultsError(f"{store_path} holds results of another model/mode/settings: use a new -o file")
     else:
         import constriction
         import PIL
@@ -80,7 +82,7 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
         if key not in ("reverse_time", "t") and store.num_rows(GROUP, key) > done:
             store.truncate_rows(GROUP, key, done)
     if done and not np.array_equal(store.read(GROUP, "image_index"), indices[:done]):
-        raise ValueError(f"{store_path} holds other images (image_index differs): use a new -o file")
+        raise ResultsError(f"{store_path} holds other images (image_index differs): use a new -o file")
     bar = tqdm(total=len(images), initial=done, disable=not progress, unit="img", desc=f"rd-curve ({mode})")
     for i in range(done, len(images)):
         img = images[i]
@@ -178,7 +180,7 @@ def aggregate(store_path: str | Path) -> Aggregate:
 
     st = ResultStore(store_path)
     if not st.has(GROUP, "image_index"):
-        raise ValueError(f"{store_path} holds no rd-curve results")
+        raise ResultsError(f"{store_path} holds no rd-curve results")
     rmse = st.read(GROUP, "rmse")
     modes = {}
     for k in st.keys(GROUP):

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..errors import ResultsError
+
 __all__ = ["ResultStore"]
 
 
@@ -84,7 +86,10 @@ class ResultStore:
         if mode != "r":
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
-        return h5py.File(self.path, mode)
+        try:
+            return h5py.File(self.path, mode)
+        except OSError as e:   # not HDF5, unreadable, or locked by another process
+            raise ResultsError(f"cannot open {self.path} as an HDF5 results file: {e}") from None
 
     def _open_read(self):
         """Open for reading, or ``None`` if the file does not exist yet."""

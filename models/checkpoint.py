@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..diffusion import GaussianDiffusion
+from ..errors import ModelError, ModelNotFoundError
 from .unet import UNet, UNetConfig
 
 DEFAULT_DIFFUSION = {"schedule": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
@@ -49,7 +50,7 @@ class LoadedModel:
     def x0_context_coder(self, exact: bool):
         """The context model as the x_0 coder calls it: in exact arithmetic (portable) or in float64."""
         if self.x0_context is None:
-            raise ValueError(f"model {self.name} has no x_0 context model")
+            raise ModelError(f"model {self.name} has no x_0 context model")
         if exact not in self._ctx_coders:
             from .x0_context import ExactContextX0, FloatContextX0
 
@@ -154,29 +155,29 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", name: st
 
     wpath, jpath = _paths(path)
     if not wpath.exists():
-        raise FileNotFoundError(f"no model weights at {wpath}")
+        raise ModelNotFoundError(f"no model weights at {wpath}")
     if not jpath.exists():
-        raise FileNotFoundError(f"model config {jpath} is missing (it must sit beside {wpath.name})")
+        raise ModelNotFoundError(f"model config {jpath} is missing (it must sit beside {wpath.name})")
     try:
         config = json.loads(jpath.read_text())
         ucfg = UNetConfig.from_dict(config["unet"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{jpath} is not a valid ddpm-codec model config: {e}") from None
+        raise ModelError(f"{jpath} is not a valid ddpm-codec model config: {e}") from None
     try:
         state = load_file(str(wpath))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{wpath} is not a valid safetensors file: {e}") from None
+        raise ModelError(f"{wpath} is not a valid safetensors file: {e}") from None
     fp = fingerprint(config, state)
     net = UNet(ucfg)
     try:
         net.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as e:
-        raise ValueError(f"weights in {wpath} do not match the config in {jpath.name}: {str(e)[:300]}") from None
+        raise ModelError(f"weights in {wpath} do not match the config in {jpath.name}: {str(e)[:300]}") from None
     net.eval().to(device)
     try:
         diffusion = _diffusion_of(config)
     except ValueError as e:
-        raise ValueError(f"{jpath}: {e}") from None
+        raise ModelError(f"{jpath}: {e}") from None
     model = LoadedModel(net=net, diffusion=diffusion, config=config, fingerprint=fp, name=name or wpath.stem, path=wpath)
     if "x0_context" in config:
         model = with_x0_context(model, _load_x0_context(config["x0_context"], jpath))
@@ -206,12 +207,12 @@ def _load_x0_context(entry, jpath: Path):
     try:
         wpath, declared = jpath.parent / entry["weights"], str(entry["hash"])
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{jpath}: bad 'x0_context' entry (needs 'weights' and 'hash'): {e}") from None
+        raise ModelError(f"{jpath}: bad 'x0_context' entry (needs 'weights' and 'hash'): {e}") from None
     if not wpath.exists():
-        raise FileNotFoundError(f"{jpath.name} names an x_0 context model {wpath}, which is missing")
+        raise ModelNotFoundError(f"{jpath.name} names an x_0 context model {wpath}, which is missing")
     net = load_weights(wpath)
     if context_hash(net) != declared:
-        raise ValueError(f"x_0 context weights {wpath} do not match the hash in {jpath.name} "
+        raise ModelError(f"x_0 context weights {wpath} do not match the hash in {jpath.name} "
                          f"({context_hash(net)[:8]} vs {declared[:8]})")
     return net
 
@@ -225,7 +226,7 @@ def with_x0_context(model: LoadedModel, net) -> LoadedModel:
     if net is not None:
         round_weights_to_half(net)
         if net.config.tau < 1:
-            raise ValueError(f"context model tau must be >= 1, got {net.config.tau}")
+            raise ModelError(f"context model tau must be >= 1, got {net.config.tau}")
     return replace(model, x0_context=net, x0_context_hash=context_hash(net) if net is not None else None,
                    _ctx_coders={})
 

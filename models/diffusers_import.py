@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion import GaussianDiffusion
+from ..errors import Error
 from .checkpoint import LoadedModel, fingerprint
 from .unet import UNet, UNetConfig
 
@@ -69,7 +70,7 @@ _SCHED_DEFAULTS = {
 _FIXED_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 
 
-class DiffusersImportError(ValueError):
+class DiffusersImportError(Error, ValueError):
     """A diffusers folder this project cannot read or map (the message is one line naming why)."""
 
 

@@ -1,6 +1,7 @@
 """Named U-Net sizes. ``ddpm-cifar10`` is the paper's CIFAR-10 model (35.7M parameters)."""
 from __future__ import annotations
 
+from ..errors import InputError
 from .unet import UNetConfig
 
 PRESETS: dict[str, UNetConfig] = {
@@ -17,7 +18,7 @@ PRESETS: dict[str, UNetConfig] = {
 
 def get_preset(name: str, **overrides) -> UNetConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     d = PRESETS[name].to_dict()
     d.update({k: v for k, v in overrides.items() if v is not None})
     return UNetConfig.from_dict(d)

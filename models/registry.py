@@ -2,7 +2,9 @@
 
 Shipped weights live in this package's ``weights/`` folder as ``<name>.safetensors`` +
 ``<name>.json``; names are stable strings (never list positions). The default model is
-``DEFAULT_MODEL``.
+``DEFAULT_MODEL``. :func:`register_model` adds a model of your own (a loaded one or a path) to the
+ones :func:`find_by_fingerprint` searches, so ``ddpm_codec.decode(data)`` finds it by the
+fingerprint a file names.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ModelNotFoundError
 from .checkpoint import LoadedModel, combined_fingerprint, load_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -64,15 +67,37 @@ def resolve_model(spec: str | None = None, *, device="cpu") -> LoadedModel:
     if p.exists() or p.with_suffix(".safetensors").exists():
         return load_model(p, device=device)
     known = ", ".join(names) or "none shipped"
-    raise FileNotFoundError(f"no model {spec!r}: not a shipped name ({known}) nor an existing path")
+    raise ModelNotFoundError(f"no model {spec!r}: not a shipped name ({known}) nor an existing path")
+
+
+_REGISTERED: list[LoadedModel | Path] = []
+
+
+def register_model(model: LoadedModel | str | Path) -> None:
+    """Let :func:`find_by_fingerprint` (and so ``ddpm_codec.decode(data)`` without a model) find
+    ``model``: a loaded model (kept in memory) or a path to a saved one (loaded when a file names it).
+    Registered models are searched before the shipped ones, in the order registered."""
+    if not isinstance(model, LoadedModel):
+        model = Path(model).expanduser()
+        if not (model.exists() or model.with_suffix(".safetensors").exists()):
+            raise ModelNotFoundError(f"no model at {model}")
+    _REGISTERED.append(model)
+
+
+def _matches(model: LoadedModel, prefix_hex: str) -> bool:
+    return model.fingerprint.startswith(prefix_hex) or (model.context_fingerprint or "").startswith(prefix_hex)
 
 
 def find_by_fingerprint(prefix_hex: str, *, device="cpu") -> LoadedModel | None:
-    """The shipped model whose fingerprint, or whose fingerprint with its x_0 context model, starts with
-    ``prefix_hex`` (as written in .ddpm files)."""
+    """The registered (:func:`register_model`) or shipped model whose fingerprint, or whose fingerprint
+    with its x_0 context model, starts with ``prefix_hex`` (as written in .ddpm files)."""
+    for r in _REGISTERED:
+        model = r if isinstance(r, LoadedModel) else load_model(r, device=device)
+        if _matches(model, prefix_hex):
+            return model
     for m in shipped_models():
         if m.fingerprint.startswith(prefix_hex) or m.context_fingerprint.startswith(prefix_hex):
             model = load_model(m.path, device=device, name=m.name)
-            if model.fingerprint.startswith(prefix_hex) or (model.context_fingerprint or "").startswith(prefix_hex):
+            if _matches(model, prefix_hex):
                 return model
     return None

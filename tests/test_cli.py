@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from ddpm_codec.cli.main import main
 from ddpm_codec.coding.container import DdpmFile, Header, Segment, pack
 from ddpm_codec.codec.describe import describe_file
+from ddpm_codec.errors import ModelNotFoundError
 
 
 def _file(tmp_path):
@@ -26,7 +27,7 @@ def test_decode_without_model_looks_the_model_up_on_the_chosen_device(tmp_path, 
 
     def fake(prefix_hex, *, device="cpu"):
         seen.update(prefix=prefix_hex, device=device)
-        raise FileNotFoundError("looked up")
+        raise ModelNotFoundError("looked up")
 
     monkeypatch.setattr(registry, "find_by_fingerprint", fake)
     r = CliRunner().invoke(main, ["decode", str(path), "--device", "cuda:3"])

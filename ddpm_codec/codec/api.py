@@ -16,6 +16,7 @@ import torch
 
 from ..coding import container, entropy, rcc
 from ..data import to_uint8
+from ..errors import Error, InputError
 from ..models.checkpoint import LoadedModel
 from ..sample import reconstruct as _reconstruct_from
 from .chain import Chain, Link, deterministic_settings, warn_if_accelerated
@@ -29,7 +30,7 @@ Reconstruct = Literal["denoise", "ancestral", "flow"]
 RECONSTRUCT_MODES = ("denoise", "ancestral", "flow")
 
 
-class DecodeError(ValueError):
+class DecodeError(Error, ValueError):
     """A file cannot be decoded with this model (fingerprint or checksum mismatch)."""
 
 
@@ -111,10 +112,10 @@ def coding_fingerprint(model: LoadedModel, settings: CodecSettings) -> str:
         return model.fingerprint
     ctx = model.x0_context
     if ctx is None:
-        raise ValueError(f"x_0 by a learned context model (x0_context=1), but model {model.name} has none; "
+        raise InputError(f"x_0 by a learned context model (x0_context=1), but model {model.name} has none; "
                          f"choose another profile or --x0-model")
     if ctx.config.tau != settings.t_end:
-        raise ValueError(f"model {model.name}'s x_0 context model was trained for tau {ctx.config.tau}, "
+        raise InputError(f"model {model.name}'s x_0 context model was trained for tau {ctx.config.tau}, "
                          f"but the chain ends at t_end {settings.t_end}")
     return model.context_fingerprint
 
@@ -137,14 +138,17 @@ def check_model(parsed: container.ParsedFile, model: LoadedModel, settings: Code
 
 # ----------------------------------------------------------------------------- encode
 def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
-           max_reverse_time: int | None = None, max_bpd: float | None = None, lossless: bool | None = None,
+           max_reverse_time: int | None = None, max_bpd: float | None = None, min_psnr: float | None = None,
+           lossless: bool | None = None,
            seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
            metrics: bool = True, x0_in_stream: bool = True, max_pixels: int | None = None) -> EncodeResult:
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
     after the coding steps with T - t + 1 <= N (the x-axis of the paper's Table 4), ``max_bpd``
-    after the cumulative rate reaches it; either makes the file lossy unless ``lossless=True``.
+    after the cumulative rate reaches it, ``min_psnr`` after the first step whose x_hat_0 (what
+    :func:`decode` shows) reaches that PSNR in dB (lossless, PSNR infinite, if no step does); each
+    makes the file lossy unless ``lossless=True``.
     ``min_segment_bytes``: all steps form one range-coded stream, cut into segments at step
     boundaries; a segment holds at least this many bytes and 2.5 times the previous one (64: 3-4
     segments in a lossless 32x32 file, at ~64, ~240 and ~700 bytes, each costing only its ~3-byte
@@ -164,12 +168,14 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     x0 = to_tiles(image, size).double()
     num_dims = height * width * 3
     if lossless is None:
-        lossless = max_reverse_time is None and max_bpd is None
+        lossless = max_reverse_time is None and max_bpd is None and min_psnr is None
+    if min_psnr is not None and not metrics:
+        raise InputError("min_psnr needs the per-step metrics (metrics=True)")
     if settings.variance == "fitted" and diffusion.x0_mse is None:
-        raise ValueError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
+        raise InputError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
     if lossless and (settings.x0_scale_bits or settings.x0_channel_bits or settings.exact or settings.x0_context) \
             and not x0_in_stream:
-        raise ValueError("per-tile x_0 side information, the context model or exact arithmetic needs format "
+        raise InputError("per-tile x_0 side information, the context model or exact arithmetic needs format "
                          "version 2 (x0_in_stream=True)")
     fingerprint = coding_fingerprint(model, settings)
     chain = Chain(model, settings, tuple(x0.shape))
@@ -217,12 +223,17 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             stream.maybe_end_segment()
             if (max_reverse_time is not None and chain.done < len(chain)
                     and chain.reverse_time(chain.done) > max_reverse_time) \
-                    or (max_bpd is not None and rec.cum_bpd >= max_bpd):
+                    or (max_bpd is not None and rec.cum_bpd >= max_bpd) \
+                    or (min_psnr is not None and rec.psnr >= min_psnr):
                 break
+        if min_psnr is not None and not lossless and chain.done == len(chain) and records[-1].psnr < min_psnr:
+            # no step reached the target: x_0 exactly
+            lossless = True
+            header = replace(header, lossless=True, x0_in_stream=x0_in_stream)
         x0_payload, crc, x0_bits, x0_ideal, x0_own, x0_side = None, None, 0.0, 0.0, 0.0, 0.0
         if lossless:
             if chain.done < len(chain):
-                raise ValueError("a lossless file needs the whole chain: drop max_reverse_time/max_bpd")
+                raise InputError("a lossless file needs the whole chain: drop max_reverse_time/max_bpd")
             means, scales = x0_model(diffusion, chain.x, chain.ts[-1], chain.eps, settings.variance)
             mask = inside_mask(height, width, size)
             tiles_pix = ((x0 + 1.0) * 127.5).round().to(torch.int64).numpy().astype(np.uint8)
@@ -264,7 +275,7 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
     ``max_pixels``: refuse a file whose header declares a larger image (default
     ``tiles.MAX_CODEC_PIXELS``), before anything is allocated for it."""
     if reconstruct not in RECONSTRUCT_MODES:
-        raise ValueError(f"unknown reconstruction {reconstruct!r}; expected one of {', '.join(RECONSTRUCT_MODES)}")
+        raise InputError(f"unknown reconstruction {reconstruct!r}; expected one of {', '.join(RECONSTRUCT_MODES)}")
     parsed, settings = read_header(data)
     check_size(parsed, max_pixels)   # the header's size, before the chain allocates its tiles
     check_model(parsed, model, settings)

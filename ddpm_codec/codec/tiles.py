@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data import to_uint8
+from ..errors import InputError
 
 if TYPE_CHECKING:   # torch is imported where used: the size check (the CLI's --max-pixels) needs none
     import torch
@@ -29,14 +30,14 @@ MAX_CODEC_PIXELS = 1 << 20
 
 def check_dimensions(height: int, width: int, limit: int | None = None) -> None:
     """Refuse an image size before allocating anything for it: ``1 <= height, width <= 65535`` and at
-    most ``limit`` pixels (default :data:`MAX_CODEC_PIXELS`). One-line ``ValueError``."""
+    most ``limit`` pixels (default :data:`MAX_CODEC_PIXELS`). One-line :class:`~ddpm_codec.errors.InputError`."""
     from ..coding.container import MAX_DIM
 
     limit = MAX_CODEC_PIXELS if limit is None else int(limit)
     if not (1 <= height <= MAX_DIM and 1 <= width <= MAX_DIM):
-        raise ValueError(f"image size {width}x{height} is outside 1..{MAX_DIM} pixels a side")
+        raise InputError(f"image size {width}x{height} is outside 1..{MAX_DIM} pixels a side")
     if height * width > limit:
-        raise ValueError(f"image size {width}x{height} ({height * width:,} pixels) exceeds the limit of {limit:,} "
+        raise InputError(f"image size {width}x{height} ({height * width:,} pixels) exceeds the limit of {limit:,} "
                          f"pixels (memory grows with the size: ~2.5 KB a pixel to encode, ~0.4 KB to decode); "
                          f"raise it with --max-pixels / max_pixels= if this machine can afford it")
 
@@ -80,15 +81,15 @@ def check_image(image: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an RGB image [H, W, 3], got shape {arr.shape}")
+        raise InputError(f"expected an RGB image [H, W, 3], got shape {arr.shape}")
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     if arr.shape[2] == 4:
         if np.any(arr[:, :, 3] != arr.dtype.type(np.iinfo(arr.dtype).max if arr.dtype.kind == "u" else 1)):
-            raise ValueError("the image has transparency (alpha < opaque): ddpm-codec codes RGB only; flatten it first")
+            raise InputError("the image has transparency (alpha < opaque): ddpm-codec codes RGB only; flatten it first")
         arr = arr[:, :, :3]
     if arr.dtype != np.uint8:
-        raise ValueError(f"expected 8-bit pixels, got {arr.dtype}: convert 16-bit/float images to 8-bit first")
+        raise InputError(f"expected 8-bit pixels, got {arr.dtype}: convert 16-bit/float images to 8-bit first")
     return np.ascontiguousarray(arr)
 
 
