@@ -108,11 +108,12 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.n
     except OSError as e:
         raise ImageFormatError(f"cannot read {p}: {e.strerror or e}") from None
     with im:
-        return _convert(im, p, max_pixels)
+        return convert_image(im, p, max_pixels)
 
 
-def _convert(im, p: Path, max_pixels: int | None) -> tuple[np.ndarray, list[str]]:
-    """The rules of the module's docstring on an opened (not yet loaded) image."""
+def convert_image(im, p: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """The rules of the module's docstring on an opened Pillow image (loaded or not), named ``p`` in
+    errors: uint8 RGB ``[H, W, 3]`` and notes, or :class:`ImageFormatError`."""
     frames = getattr(im, "n_frames", 1) if getattr(im, "is_animated", False) else 1
     notes: list[str] = []
     if frames > 1 and im.format == "MPO":   # a camera JPEG with MPF extras: its first image is the photo

@@ -9,3 +9,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def example_file():
+    """CIFAR-10 test image 7 from the shipped sample and its lossless file (shipped model, default
+    profile), coded once per test session: ``(image, data)``."""
+    import ddpm_codec as dc
+    from ddpm_codec.data import example_image
+
+    image = example_image(7)
+    return image, dc.encode(image).data
