@@ -410,9 +410,10 @@ def _schedule_options(f):
 
 
 @main.command()
-@click.argument("image", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(), default=None,
-              help="Output .ddpm file (default: IMAGE with suffix .ddpm), written whole or not at all.")
+              help="Output .ddpm file (default: IMAGE with suffix .ddpm), written whole or not at all; with "
+                   "several images or a folder, the folder to write NAME.ddpm into (created if missing).")
 @_model_option
 @click.option("--steps", "max_steps", type=int, default=None,
               help="Lossy: stop after reverse-process time N (T - t + 1 <= N; the paper's Table 4 axis).")
@@ -426,12 +427,82 @@ def _schedule_options(f):
 @_max_pixels_option
 @_threads_option
 @_device_option
-def encode(image, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device):
-    """Encode IMAGE (PNG etc.) to a .ddpm file: lossless by default, lossy with --steps, --bpd or --psnr.
+def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device):
+    """Encode IMAGES (PNG etc., or folders of them) to .ddpm files: lossless by default, lossy with
+    --steps, --bpd or --psnr.
 
-    Prints the paper's Table 4 with real bits: per coding step the reverse time T-t+1, the KL bound,
-    the bits actually written, the cumulative bits/dim, and RMSE/PSNR of x_hat_0."""
+    One image: prints the paper's Table 4 with real bits: per coding step the reverse time T-t+1, the
+    KL bound, the bits actually written, the cumulative bits/dim, and RMSE/PSNR of x_hat_0. Several:
+    a progress bar over the files and one summary table. Every input is checked before anything is
+    coded. Exit status: 0 done, 1 a refused input or file (one line, no output), 2 a usage error."""
+    from ddpm_codec.imageio import folder_images
 
+    try:
+        paths = folder_images(images)
+    except _errors() as e:
+        raise CliError(str(e)) from None
+    if len(paths) > 1 or Path(images[0]).is_dir():
+        return _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels,
+                            device)
+    _encode_one(paths[0], output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels,
+                device)
+
+
+def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels, device):
+    """``encode`` of several images: all read and checked first, then coded with one model load."""
+    from tqdm.auto import tqdm
+
+    from ddpm_codec import codec
+    from ddpm_codec.imageio import check_writable, make_folder, read_image, write_bytes_atomic
+    from ddpm_codec.simple import settings_for
+
+    made = None
+    try:   # every input and output path first: a refused one leaves no output at all
+        if output and Path(output).suffix == ".ddpm":
+            raise CliError(f"with several images -o names a folder, not a file ({output})")
+        outs = [(Path(output) if output else p.parent) / (p.stem + ".ddpm") for p in paths]
+        if len(set(outs)) < len(outs):
+            dup = next(o for o in outs if outs.count(o) > 1)
+            raise CliError(f"two inputs would both be written to {dup}: give them different names")
+        inputs = [read_image(p, max_pixels=max_pixels) for p in paths]
+        made = make_folder(output) if output else None
+        for o in outs:
+            check_writable(o)
+    except _errors() as e:
+        _remove_if_empty(made)
+        raise CliError(str(e)) from None
+    for p, (_, notes) in zip(paths, inputs):
+        for n in notes:
+            click.echo(f"note: {p}: {n}", err=True)
+    model = _load(model_spec, device)
+    rows, total_bytes, total_dims = [], 0, 0
+    try:
+        settings = settings_for(model=model, **schedule)
+        for (img, _), o in tqdm(list(zip(inputs, outs)), unit="image", desc="encoding", file=sys.stderr,
+                                disable=None):
+            res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd,
+                               min_psnr=min_psnr, seed=seed, max_pixels=max_pixels)
+            write_bytes_atomic(o, res.data)
+            kind = "lossless" if res.lossless else f"lossy, to {res.steps[-1].reverse_time}"
+            rows.append(f"| {o} | {img.shape[1]}x{img.shape[0]} | {len(res.data)} | {res.bits_per_dim:.4f} | "
+                        f"{kind} | {res.seconds:.2f} |")
+            total_bytes, total_dims = total_bytes + len(res.data), total_dims + res.num_dims
+    except _errors() as e:
+        _remove_if_empty(made)
+        raise CliError(str(e)) from None
+    click.echo("| file | size | bytes | bits/dim | kind | seconds |\n|---|---|---|---|---|---|")
+    click.echo("\n".join(rows))
+    click.echo(f"wrote {len(rows)} files: {total_bytes} bytes, {8 * total_bytes / total_dims:.4f} bits/dim")
+
+
+def _remove_if_empty(folder: Path | None) -> None:
+    """Remove a folder this command created if nothing went into it."""
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device):
+    """``encode`` of one image, with its per-step table."""
     from ddpm_codec import codec
     from ddpm_codec.imageio import check_writable, read_image, write_bytes_atomic
     from ddpm_codec.simple import settings_for
@@ -529,8 +600,7 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
             for rt, im in res.progressive:
                 write_image(Path(progressive_dir) / f"step-{rt:04d}.png", im)
     except (*errors, CliError) as e:
-        if made_dir is not None and not any(made_dir.iterdir()):
-            made_dir.rmdir()   # nothing decoded: leave no empty folder behind
+        _remove_if_empty(made_dir)   # nothing decoded: leave no empty folder behind
         raise e if isinstance(e, CliError) else CliError(str(e)) from None
     if res.truncated:
         click.echo(f"warning: {file} is truncated; decoded its {res.steps_decoded} complete steps", err=True)

@@ -229,6 +229,23 @@ def read_bytes(path: str | Path) -> bytes:
         raise ImageFormatError(f"cannot read {p}: {_why(e)}") from None
 
 
+def folder_images(paths) -> list[Path]:
+    """``paths`` with each folder replaced by the images in it (by name; suffixes of
+    :data:`ddpm_codec.data.IMAGE_SUFFIXES`); a folder without images is an :class:`ImageFormatError`."""
+    from .data import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise ImageFormatError(f"{p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
 def make_folder(path: str | Path) -> Path | None:
     """Create the folder ``path`` (its parent must exist) unless it is one already; return it if it
     was created (to remove it again if nothing goes into it), else None. One-line :class:`OutputError`."""

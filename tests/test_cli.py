@@ -1,6 +1,7 @@
 """The CLI passes its options on to the library (the logic itself is tested where it lives)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from click.testing import CliRunner
 
@@ -47,3 +48,49 @@ def test_decode_reconstruct_accepts_only_the_library_modes(tmp_path):
     r = CliRunner().invoke(main, ["decode", str(path), "--reconstruct", "sharpen"])
     assert r.exit_code == 2 and "'sharpen'" in r.output
     assert all(m in r.output for m in ("denoise", "ancestral", "flow"))
+
+
+def _sample_pngs(folder, indices=(1, 2)):
+    from ddpm_codec.data import example_image
+    from ddpm_codec.imageio import write_image
+
+    folder.mkdir()
+    for i in indices:
+        write_image(folder / f"t{i}.png", example_image(i))
+    return folder
+
+
+def test_encode_many_images_into_a_folder_with_one_summary(tmp_path):
+    import ddpm_codec as dc
+    from ddpm_codec.data import example_image
+
+    pics = _sample_pngs(tmp_path / "pics")
+    r = CliRunner().invoke(main, ["encode", str(pics), "-o", str(tmp_path / "out"), "--steps", "500"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("| lossy, to ") == 2 and "wrote 2 files" in r.output
+    for i in (1, 2):
+        res = dc.decode((tmp_path / "out" / f"t{i}.ddpm").read_bytes())
+        assert res.image.shape == example_image(i).shape and res.reverse_time <= 500
+
+
+def test_encode_many_refuses_before_writing_anything(tmp_path):
+    pics = _sample_pngs(tmp_path / "pics")
+    (pics / "broken.png").write_bytes(b"not a png")
+    r = CliRunner().invoke(main, ["encode", str(pics), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 1 and "broken.png" in r.output and not (tmp_path / "out").exists()
+    r = CliRunner().invoke(main, ["encode", str(pics / "t1.png"), str(pics / "t2.png"), "-o", str(tmp_path / "x.ddpm")])
+    assert r.exit_code == 1 and "names a folder" in r.output and not (tmp_path / "x.ddpm").exists()
+    r = CliRunner().invoke(main, ["encode"])
+    assert r.exit_code == 2
+
+
+def test_example_writes_a_shipped_test_image(tmp_path):
+    from PIL import Image
+
+    from ddpm_codec.data import example_image
+
+    r = CliRunner().invoke(main, ["example", "-o", str(tmp_path / "e.png"), "--index", "42"])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e.png")), example_image(42))
+    r = CliRunner().invoke(main, ["example", "-o", str(tmp_path / "f.png"), "--index", "100"])
+    assert r.exit_code == 1 and "0-99" in r.output and not (tmp_path / "f.png").exists()
