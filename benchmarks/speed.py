@@ -34,7 +34,6 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def in_process(n: int, profile: int) -> None:
     import ddpm_codec as dc
     from ddpm_codec import codec
-    from ddpm_codec.coding import viterbi
 
     model = dc.load_model()
     settings = codec.settings_with(profile)
@@ -43,10 +42,9 @@ def in_process(n: int, profile: int) -> None:
     rows = {}
     for rep in range(2):
         for threads in (1, 2):
-            viterbi.SEARCH_THREADS, keep = threads, viterbi.SEARCH_THREADS
             r = rows.setdefault(threads, {"enc": 0.0, "enc_net": 0.0, "dec": 0.0, "dec_net": 0.0, "bits": 0, "files": []})
             for i, img in enumerate(imgs):
-                e = codec.encode(img, model, settings=settings)
+                e = codec.encode(img, model, settings=settings, threads=threads)
                 d = codec.decode(e.data, model)
                 assert d.lossless and np.array_equal(d.image, img)
                 r["enc"] += e.seconds
@@ -56,7 +54,6 @@ def in_process(n: int, profile: int) -> None:
                 if rep == 0:
                     r["bits"] += 8 * len(e.data)
                     r["files"].append(e.data)
-            viterbi.SEARCH_THREADS = keep
     same = all(a == b for a, b in zip(*(r["files"] for r in rows.values())))
     print(f"profile {profile}, CIFAR-10 test images 0..{n - 1}, 2 interleaved passes; bytes equal across thread "
           f"counts: {same}")

@@ -322,22 +322,11 @@ def _max_pixels_option(fn):
                              "decode. A file encoded above the default needs it on decode too.")(fn)
 
 
-def _set_threads(ctx, param, n: int | None) -> None:
-    if n is not None:
-        import torch
-
-        from ddpm_codec.coding import viterbi
-
-        torch.set_num_threads(n)
-        viterbi.SEARCH_THREADS = n
-
-
 def _threads_option(fn):
-    return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
-                        callback=_set_threads,
-                        help="Threads for exact-arithmetic files (profiles 10 and 12; default: all cores) and for the "
-                             "encoder's search (default: 1). Float profiles always run their network on one "
-                             "thread (their float sums depend on it).")(fn)
+    return click.option("--threads", type=click.IntRange(min=1), default=None,
+                        help="Threads for exact-arithmetic files (profiles 10 and 12, the defaults; default: all "
+                             "cores) and for the encoder's search (default: 1). Float profiles always run their "
+                             "network on one thread (their float sums depend on it). The same file either way.")(fn)
 
 
 def _reconstructions(ctx, param, value: str) -> tuple[str, ...]:
@@ -427,7 +416,8 @@ def _schedule_options(f):
 @_max_pixels_option
 @_threads_option
 @_device_option
-def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device):
+def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, threads,
+           device):
     """Encode IMAGES (PNG etc., or folders of them) to .ddpm files: lossless by default, lossy with
     --steps, --bpd or --psnr.
 
@@ -443,12 +433,13 @@ def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, s
         raise CliError(str(e)) from None
     if len(paths) > 1 or Path(images[0]).is_dir():
         return _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels,
-                            device)
+                            device, threads)
     _encode_one(paths[0], output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels,
-                device)
+                device, threads)
 
 
-def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels, device):
+def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels, device,
+                 threads=None):
     """``encode`` of several images: all read and checked first, then coded with one model load."""
     from tqdm.auto import tqdm
 
@@ -475,14 +466,17 @@ def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedu
         for n in notes:
             click.echo(f"note: {p}: {n}", err=True)
     model = _load(model_spec, device)
-    rows, total_bytes, total_dims = [], 0, 0
+    rows, total_bytes, total_dims, note = [], 0, 0, None
     try:
+        from ddpm_codec.codec.describe import portability_note
+
         settings = settings_for(model=model, **schedule)
         for (img, _), o in tqdm(list(zip(inputs, outs)), unit="image", desc="encoding", file=sys.stderr,
                                 disable=None):
             res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd,
-                               min_psnr=min_psnr, seed=seed, max_pixels=max_pixels)
+                               min_psnr=min_psnr, seed=seed, max_pixels=max_pixels, threads=threads)
             write_bytes_atomic(o, res.data)
+            note = note or portability_note(settings, res.lossless)
             kind = "lossless" if res.lossless else f"lossy, to {res.steps[-1].reverse_time}"
             rows.append(f"| {o} | {img.shape[1]}x{img.shape[0]} | {len(res.data)} | {res.bits_per_dim:.4f} | "
                         f"{kind} | {res.seconds:.2f} |")
@@ -493,6 +487,8 @@ def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedu
     click.echo("| file | size | bytes | bits/dim | kind | seconds |\n|---|---|---|---|---|---|")
     click.echo("\n".join(rows))
     click.echo(f"wrote {len(rows)} files: {total_bytes} bytes, {8 * total_bytes / total_dims:.4f} bits/dim")
+    if note:
+        click.echo(f"note: {note}", err=True)
 
 
 def _remove_if_empty(folder: Path | None) -> None:
@@ -501,7 +497,8 @@ def _remove_if_empty(folder: Path | None) -> None:
         folder.rmdir()
 
 
-def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device):
+def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device,
+                threads=None):
     """``encode`` of one image, with its per-step table."""
     from ddpm_codec import codec
     from ddpm_codec.imageio import check_writable, read_image, write_bytes_atomic
@@ -520,7 +517,7 @@ def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedul
     try:
         from tqdm.auto import tqdm
 
-        from ddpm_codec.codec.describe import step_table_header, step_table_row
+        from ddpm_codec.codec.describe import portability_note, step_table_header, step_table_row
 
         settings = settings_for(model=model, **schedule)   # default: the model's default profile
 
@@ -533,7 +530,7 @@ def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedul
             bar.update(1) if quiet else click.echo(step_table_row(r))
 
         res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd,
-                           min_psnr=min_psnr, seed=seed, progress=show, max_pixels=max_pixels)
+                           min_psnr=min_psnr, seed=seed, progress=show, max_pixels=max_pixels, threads=threads)
         bar.close()
         write_bytes_atomic(out, res.data)
     except errors as e:
@@ -546,6 +543,9 @@ def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedul
     click.echo(f"wrote {out}: {len(res.data)} bytes, {res.bits_per_dim:.4f} bits/dim, {kind}; "
                f"model bound {res.model_bound_bpd:.4f}, {x0_line} bits/dim; {res.seconds:.2f} s "
                f"({res.network_seconds:.2f} s in the network)")
+    note = portability_note(settings, res.lossless)
+    if note:
+        click.echo(f"note: {note}", err=True)
 
 
 @main.command()
@@ -564,7 +564,7 @@ def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedul
 @_max_pixels_option
 @_threads_option
 @_device_option
-def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, max_pixels, device):
+def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, max_pixels, threads, device):
     """Decode a .ddpm FILE to an image (exact for lossless files)."""
     from ddpm_codec import codec
     from ddpm_codec.codec.api import check_size
@@ -593,7 +593,7 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
 
         with tqdm(unit="step", desc="decoding", file=sys.stderr, disable=None) as bar:   # a terminal only
             res = codec.decode(data, model, steps=steps, reconstruct=reconstruct, seed=seed, max_pixels=max_pixels,
-                               progressive=progressive_dir is not None,
+                               progressive=progressive_dir is not None, threads=threads,
                                on_step=lambda done, total: (setattr(bar, "total", total), bar.update(1)))
         write_image(out, res.image)
         if progressive_dir:

@@ -21,6 +21,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from .arithmetic import FLOAT, Arithmetic
 from .errors import InputError
 
 VarianceKind = Literal["fixedlarge", "fixedsmall", "fitted"]
@@ -275,15 +276,17 @@ class GaussianDiffusion:
         return math.sqrt(ab) * x0_hat + math.sqrt(1 - ab) * e_hat
 
     def expected_step_kl(self, t: int, s: int, var_q: float, var_p: float, dims: int,
-                         log=math.log) -> float | None:
+                         arithmetic: Arithmetic = FLOAT) -> float | None:
         """E KL(q(x_s | x_t, x_0) || p_theta(x_s | x_t)) over ``dims`` dims, nats, from the fitted
         ``x0_mse`` statistics (None without them): the variance term plus c0^2 E|x_0 - x_hat_0|^2 / (2 var_p).
-        ``log``: the logarithm to use (a portable one where the result must be the same bits everywhere)."""
+        ``arithmetic``: whose logarithm to use (:data:`~ddpm_codec.arithmetic.EXACT`'s where the result
+        must be the same bits everywhere)."""
         if self.x0_mse is None:
             return None
         c0, _, _ = self.posterior_coefs(t, s, torch.zeros(1))
         mean_sq = float(c0) ** 2 * float(self.x0_mse[t])
-        return 0.5 * dims * (var_q / var_p - 1 - float(log(var_q / var_p))) + 0.5 * dims * mean_sq / var_p
+        return (0.5 * dims * (var_q / var_p - 1 - float(arithmetic.log(var_q / var_p)))
+                + 0.5 * dims * mean_sq / var_p)
 
     # ------------------------------------------------------------------ variational bound terms
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
@@ -317,12 +320,12 @@ def nats_to_bpd(nats: torch.Tensor | float, num_dims: int):
 
 
 def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str = "quadratic",
-                       t_end: int = 1, portable: bool = False) -> list[int]:
+                       t_end: int = 1, arithmetic: Arithmetic = FLOAT) -> list[int]:
     """A decreasing chain of ``num_steps`` times from T down to ``t_end`` (inclusive).
 
     ``uniform``: evenly spaced; ``quadratic``: denser near t_end (t ~ u^2), where most bits of a
     DDPM's bound are; ``cubic`` (t ~ u^3): denser still. Returned as ints in (T ... t_end], strictly decreasing, with T first.
-    ``portable``: u_i = (n-1-i)/(n-1) and its powers by IEEE division and products only (numpy's
+    :data:`~ddpm_codec.arithmetic.EXACT` ``arithmetic``: u_i = (n-1-i)/(n-1) and its powers by IEEE division and products only (numpy's
     ``linspace`` and libm's ``pow`` may differ in the last bit between versions and machines, which
     can move a time at a rounding tie; 121 of 192,700 (num_steps, t_end) pairs differ from the
     default path, so files written without it keep it).
@@ -334,7 +337,7 @@ def respaced_timesteps(num_steps: int, num_timesteps: int = 1000, *, kind: str =
         raise InputError(f"num_steps must be in [1, {T - t_end + 1}], got {num_steps}")
     if num_steps == 1:
         return [T]
-    if portable:
+    if arithmetic.exact:
         n1 = num_steps - 1
         u = np.array([(n1 - i) / n1 for i in range(num_steps)])
         powers = {"uniform": u, "quadratic": u * u, "cubic": u * u * u}

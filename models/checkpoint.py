@@ -47,10 +47,14 @@ class LoadedModel:
             return None
         return combined_fingerprint(self.fingerprint, self.x0_context_hash)
 
-    def x0_context_coder(self, exact: bool):
-        """The context model as the x_0 coder calls it: in exact arithmetic (portable) or in float64."""
+    def x0_context_coder(self, arith):
+        """The context model as the x_0 coder calls it, in an :class:`~ddpm_codec.arithmetic.Arithmetic`
+        (or a truthy ``exact`` flag): exact (portable) or float64."""
+        from ..arithmetic import arithmetic
+
         if self.x0_context is None:
             raise ModelError(f"model {self.name} has no x_0 context model")
+        exact = arithmetic(arith).exact
         if exact not in self._ctx_coders:
             from .x0_context import ExactContextX0, FloatContextX0
 

@@ -140,6 +140,44 @@ def check_sum_bound(name: str, w_int: torch.Tensor, amax_in: float) -> float:
     return math.log2(bound) if bound > 0 else 0.0
 
 
+# ----------------------------------------------------------------------------------------------
+# Samples in parallel
+# ----------------------------------------------------------------------------------------------
+
+_POOL: list = []   # one lazily made thread pool, grown to the largest thread count asked for
+
+
+def map_samples(fn, *args, device: torch.device = torch.device("cpu")):
+    """``fn(*args)`` with every tensor argument split along dim 0 into one piece per thread
+    (``torch.get_num_threads()``), the pieces run concurrently, each on one thread (the GIL is
+    released in torch's ops and the compiled kernels), the outputs concatenated along dim 0 (a
+    tensor, or a tuple of tensors).
+
+    Exact outputs are the same bits for any split: every value of a sample depends on that sample
+    alone, and every sum in it is exact. One sample (a 32×32 image) runs as is, on all threads
+    within each op. Measured: 16 tiles of the shipped model 1.8x faster on 2 threads than within-op
+    threading (docs/results/exact-network.md, part 2c)."""
+    n = next(a.shape[0] for a in args if isinstance(a, torch.Tensor))
+    threads = min(torch.get_num_threads(), n)
+    if threads < 2 or device.type != "cpu":
+        return fn(*args)
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _POOL or _POOL[0]._max_workers < threads:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ddpm-exact")]
+    cuts = [n * i // threads for i in range(threads + 1)]
+    pieces = [[a[lo:hi] if isinstance(a, torch.Tensor) else a for a in args] for lo, hi in zip(cuts, cuts[1:])]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        outs = [f.result() for f in [_POOL[0].submit(fn, *p) for p in pieces]]
+    finally:
+        torch.set_num_threads(old)
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
+
+
 def _ldexp_tensor(e: list[int]) -> torch.Tensor:
     return torch.tensor([math.ldexp(1.0, int(v)) for v in e], dtype=_F64)
 
@@ -528,7 +566,11 @@ class ExactUNet:
         s = self.ucfg.image_size
         if x.dim() != 4 or x.shape[-1] != s or x.shape[-2] != s:
             raise ValueError(f"model expects [N, C, {s}, {s}] inputs, got {tuple(x.shape)}")
-        tp = iter(self._temb(t, x.shape[0]))
+        return map_samples(self._forward, x, *self._temb(t, x.shape[0]), device=self.device)
+
+    @torch.no_grad()   # grad mode is per thread: map_samples' workers need it too
+    def _forward(self, x: torch.Tensor, *tprojs: torch.Tensor) -> torch.Tensor:
+        tp = iter(tprojs)
         h = self.conv_in(self.grid(x))
         hs = [h]
         for kind, mod, attn in self.down:

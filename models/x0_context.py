@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .exact import ExactConfig, _Ctx, _QConv, exp
+from .exact import ExactConfig, _Ctx, _QConv, exp, map_samples
 
 __all__ = [
     "NUM_PASSES",
@@ -134,6 +134,10 @@ class ExactContextX0:
         self.out = _QConv(self.ctx, "out", net.out)
 
     def __call__(self, pixels, xt, xhat, known, target) -> tuple[torch.Tensor, torch.Tensor]:
+        return map_samples(self._forward, pixels, xt, xhat, known, target, device=self.ctx.device)
+
+    @torch.no_grad()   # grad mode is per thread: map_samples' workers need it too
+    def _forward(self, pixels, xt, xhat, known, target) -> tuple[torch.Tensor, torch.Tensor]:
         ctx, one = self.ctx, 2.0**self.cfg.act_bits
         xt, xhat = xt.to(torch.float64), xhat.to(torch.float64)
         a = ctx.q(_inputs(pixels, xt.clamp(-2.0, 2.0), xhat.clamp(-2.0, 2.0), known, target) * one)

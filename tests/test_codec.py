@@ -16,7 +16,7 @@ from ddpm_codec.coding import container
 from ddpm_codec.models.checkpoint import fresh_model, save_model, with_stats
 from ddpm_codec.models.presets import get_preset
 
-SETTINGS = codec.CodecSettings(num_steps=12, t_end=2, chunk_bits=6, log2_candidates=8)
+SETTINGS = codec.settings_with(2, num_steps=12, t_end=2, chunk_bits=6, log2_candidates=8)
 
 
 def smooth_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -239,7 +239,7 @@ def test_top_level_api_round_trip(model):
         dc.no_such_name
 
 
-TRELLIS = codec.CodecSettings(num_steps=12, t_end=2, chunk_bits=2, log2_candidates=8, selection="trellis",
+TRELLIS = codec.settings_with(2, num_steps=12, t_end=2, chunk_bits=2, log2_candidates=8, selection="trellis",
                               rate_percent=110)
 
 
@@ -348,7 +348,7 @@ def test_count_model_travels_in_an_explicit_schedule(model):
     and 6-7 of the selection byte: an explicit trellis schedule with them round-trips, and decodes
     bit-exactly."""
     img = smooth_images(1, seed=11)[0]
-    base = codec.CodecSettings(num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
+    base = codec.settings_with(2, num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
                                selection="trellis", rate_percent=105)
     for cm, rb in ((0, 0), (1, 0), (1, 3)):
         s = replace(base, count_model=cm, reuse_bits=rb)
@@ -407,7 +407,7 @@ def test_x0_scale_and_large_reuse_travel_in_an_explicit_schedule(model):
     """x0_scale_bits rides in bits 4-7 of the variance byte, reuse_bits > 3 in bits 6-7 (low) and
     2-3 (high) of the selection byte; such files decode bit-exactly, on several tiles; old-style
     bytes (bits 2-3 and 4-7 zero) read as before; a version-1 file cannot carry the scales."""
-    base = codec.CodecSettings(num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
+    base = codec.settings_with(2, num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
                                selection="trellis", rate_percent=105, count_model=1)
     img = smooth_images(1, size=48, seed=12)[0][:40, :45]
     for rb, xs in ((0, 4), (5, 0), (8, 4)):
@@ -442,7 +442,7 @@ def test_x0_channel_prediction_recovers_known_coefficients_and_round_trips(model
     x = means + np.stack([r_r, r_g, r_b])[None]
     pix = np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
     scales, mask = np.full_like(means, sigma), np.ones(means.shape, bool)
-    s = codec.CodecSettings(x0_channel_bits=3)
+    s = codec.settings_with(2, x0_channel_bits=3)
     side = x0.X0Side.choose(s, pix, means, scales, mask)
     assert [codec.X0_CHANNEL_COEFS[i] for i in side.chan_idx[0]] == [0.25, 0.125, 0.1875]
     eff_means, eff_scales = side.apply(means, scales, pix, mask)
@@ -450,7 +450,7 @@ def test_x0_channel_prediction_recovers_known_coefficients_and_round_trips(model
     from ddpm_codec.coding import entropy
     assert entropy.ideal_bits(pix, eff_means, eff_scales) < entropy.ideal_bits(pix, means, scales) - 50
     # a real file
-    base = codec.CodecSettings(num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
+    base = codec.settings_with(2, num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
                                selection="trellis", rate_percent=105, count_model=1, x0_scale_bits=4,
                                x0_channel_bits=3)
     assert base.to_schedule().variance_kind == 1 | (4 << 4) | 0x80
@@ -487,14 +487,14 @@ def test_x0_neighbour_prediction_recovers_known_coefficients_and_round_trips(mod
     pix = np.clip(np.round((means + r[None] + 1) * 127.5), 0, 255).astype(np.uint8)
     scales, mask = np.full_like(means, sigma), np.ones(means.shape, bool)
     table = np.array(codec.X0_CHANNEL_COEFS)
-    side = x0.X0Side.choose(codec.CodecSettings(x0_channel_bits=3, x0_neighbours=1), pix, means, scales, mask)
+    side = x0.X0Side.choose(codec.settings_with(2, x0_channel_bits=3, x0_neighbours=1), pix, means, scales, mask)
     assert list(table[side.chan_idx[0]]) == [0.25, 0.125, 0.1875]
     assert np.array_equal(table[side.nb_idx[0]], nb)
-    plain = x0.X0Side.choose(codec.CodecSettings(x0_channel_bits=3), pix, means, scales, mask)
+    plain = x0.X0Side.choose(codec.settings_with(2, x0_channel_bits=3), pix, means, scales, mask)
     from ddpm_codec.coding import entropy
     bits = [entropy.ideal_bits(pix, *s.apply(means, scales, pix, mask)) for s in (plain, side)]
     assert bits[1] < bits[0] - 500
-    base = codec.CodecSettings(num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
+    base = codec.settings_with(2, num_steps=10, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=10,
                                selection="trellis", rate_percent=105, count_model=1, x0_scale_bits=4,
                                x0_channel_bits=3, x0_neighbours=1)
     assert base.to_schedule().variance_kind == 1 | (4 << 4) | 0x80 | 0x20
@@ -525,6 +525,7 @@ def test_network_runs_on_the_codec_thread_count_whatever_ran_before(model, monke
         with chain.deterministic_settings():
             torch.set_num_threads(2)   # what the parallel search did behind the encoder's back
             net(x, 5)
+            assert torch.get_num_threads() == 2   # set for the call only: the caller's count is left alone
         assert seen == [chain.CODEC_THREADS]
     finally:
         torch.set_num_threads(old)

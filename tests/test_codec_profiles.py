@@ -10,6 +10,7 @@ import math
 import pytest
 
 from ddpm_codec import codec
+from ddpm_codec.arithmetic import EXACT, FLOAT
 from ddpm_codec.coding import rcc
 from ddpm_codec.coding.rcc import bitstream, layout
 
@@ -46,7 +47,8 @@ SCHEDULE_BYTES = {1: (0, 1, 0), 2: (0, 1, 0), 3: (2, 1, 2), 4: (2, 1, 2), 5: (2,
 
 def test_every_profile_is_pinned_field_by_field():
     assert sorted(codec.PROFILES) == sorted(PINNED)
-    assert codec.DEFAULT_PROFILE == 11 and codec.PLAIN_DEFAULT_PROFILE == 9
+    assert codec.DEFAULT_PROFILE == 12 and codec.PLAIN_DEFAULT_PROFILE == 10   # exact: portable by default
+    assert codec.PROFILES[12].arithmetic is EXACT and codec.PROFILES[10].arithmetic is EXACT
     assert tuple(f.name for f in codec.CodecSettings.__dataclass_fields__.values()) == FIELDS
     for pid, (name, values) in PINNED.items():
         s = codec.PROFILES[pid]
@@ -76,7 +78,7 @@ def test_profile_coder_configs_are_pinned():
         assert cfg.rate_factor == s.rate_percent / 100
         assert cfg.count_spike == (0.8 if s.count_model else 0.0)
         assert cfg.state_bits == ((s.log2_candidates - s.chunk_bits + s.reuse_bits) if trellis else 0)
-        assert cfg.exact_sums == bool(s.exact)
+        assert cfg.arithmetic is (EXACT if s.exact else FLOAT)
     assert codec.PROFILES[9].rcc_config().state_bits == 17
 
 

@@ -201,11 +201,16 @@ def test_x0_context_travels_in_an_explicit_schedule_and_excludes_side_informatio
 
 
 def test_the_default_profile_follows_the_model(model, base):
-    """Profile 11 for a model with a context model; 9 (side information) for one without, so that a
-    user's own model encodes with no options."""
-    assert codec.default_profile(model) == 11 and codec.default_profile(base) == 9
+    """Profile 12 (exact) for a model with a context model; 10 (exact, side information) for one
+    without, so that a user's own model encodes with no options, portably; their float twins (11, 9)
+    only for a model exact arithmetic cannot run (a cosine schedule is built with libm)."""
+    assert codec.default_profile(model) == 12 and codec.default_profile(base) == 10
     assert codec.default_settings(model).x0_context == 1 and codec.default_settings(base).x0_context == 0
-    assert codec.settings_with(model=base, rate_percent=107) == replace(codec.PROFILES[9], rate_percent=107)
+    assert codec.default_settings(model).arithmetic.exact and codec.default_settings(base).arithmetic.exact
+    assert codec.settings_with(model=base, rate_percent=107) == replace(codec.PROFILES[10], rate_percent=107)
+    cosine = replace(base, config={**base.config, "diffusion": {**base.config.get("diffusion", {}),
+                                                                 "schedule": "cosine"}})
+    assert codec.default_profile(cosine) == 9
     assert codec.settings_with(11, model=base) == codec.PROFILES[11]   # named: as named (then refused on use)
 
 

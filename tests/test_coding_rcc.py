@@ -366,9 +366,10 @@ def test_threaded_viterbi_equals_the_torch_recursion(threads, items, monkeypatch
     """Splitting each segment's new states between threads (trellises with >= 64 state blocks), and
     the items between kernel calls, makes the same decisions as the torch recursion: scores, back
     pointers and paths, ties included."""
-    monkeypatch.setattr(viterbi, "SEARCH_THREADS", threads)
     monkeypatch.setattr(viterbi, "ITEMS_PER_CALL", items)
-    _compiled_and_torch_agree(_trellis(4, 12, reuse_bits=2), 3, 9, ((0, 2), (2, 9)), threads)   # 2^10 states
+    cfg = _trellis(4, 12, reuse_bits=2, search_threads=threads)   # 2^10 states; threads: the encoder's policy
+    assert search.Viterbi(3, 9, cfg, "cpu").threads == threads
+    _compiled_and_torch_agree(cfg, 3, 9, ((0, 2), (2, 9)), threads)
 
 
 def _reference_segment(score, row, r, shift, B, M):

@@ -2,8 +2,9 @@
 that must keep decoding to the stored pixels. A failure means a change broke files that already exist.
 
 Profiles 1-9 and 11 are float files: they decode where PyTorch's float kernels give the encoder's bits (this
-project's x86 AVX2 CPUs, one thread; an AVX-512 CPU did too, docs/results/gpu-2026-11-26.md). On a
-machine whose kernels differ they fail with a checksum error, which is what those files promise;
+project's AMD EPYC machines, one thread; docs/results/gpu-2026-11-26.md). On a machine whose kernels differ
+(this project's Intel Xeon machines, 2026-12-06) they fail with a checksum error, which is what those files
+promise, and the test is skipped there;
 profiles 10 and 12 (exact arithmetic) must decode everywhere (tests/test_portable.py). Profiles 11 and 12 code
 x_0 with the shipped x_0 context model (models/weights/x0-context/)."""
 from __future__ import annotations
@@ -53,7 +54,15 @@ def test_golden_file_decodes_to_its_pixels(pid, shipped):
         from ddpm_codec.models.registry import find_by_fingerprint
 
         assert find_by_fingerprint(want[:8]).fingerprint == shipped.fingerprint
-    res = codec.decode(data, shipped)
+    if settings.arithmetic.exact:   # portable: must decode on every machine
+        res = codec.decode(data, shipped)
+    else:   # float: decodes where the encoder's float kernels run; elsewhere a checksum error, never a wrong image
+        try:
+            res = codec.decode(data, shipped)
+        except codec.DecodeError as exc:
+            assert "checksum" in str(exc)
+            pytest.skip(f"float profile {pid}: this machine's float kernels differ from the encoder's, and the "
+                        "file fails its checksum, as float files do (issue 25: exact is the default)")
     assert res.lossless and not res.truncated
     assert hashlib.sha256(res.image.tobytes()).hexdigest() == TABLE["pixels_sha256"]
     assert np.array_equal(res.image, make_golden.golden_image())

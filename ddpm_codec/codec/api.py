@@ -141,7 +141,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
            max_reverse_time: int | None = None, max_bpd: float | None = None, min_psnr: float | None = None,
            lossless: bool | None = None,
            seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
-           metrics: bool = True, x0_in_stream: bool = True, max_pixels: int | None = None) -> EncodeResult:
+           metrics: bool = True, x0_in_stream: bool = True, max_pixels: int | None = None,
+           threads: int | None = None) -> EncodeResult:
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
@@ -156,11 +157,13 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     ``x0_in_stream``: a lossless file codes x_0 at the end of that stream (format version 2); False
     writes version 1 (x_0 as an ANS payload of its own: ~5 bytes more, readable by releases before
     version 2). ``max_pixels``: refuse larger images (default ``tiles.MAX_CODEC_PIXELS``; memory
-    grows with the size), before anything is allocated for them.
+    grows with the size), before anything is allocated for them. ``threads``: for an exact file's
+    network (default: torch's count, all cores) and the search (default 1); a float file's network
+    always runs on one thread. Any count gives the same file.
     """
     settings = settings or default_settings(model)
     image = check_image(image, max_pixels)
-    if not settings.exact:
+    if not settings.arithmetic.exact:
         warn_if_accelerated(model)
     height, width = image.shape[:2]
     diffusion = model.diffusion
@@ -173,12 +176,13 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         raise InputError("min_psnr needs the per-step metrics (metrics=True)")
     if settings.variance == "fitted" and diffusion.x0_mse is None:
         raise InputError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
-    if lossless and (settings.x0_scale_bits or settings.x0_channel_bits or settings.exact or settings.x0_context) \
-            and not x0_in_stream:
+    needs_v2 = settings.x0_scale_bits or settings.x0_channel_bits or settings.arithmetic.exact or settings.x0_context
+    if lossless and needs_v2 and not x0_in_stream:
         raise InputError("per-tile x_0 side information, the context model or exact arithmetic needs format "
                          "version 2 (x0_in_stream=True)")
     fingerprint = coding_fingerprint(model, settings)
-    chain = Chain(model, settings, tuple(x0.shape))
+    chain = Chain(model, settings, tuple(x0.shape), threads)
+    search_cfg = replace(chain.cfg, search_threads=threads or 1)   # encoder policy: any path decodes
     T, B = chain.T, x0.shape[0]
     gen = torch.Generator().manual_seed(seed ^ 0x5EED)   # the encoder's private randomness
     start = time.perf_counter()
@@ -197,12 +201,12 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         nonlocal sent
         mu_q, var_q = chain.target(link, x0)
         code, e, rep = rcc.encode_step(mu_q.reshape(B, -1), link.mu_p.reshape(B, -1), var_q, link.var_p, seed=seed,
-                                       step=link.s, cfg=chain.cfg, generator=gen, predicted_chunks=link.centres)
+                                       step=link.s, cfg=search_cfg, generator=gen, predicted_chunks=link.centres)
         stream.write(code, link.centres)
         sent = code, rep
         return chain.x_from_eps(link, e), code.num_chunks
 
-    with deterministic_settings(exact=bool(settings.exact)):
+    with deterministic_settings(settings.arithmetic):
         while chain.done < len(chain):
             sent = None
             before = stream.num_bits()
@@ -240,7 +244,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             pix = tiles_pix[mask]
             x0_own = float(entropy.ideal_bits(pix, means[mask], scales[mask]))
             if settings.x0_context:
-                code = ContextX0Code(chain.net.context(bool(settings.exact)), tiles_pix, chain.x,
+                code = ContextX0Code(chain.net.context(), tiles_pix, chain.x,
                                      torch.from_numpy(means), mask)
             else:
                 side = X0Side.choose(settings, tiles_pix, means, scales, mask)
@@ -268,12 +272,14 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
 # ----------------------------------------------------------------------------- decode
 def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconstruct: Reconstruct = "denoise",
            progressive: bool = False, reconstruct_steps: int = 50, seed: int = 0,
-           on_step: Callable[[int, int], None] | None = None, max_pixels: int | None = None) -> DecodeResult:
+           on_step: Callable[[int, int], None] | None = None, max_pixels: int | None = None,
+           threads: int | None = None) -> DecodeResult:
     """Decode ``.ddpm`` bytes. ``steps=N`` uses only the coding steps with T - t + 1 <= N and
     reconstructs from the last one with ``reconstruct``; without ``steps`` a lossless file decodes
     exactly (checksum verified) and a lossy or truncated one from its last complete step.
     ``max_pixels``: refuse a file whose header declares a larger image (default
-    ``tiles.MAX_CODEC_PIXELS``), before anything is allocated for it."""
+    ``tiles.MAX_CODEC_PIXELS``), before anything is allocated for it. ``threads``: for an exact
+    file's network (default: torch's count, all cores; the same image for any count)."""
     if reconstruct not in RECONSTRUCT_MODES:
         raise InputError(f"unknown reconstruction {reconstruct!r}; expected one of {', '.join(RECONSTRUCT_MODES)}")
     parsed, settings = read_header(data)
@@ -285,7 +291,7 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
     height, width = h.height, h.width
     B = (-(-height // size)) * (-(-width // size))
     shape = (B, 3, size, size)
-    chain = Chain(model, settings, shape)
+    chain = Chain(model, settings, shape, threads)
     T = chain.T
     start = time.perf_counter()
     import constriction
@@ -310,7 +316,7 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         return from_tiles(to_uint8(est), height, width)
 
     shots: list[tuple[int, np.ndarray]] = []
-    with deterministic_settings(exact=bool(settings.exact)):
+    with deterministic_settings(settings.arithmetic):
         for dec in step_decoders():
             if steps is not None and chain.reverse_time(chain.done) > steps:
                 break
@@ -352,7 +358,7 @@ def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, chain: Cha
                                          "context-model x0")
     try:
         if settings.x0_context:
-            ctx = chain.net.context(bool(settings.exact))
+            ctx = chain.net.context()
             pix = read_pixels_context(one_dec, ctx, chain.x, torch.from_numpy(means), mask)[mask]
         elif h.x0_in_stream:
             pix = X0Side.read(one_dec, settings, chain.shape[0]).read_pixels(one_dec, means, scales, mask)[mask]
@@ -397,7 +403,7 @@ def trace_theoretical(image: np.ndarray, model: LoadedModel, *, settings: CodecS
             q = diffusion.q_posterior(x0, chain.x, link.t, link.s)
         return q.mean + torch.sqrt(q.variance) * torch.randn(x0.shape, generator=gen, dtype=torch.float64), None
 
-    with deterministic_settings(exact=bool(settings.exact)):
+    with deterministic_settings(settings.arithmetic):
         while chain.done < len(chain):
             kl = 0.0
             link = chain.step(send)

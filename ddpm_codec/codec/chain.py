@@ -19,11 +19,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..arithmetic import FLOAT, Arithmetic, arithmetic
 from ..coding import rcc
 from ..models.checkpoint import LoadedModel
 from .settings import CodecSettings
 
-CODEC_THREADS = 1   # network evaluations run single-threaded: thread count changes float sums
+CODEC_THREADS = 1   # float network evaluations run single-threaded: thread count changes float sums
 TILES_PER_CALL = 16   # the network sees tiles in pieces: memory bounded for any image size, and faster
                       # than one big batch (measured, 1 thread: 13.2 ms/tile at 16, 17.3 at 128, 23.7 at 384).
                       # Exact outputs never depend on the batch; float32 ones did not here (tested: pieces of
@@ -43,59 +44,74 @@ def warn_if_accelerated(model: LoadedModel) -> None:
 
 
 @contextlib.contextmanager
-def deterministic_settings(exact: bool = False):
-    """Settings under which both sides compute the same floats: one CPU thread (the thread count
-    changes float sums); on CUDA only cuDNN kernels marked deterministic, and no TF32 (measured on
-    an H200: CUDA ε̂ within 2.6e-6 of the CPU's instead of 6.7e-4). Whether that suffices on a GPU
-    is open: see docs/results/gpu-2026-11-26.md. Exact arithmetic (``exact``) needs none of this."""
-    if exact:
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` for the block and restored after (None: as it is).
+    The codec sets it around each network call, so no caller has to set it and nothing run
+    between calls (an OpenMP library once reset it) can change a float file's bits."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
         yield
         return
-    old = torch.get_num_threads()
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    flags = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
-    torch.set_num_threads(CODEC_THREADS)
-    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def deterministic_settings(arith: Arithmetic = FLOAT):
+    """Settings under which both sides compute the same floats: on CUDA only cuDNN kernels marked
+    deterministic, and no TF32 (measured on an H200: CUDA ε̂ within 2.6e-6 of the CPU's instead of
+    6.7e-4); the thread count is :class:`Net`'s. Whether that suffices on a GPU is open: see
+    docs/results/gpu-2026-11-26.md. Exact arithmetic needs none of this."""
+    if arithmetic(arith).exact:
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    flags = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
         cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = flags
 
 
 class Net:
-    """The network as both sides call it: all tiles, in pieces of ``TILES_PER_CALL``, timed. Float
-    profiles: float32 on the codec's thread count; exact profiles: the exact fixed-point network
-    (any thread count)."""
+    """The network as both sides call it, in the file's :class:`~ddpm_codec.arithmetic.Arithmetic`:
+    all tiles, in pieces of ``TILES_PER_CALL``, timed. Float: float32 on ``CODEC_THREADS`` thread
+    (its sums depend on the count); exact: the exact fixed-point network on ``threads`` threads
+    (None: torch's current count, all cores by default; any count gives the same bits)."""
 
-    def __init__(self, model: LoadedModel, exact: bool = False):
+    def __init__(self, model: LoadedModel, arith: Arithmetic | bool = FLOAT, threads: int | None = None):
         self.model = model
-        self.exact = model.exact_net() if exact else None
+        self.arithmetic = arithmetic(arith)
+        self.threads = threads if self.arithmetic.exact else CODEC_THREADS
+        if self.arithmetic.exact:
+            self.fn = model.exact_net()
+        else:
+            def fn(piece, t):
+                return model.eps(piece.float(), t).double()
+            self.fn = fn
         self.seconds = 0.0
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         t0 = time.perf_counter()
-        if self.exact is not None:
-            net = self.exact
-        else:
-            if torch.get_num_threads() != CODEC_THREADS:  # anything run since (an OpenMP library: a parallel numba
-                torch.set_num_threads(CODEC_THREADS)      # search once made undecodable files this way) may reset it
-            x = x.float()
-
-            def net(piece, t):
-                return self.model.eps(piece, t).double()
-        out = torch.cat([net(x[i:i + TILES_PER_CALL], t) for i in range(0, len(x), TILES_PER_CALL)])
+        with torch_threads(self.threads):
+            out = torch.cat([self.fn(x[i:i + TILES_PER_CALL], t) for i in range(0, len(x), TILES_PER_CALL)])
         self.seconds += time.perf_counter() - t0
         return out
 
-    def context(self, exact: bool):
-        """The model's x_0 context model as the x_0 coders call it (exact or float64), its time
-        counted in :attr:`seconds` with the U-Net's: both are the network calls a file costs."""
-        coder = self.model.x0_context_coder(exact)
+    def context(self):
+        """The model's x_0 context model as the x_0 coders call it, in this net's arithmetic (exact, or
+        float64), its time counted in :attr:`seconds` with the U-Net's: both are the network calls a
+        file costs."""
+        coder = self.model.x0_context_coder(self.arithmetic)
 
         def timed(*args):
             t0 = time.perf_counter()
-            out = coder(*args)
+            with torch_threads(self.threads):
+                out = coder(*args)
             self.seconds += time.perf_counter() - t0
             return out
         return timed
@@ -143,8 +159,10 @@ class Link:
 class Chain:
     """The chain of a file's settings over ``shape = [B, C, H, W]`` tiles, walked by both sides."""
 
-    def __init__(self, model: LoadedModel, settings: CodecSettings, shape: tuple[int, ...]):
-        if settings.exact and model.config.get("diffusion", {}).get("schedule", "linear") != "linear":
+    def __init__(self, model: LoadedModel, settings: CodecSettings, shape: tuple[int, ...],
+                 threads: int | None = None):
+        self.arithmetic = arith = settings.arithmetic
+        if arith.exact and model.config.get("diffusion", {}).get("schedule", "linear") != "linear":
             raise ValueError("exact arithmetic needs a linear beta schedule (the cosine one is built with libm's cos)")
         self.diffusion = model.diffusion
         self.T = T = self.diffusion.num_timesteps
@@ -154,7 +172,7 @@ class Chain:
         self.dims_tile = int(np.prod(shape[1:]))
         self.cfg = settings.rcc_config()
         self.counts = CountPredictor(shape[0], self.cfg)
-        self.net = Net(model, exact=bool(settings.exact))
+        self.net = Net(model, arith, threads)
         self.x: torch.Tensor | None = None     # x_s of the last step taken (float32 values, float64)
         self.eps: torch.Tensor | None = None   # the network's ε̂ at it
         self.done = 0                          # steps taken
@@ -181,14 +199,9 @@ class Chain:
             return Link(i, t, s, torch.zeros(self.shape, dtype=torch.float64), 1.0, 1.0 - a_T ** 2, None, None)
         p = d.p_mean_variance(self.x, t, self.eps, s, self.settings.variance)
         var_p, var_q = float(p.variance), float(d.posterior_coefs(t, s, self.x)[2])
-        if self.settings.exact:   # no libm: the same prediction on every machine
-            from ..coding import detmath
-
-            kl = d.expected_step_kl(t, s, var_q, var_p, self.dims_tile, log=detmath.log)
-            pred = None if kl is None else rcc.expected_chunks(kl / detmath.LN2, self.dims_tile, self.cfg)
-        else:
-            kl = d.expected_step_kl(t, s, var_q, var_p, self.dims_tile)
-            pred = None if kl is None else rcc.expected_chunks(kl / math.log(2), self.dims_tile, self.cfg)
+        arith = self.arithmetic   # exact: no libm, the same prediction on every machine
+        kl = d.expected_step_kl(t, s, var_q, var_p, self.dims_tile, arith)
+        pred = None if kl is None else rcc.expected_chunks(kl / arith.ln2, self.dims_tile, self.cfg)
         return Link(i, t, s, p.mean, var_p, var_q, pred, self.counts.centres(pred))
 
     def target(self, link: Link, x0: torch.Tensor) -> tuple[torch.Tensor, float]:

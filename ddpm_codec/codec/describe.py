@@ -70,3 +70,16 @@ def step_table_row(r) -> str:
     """One :class:`~ddpm_codec.codec.api.StepRecord` as a row of that table."""
     return _row((r.reverse_time, r.t, f"{r.kl_bits:.1f}", f"{r.actual_bits:.0f}", f"{r.cum_bpd:.4f}",
                  f"{r.rmse:.2f}", f"{r.psnr:.2f}", r.chunks))
+
+
+def portability_note(settings, lossless: bool) -> str | None:
+    """The one-line note ``encode`` prints for a lossless file in float arithmetic (None otherwise):
+    such a file decodes only where the same float kernels run."""
+    if settings.arithmetic.exact or not lossless:
+        return None
+    from .profiles import profile_of
+
+    pid = profile_of(settings)
+    name = f"profile {pid}" if pid is not None else "these settings"
+    return (f"{name} uses float arithmetic: this file decodes only where the same kernels run (same CPU "
+            "kernels and library builds); the default, exact arithmetic, decodes on any machine")

@@ -53,35 +53,47 @@ _ALL = (
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=0, exact=0)),
-    Profile(9, "x0-neighbours", "2^17 states; x_0 scale, cross-channel and above/left prediction (67 bits per tile); default without a context model",
+    Profile(9, "x0-neighbours", "2^17 states; x_0 scale, cross-channel and above/left prediction (67 bits per tile); float: decodes only where the same kernels run",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=0)),
-    Profile(10, "exact", "profile 9's coding in exact arithmetic: files decode on any machine, thread count or kernel",
+    Profile(10, "exact", "profile 9's coding in exact arithmetic: files decode on any machine; default without a context model",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=1)),
-    Profile(11, "context", "profile 9's chain; x_0 by the model's learned context model (12 passes, no side information)",
+    Profile(11, "context", "profile 12 in float arithmetic: faster, decodes only where the same kernels run",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=1)),
-    Profile(12, "exact-context", "profile 11 in exact arithmetic: the context model's x_0, files decode on any machine",
+    Profile(12, "exact-context", "the default: 48 steps, x_0 by the learned context model, exact arithmetic: decodes on any machine",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=1, x0_context=1)),
 )
 PROFILE_INFO: dict[int, Profile] = {p.id: p for p in _ALL}
 PROFILES: dict[int, CodecSettings] = {p.id: p.settings for p in _ALL}
-DEFAULT_PROFILE = 11
-PLAIN_DEFAULT_PROFILE = 9   # the default for a model without a learned x_0 context model
+# Defaults are exact arithmetic: a lossless codec's default file must decode anywhere (issue 25).
+DEFAULT_PROFILE = 12         # exact-context: x_0 by the learned context model, portable
+PLAIN_DEFAULT_PROFILE = 10   # exact: the default for a model without a learned x_0 context model
+FLOAT_FALLBACK = {12: 11, 10: 9}   # for a model the exact arithmetic cannot run (a non-linear beta schedule)
+
+
+def exact_capable(model) -> bool:
+    """Whether ``model`` can code in exact arithmetic: its beta schedule is built without libm (linear)."""
+    return model.config.get("diffusion", {}).get("schedule", "linear") == "linear"
 
 
 def default_profile(model=None) -> int:
-    """The default profile for ``model``: ``DEFAULT_PROFILE`` (x_0 by the learned context model) when it
-    has a context model or no model is named, else ``PLAIN_DEFAULT_PROFILE``."""
+    """The default profile for ``model``: ``DEFAULT_PROFILE`` (exact, x_0 by the learned context model)
+    when it has a context model or no model is named, else ``PLAIN_DEFAULT_PROFILE`` (exact, x_0 with
+    per-tile side information); their float twins (11, 9) only for a model that exact arithmetic
+    cannot run."""
+    pid = DEFAULT_PROFILE
     if model is not None and getattr(model, "x0_context", None) is None:
-        return PLAIN_DEFAULT_PROFILE
-    return DEFAULT_PROFILE
+        pid = PLAIN_DEFAULT_PROFILE
+    if model is not None and not exact_capable(model):
+        pid = FLOAT_FALLBACK[pid]
+    return pid
 
 
 def default_settings(model=None) -> CodecSettings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..arithmetic import Arithmetic, arithmetic
 from ..coding import container
 from ..coding.rcc import layout as rcc
 
@@ -92,11 +93,16 @@ class CodecSettings:
             raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
         self.rcc_config()  # validates the combination (e.g. trellis state bits)
 
+    @property
+    def arithmetic(self) -> Arithmetic:
+        """The arithmetic everything a decoder depends on is computed in (``exact``: the file's bit)."""
+        return arithmetic(self.exact)
+
     def timesteps(self, num_timesteps: int) -> list[int]:
         from ..diffusion import respaced_timesteps
 
         return respaced_timesteps(self.num_steps, num_timesteps, kind=self.schedule_kind, t_end=self.t_end,
-                                  portable=bool(self.exact))
+                                  arithmetic=self.arithmetic)
 
     def rcc_config(self) -> rcc.RCCConfig:
         if self.selection == "trellis":  # counts predicted per tile to about ±1 (chain.CountPredictor)
@@ -104,11 +110,11 @@ class CodecSettings:
                                  selection=self.selection, rate_factor=self.rate_percent / 100,
                                  chunks_abs_scale=TRELLIS_COUNT_SCALE[0], chunks_rel_scale=TRELLIS_COUNT_SCALE[1],
                                  count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits,
-                                 exact_sums=bool(self.exact))
+                                 arithmetic=self.arithmetic)
         return rcc.RCCConfig(chunk_bits=self.chunk_bits, log2_candidates=self.log2_candidates,
                              selection=self.selection, rate_factor=self.rate_percent / 100,
                              count_spike=COUNT_SPIKES[self.count_model], reuse_bits=self.reuse_bits,
-                             exact_sums=bool(self.exact))
+                             arithmetic=self.arithmetic)
 
     def to_schedule(self) -> container.Schedule:
         return container.Schedule(kind=SCHEDULE_KINDS.index(self.schedule_kind), num_steps=self.num_steps,

@@ -150,17 +150,13 @@ class X0Side:
                    np.asarray(nb_idx, np.int64))
 
     def _write(self, enc, pixels, means, scales) -> None:
-        """Pixels under the discretized Gaussian: constriction's QuantizedGaussian, or in exact profiles
-        the portable integer model of :mod:`ddpm_codec.coding.exact_entropy` (no libm)."""
-        if self.settings.exact:
-            exact_entropy.write_pixels(enc, np.asarray(pixels, np.uint8), *entropy.coder_params(means, scales))
-        else:
-            entropy.write_pixels(enc, pixels, means, scales)
+        """Pixels under the discretized Gaussian, in the file's arithmetic (its pixel model:
+        constriction's QuantizedGaussian, or exact integer frequencies without libm)."""
+        pixels = np.asarray(pixels)
+        self.settings.arithmetic.write_pixels(enc, pixels.reshape(-1), *entropy.coder_params(means, scales))
 
     def _read(self, dec, means, scales) -> np.ndarray:
-        if self.settings.exact:
-            return exact_entropy.read_pixels(dec, *entropy.coder_params(means, scales))
-        return entropy.read_pixels(dec, means, scales)
+        return self.settings.arithmetic.read_pixels(dec, *entropy.coder_params(means, scales))
 
     def write_pixels(self, enc, tiles_pix, means, scales, mask) -> None:
         if self.settings.x0_scale_bits:
@@ -203,7 +199,7 @@ class X0Side:
         coefs = self._coefs()
         # the coder's parameters as entropy.coder_params makes them (checked once, for all pixels)
         _, std_pix = entropy.coder_params(means, scales)
-        read_params = exact_entropy.read_pixels if self.settings.exact else entropy.read_pixels_params
+        read_params = self.settings.arithmetic.read_pixels
         std_pix = std_pix.reshape(means.shape)
         for y in range(h):
             for x in range(w):

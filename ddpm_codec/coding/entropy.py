@@ -307,9 +307,14 @@ def write_pixels(encoder, pixels, means, scales) -> None:
     under the same model as :func:`encode_pixels` (format version 2: x_0 at the end of the
     one coded stream, so it shares that stream's end instead of paying its own ANS state and
     length field)."""
-    mean_pix, std_pix = coder_params(means, scales)
     pixels = _check_pixels(pixels, np.shape(means))
-    symbols = np.ascontiguousarray(pixels.reshape(-1), dtype=np.int32)
+    write_pixels_params(encoder, pixels.reshape(-1), *coder_params(means, scales))
+
+
+def write_pixels_params(encoder, pixels, mean_pix, std_pix) -> None:
+    """:func:`write_pixels` for callers that already hold the coder's parameters (as
+    :func:`read_pixels_params`)."""
+    symbols = np.ascontiguousarray(_check_pixels(pixels, np.shape(mean_pix)), dtype=np.int32)
     if symbols.size:
         encoder.encode(symbols, _model_family(), mean_pix, std_pix)
 

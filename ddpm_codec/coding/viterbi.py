@@ -142,7 +142,8 @@ def _compiled():
 
 
 SEARCH_THREADS = 1
-"""Threads the search uses (the encoder only; any path decodes; ``--threads`` sets it). Plain threads,
+"""Threads the search uses by default (the encoder only; any path decodes; a constant: callers pass
+``threads``, from ``RCCConfig.search_threads``, ``--threads`` in the CLI). Plain threads,
 each on its share of a segment's new states. One by default: since the inner loop is vectorized a
 segment at 2^17 states takes 0.37 ms on one thread and 0.48 ms split over two on this project's
 2-vCPU machine (the split pays a hand-off per segment; `benchmarks/viterbi_ab.py`), and the

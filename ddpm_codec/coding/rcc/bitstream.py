@@ -97,7 +97,7 @@ def chunk_count_probs(pred: float, dim: int, cfg: RCCConfig) -> np.ndarray:
     rho = scale / (scale + 1.0)  # geometric ratio with mean deviation `scale`
     up = np.cumprod(np.full(dim - c0, rho))  # rho^1..rho^(D-c0), sequential IEEE products
     down = np.cumprod(np.full(c0, rho))
-    total = math.fsum if cfg.exact_sums else np.sum
+    total = cfg.arithmetic.sum
     if cfg.count_spike > 0:
         g = np.concatenate([down[::-1], [0.0], up])
         p = (1.0 - COUNT_FLOOR - cfg.count_spike) * (g / total(g)) + COUNT_FLOOR / (dim + 1)

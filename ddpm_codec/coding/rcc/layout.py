@@ -18,6 +18,7 @@ import numpy as np
 if TYPE_CHECKING:   # torch is imported where a function needs it: reading headers must not load it
     import torch
 
+from ...arithmetic import FLOAT, Arithmetic
 from ..prng import POOL_KEY, derive_key, hash64, normals_at
 
 LN2 = math.log(2.0)
@@ -43,8 +44,10 @@ class RCCConfig:
     count_spike: extra probability mass of ``C = c0`` in that model (0: none). With it, the encoder
         moves its ``C`` to ``c0`` when within the window ``snap_up``, ``snap_down`` (relative) /
         ``snap_abs`` (segments) of :func:`snap_chunks`; those three are encoder policy, not format.
-    exact_sums: the count model's normalising sums correctly rounded (``math.fsum``: the same on any
-        machine and numpy) instead of numpy's pairwise ``sum`` (exact-arithmetic profiles).
+    arithmetic: the file's :class:`~ddpm_codec.arithmetic.Arithmetic`; the count model's normalising
+        sums are its :meth:`~ddpm_codec.arithmetic.Arithmetic.sum` (exact: correctly rounded, the same
+        on any machine and numpy; float: numpy's pairwise ``sum``).
+    search_threads: threads of the trellis search (encoder policy, not format: any path decodes).
 
     Defaults (12, 13, 3.0): lowest measured end-to-end excess within ~2 s of RCC time per
     50-step 3072-dim chain on the 2-core CPU (benchmarks/rcc.py, "chain" and "budget").
@@ -62,7 +65,8 @@ class RCCConfig:
     snap_down: float = 0.04
     snap_abs: float = 2.0
     reuse_bits: int = 0
-    exact_sums: bool = False
+    arithmetic: Arithmetic = FLOAT
+    search_threads: int = 1
 
     def __post_init__(self):
         if not (self.chunk_bits > 0 and math.isfinite(self.chunk_bits)):
@@ -93,6 +97,8 @@ class RCCConfig:
             raise ValueError(f"chunks_abs_scale must be > 0, got {self.chunks_abs_scale}")
         if not 0.0 <= self.count_spike < 1.0:
             raise ValueError(f"count_spike must be in [0, 1), got {self.count_spike}")
+        if not (isinstance(self.search_threads, int) and self.search_threads >= 1):
+            raise ValueError(f"search_threads must be an integer >= 1, got {self.search_threads!r}")
         for name in ("snap_up", "snap_down", "snap_abs"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):

@@ -130,6 +130,7 @@ class Viterbi:
         self.H = max(1, self.S // self.B)
         self.c = c
         self.j = 0
+        self.threads = cfg.search_threads
         # CPU: one compiled pass per segment (coding.viterbi); GPU, one-state trellises or no numba: torch
         self.compiled = (viterbi.HAVE_KERNEL and torch.device(device).type == "cpu" and self.S > 1
                          and self.B <= 128 and kernel != "torch")
@@ -152,7 +153,7 @@ class Viterbi:
             m = s.shape[2]
             shifts = np.array([reuse_shift(j, m) for j in range(self.j, self.j + s.shape[0])], dtype=np.int64)
             viterbi.feed_kernel(s.contiguous().numpy(), np.array(rs, dtype=np.int64), shifts, self.score,
-                                self.back, self.j, B)
+                                self.back, self.j, B, threads=self.threads)
             self.j += s.shape[0]
             return
         for k in range(s.shape[0]):
