@@ -121,9 +121,14 @@ def _ret(out: np.ndarray, shape: tuple[int, ...]):
     return out[()] if out.ndim == 0 else out
 
 
-def _horner(t: np.ndarray, coef: tuple[float, ...]) -> np.ndarray:
-    """coef[0] + coef[1] t + ... , one IEEE multiply and one add per step (no FMA)."""
-    acc = np.full(t.shape, coef[-1], dtype=np.float64)
+def horner(t: np.ndarray, coef: tuple[float, ...], out: np.ndarray | None = None) -> np.ndarray:
+    """coef[0] + coef[1] t + ... by Horner's rule from the top coefficient, one IEEE multiply and one
+    add per step (no FMA), into ``out`` if given: the one polynomial evaluator of every portable
+    function (here and the candidate pool's Box–Muller in :mod:`.prng`, which has its own, fixed,
+    lower-degree coefficients)."""
+    acc = np.full(t.shape, coef[-1], dtype=np.float64) if out is None else out
+    if out is not None:
+        acc.fill(coef[-1])
     for c in coef[-2::-1]:
         np.multiply(acc, t, out=acc)
         np.add(acc, c, out=acc)
@@ -135,7 +140,7 @@ def _exp_core(x: np.ndarray) -> np.ndarray:
     k = np.rint(np.multiply(x, _INV_LN2))  # round half to even: exact, deterministic
     r = np.subtract(x, np.multiply(k, _LN2_HI))  # exact (k ln2_hi exact; Sterbenz)
     np.subtract(r, np.multiply(k, _LN2_LO), out=r)
-    p = _horner(r, _EXP_COEF)  # e^r in [0.707, 1.415]
+    p = horner(r, _EXP_COEF)  # e^r in [0.707, 1.415]
     ki = k.astype(np.int64)
     k1 = np.clip(ki, -1000, 1000)
     np.ldexp(p, k1.astype(np.int32), out=p)  # exact (normal result)
@@ -179,7 +184,7 @@ def log(x):
     f = np.subtract(m, 1.0)  # exact (Sterbenz): m in [sqrt(1/2), sqrt(2))
     s = np.divide(f, np.add(f, 2.0))
     z = np.multiply(s, s)
-    r = np.multiply(_horner(z, _LOG_COEF), z)  # R(z) = sum_{k>=1} 2 z^k / (2k+1)
+    r = np.multiply(horner(z, _LOG_COEF), z)  # R(z) = sum_{k>=1} 2 z^k / (2k+1)
     hfsq = np.multiply(np.multiply(f, f), 0.5)
     # fdlibm: log x = k ln2_hi - ((hfsq - (s (hfsq + R) + k ln2_lo)) - f)
     t = np.add(hfsq, r)
@@ -291,8 +296,8 @@ def sin_cos(x):
     k = np.rint(np.multiply(x, _INV_PIO2))
     r = np.subtract(np.subtract(x, np.multiply(k, _PIO2_1)), np.multiply(k, _PIO2_1T))
     r2 = np.multiply(r, r)
-    sn = np.multiply(_horner(r2, _SIN_COEF), r)
-    cs = _horner(r2, _COS_COEF)
+    sn = np.multiply(horner(r2, _SIN_COEF), r)
+    cs = horner(r2, _COS_COEF)
     q = np.remainder(k.astype(np.int64), 4)
     sin = np.where(q == 0, sn, np.where(q == 1, cs, np.where(q == 2, -sn, -cs)))
     cos = np.where(q == 0, cs, np.where(q == 1, -sn, np.where(q == 2, -cs, sn)))

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .detmath import horner
+
 if TYPE_CHECKING:   # torch is imported where a function needs it: reading headers must not load it
     import torch
 
@@ -54,6 +56,8 @@ _MUL2 = _U64(0x94D049BB133111EB)
 _TWO_LN2 = 2.0 * 0.6931471805599453  # 2·(float64 nearest to ln 2), exact doubling
 _SQRT_HALF = 0.7071067811865476
 _OCTANT_SCALE = (math.pi / 4.0) / 2.0**29  # radians per unit of the 29-bit octant angle
+# The pool's own polynomials, evaluated by detmath.horner: not detmath's log/sin/cos (those are more
+# accurate and cost more); these define every candidate pool, so every file ever written: never change.
 # Truncation errors below are ~1e-10, far under float32's 6e-8 resolution of the output.
 # 2 ln m = s·(4 + 4s²/3 + 4s⁴/5 + ...), s = (m-1)/(m+1), |s| ≤ 0.1716: 6 terms (< 2e-10 rel).
 _LOG_COEF = tuple(4.0 / (2 * k + 1) for k in range(6))
@@ -138,15 +142,6 @@ def _workspace(n: int) -> _Workspace:
     return ws
 
 
-def _horner(t: np.ndarray, coef: tuple[float, ...], acc: np.ndarray) -> np.ndarray:
-    """acc = coef[0] + coef[1] t + ... (separate IEEE mul/add: no FMA contraction)."""
-    acc.fill(coef[-1])
-    for c in coef[-2::-1]:
-        acc *= t
-        acc += c
-    return acc
-
-
 def _pairs(h: np.ndarray, out_even: np.ndarray, out_odd: np.ndarray) -> None:
     """Box–Muller pair from 64-bit hashes ``h`` (1-D): writes r·cos φ and r·sin φ as float32.
 
@@ -174,7 +169,7 @@ def _pairs(h: np.ndarray, out_even: np.ndarray, out_odd: np.ndarray) -> None:
     m -= 1.0
     np.divide(m, t, out=s)  # s = (m'-1)/(m'+1)
     np.multiply(s, s, out=t)
-    _horner(t, _LOG_COEF, acc)
+    horner(t, _LOG_COEF, acc)
     acc *= s  # 2 ln m'
     r -= acc
     np.sqrt(r, out=r)
@@ -184,8 +179,8 @@ def _pairs(h: np.ndarray, out_even: np.ndarray, out_odd: np.ndarray) -> None:
     np.copyto(x, ua, casting="unsafe")
     x *= _OCTANT_SCALE
     np.multiply(x, x, out=t)
-    c = _horner(t, _COS_COEF, m)
-    sn = _horner(t, _SIN_COEF, acc)
+    c = horner(t, _COS_COEF, m)
+    sn = horner(t, _SIN_COEF, acc)
     sn *= x
     c *= r
     sn *= r
