@@ -175,6 +175,8 @@ def test_kl_report_matches_theoretical_chain_order(model):
     assert real.steps[0].kl_bits == pytest.approx(theo.steps[0].kl_bits, rel=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_round_trip_in_separate_processes(model, tmp_path):
     from PIL import Image
 
@@ -403,6 +405,7 @@ def test_x0_scale_choice_recovers_a_known_residual_scale():
     assert idx[0] < 10 < idx[1]
 
 
+@pytest.mark.slow
 def test_x0_scale_and_large_reuse_travel_in_an_explicit_schedule(model):
     """x0_scale_bits rides in bits 4-7 of the variance byte, reuse_bits > 3 in bits 6-7 (low) and
     2-3 (high) of the selection byte; such files decode bit-exactly, on several tiles; old-style

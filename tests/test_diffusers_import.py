@@ -232,7 +232,7 @@ def test_lossless_round_trip(calibrated):
     rng = np.random.default_rng(0)
     img = np.clip(128 + 40 * np.kron(rng.normal(size=(4, 4, 3)), np.ones((8, 8, 1)))
                   + rng.normal(scale=5, size=(32, 32, 3)), 0, 255).astype(np.uint8)
-    settings = codec.CodecSettings(num_steps=6, t_end=2, chunk_bits=4, log2_candidates=8)
+    settings = codec.settings_with(2, num_steps=6, t_end=2, chunk_bits=4, log2_candidates=8)
     res = codec.encode(img, calibrated, settings=settings)
     dec = codec.decode(res.data, calibrated)
     assert res.lossless and dec.lossless and np.array_equal(dec.image, img)

@@ -16,7 +16,7 @@ from ddpm_codec.eval.store import ResultStore
 from ddpm_codec.models.checkpoint import fresh_model, save_model, with_stats
 from ddpm_codec.models.presets import get_preset
 
-SETTINGS = codec.CodecSettings(num_steps=12, t_end=2, chunk_bits=6, log2_candidates=8)
+SETTINGS = codec.settings_with(2, num_steps=12, t_end=2, chunk_bits=6, log2_candidates=8)
 
 
 def made_up_images(n: int, seed: int = 0) -> np.ndarray:
@@ -176,7 +176,7 @@ def test_resume_after_interruption_equals_one_run(model, store, tmp_path):
     # a finished run is not redone, and other settings are refused rather than mixed in
     assert rd.run(imgs, model, path, settings=SETTINGS, progress=False) == 3
     with pytest.raises(ValueError, match="another model"):
-        rd.run(imgs, model, path, settings=codec.CodecSettings(num_steps=10, t_end=2, chunk_bits=6,
+        rd.run(imgs, model, path, settings=codec.settings_with(2, num_steps=10, t_end=2, chunk_bits=6,
                                                               log2_candidates=8), progress=False)
 
 

@@ -43,6 +43,7 @@ def _trainer(run_dir, cfg, dropout=0.1, **kw) -> Trainer:
                    device="cpu", progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_loss_goes_down(tmp_path):
     tr = _trainer(tmp_path, _cfg(steps=300), dropout=0.0)
     losses = [tr.train_step() for _ in range(300)]
@@ -195,6 +196,8 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
