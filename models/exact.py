@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..coding import detmath
-from .unet import AttnBlock, ResBlock, UNet
+from .unet import AttnBlock, ResBlock, UNet, unet_walk
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
@@ -570,28 +570,15 @@ class ExactUNet:
 
     @torch.no_grad()   # grad mode is per thread: map_samples' workers need it too
     def _forward(self, x: torch.Tensor, *tprojs: torch.Tensor) -> torch.Tensor:
-        tp = iter(tprojs)
-        h = self.conv_in(self.grid(x))
-        hs = [h]
-        for kind, mod, attn in self.down:
-            if kind == "res":
-                h = mod(h, next(tp))
-                for at in attn:
-                    h = at(h)
-            else:
-                if self.ucfg.down_padding == "tf":
-                    h = F.pad(h, (0, 1, 0, 1))                      # exact data movement
-                h = mod(h)
-            hs.append(h)
-        h = self.mid2(self.mid1(self.mid0(h, next(tp))), next(tp))
-        for kind, mod, attn in self.up:
-            if kind == "res":
-                h = mod(torch.cat([h, hs.pop()], dim=1), next(tp))
-                for at in attn:
-                    h = at(h)
-            else:
-                h = mod(F.interpolate(h, scale_factor=2, mode="nearest"))
-        out = self.conv_out(self.norm_out(h, silu=True))
+        tp = iter(tprojs)   # one time projection per residual block, in the walk's order (self.resblocks)
+
+        def res(rb):
+            return lambda h: rb(h, next(tp))
+        stages = [(kind, res(mod) if kind == "res" else mod, attn) for kind, mod, attn in self.down + self.up]
+        nd = len(self.down)
+        out = unet_walk(self.ucfg, self.grid(x), self.conv_in, stages[:nd],
+                        (res(self.mid0), self.mid1, res(self.mid2)), stages[nd:],
+                        lambda h: self.conv_out(self.norm_out(h, silu=True)))
         return out.mul_(2.0**-self.config.act_bits).to("cpu")
 
 

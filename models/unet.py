@@ -7,6 +7,7 @@ blocks. ``forward(x, t)`` takes images ``[N, C, H, W]`` in [-1, 1] and paper tim
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -161,27 +162,46 @@ class UNet(nn.Module):
         if self.config.time_offset:
             t = t + self.config.time_offset
         emb = self.temb(timestep_embedding(t, self.config.ch))
-        hs = [self.conv_in(x)]
-        h = hs[-1]
-        for blocks in self.down:
+
+        def stage(blocks, kind):
             if isinstance(blocks[0], ResBlock):
-                h = blocks[0](h, emb)
-                for b in blocks[1:]:
-                    h = b(h)
-            else:
-                if self.config.down_padding == "tf":
-                    h = F.pad(h, (0, 1, 0, 1))
-                h = blocks[0](h)
-            hs.append(h)
-        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
-        for blocks in self.up:
-            if isinstance(blocks[0], ResBlock):
-                h = blocks[0](torch.cat([h, hs.pop()], dim=1), emb)
-                for b in blocks[1:]:
-                    h = b(h)
-            else:
-                h = blocks[1](blocks[0](h))
-        return self.conv_out(F.silu(self.norm_out(h)))
+                return "res", functools.partial(blocks[0], temb=emb), list(blocks[1:])
+            return kind, blocks[-1], None     # up stages: [Upsample, Conv2d]; the walk upsamples
+        mid = (functools.partial(self.mid[0], temb=emb), self.mid[1], functools.partial(self.mid[2], temb=emb))
+        return unet_walk(self.config, x, self.conv_in, [stage(b, "down") for b in self.down], mid,
+                         [stage(b, "up") for b in self.up], lambda h: self.conv_out(F.silu(self.norm_out(h))))
+
+
+def unet_walk(config: UNetConfig, x: torch.Tensor, conv_in, down, mid, up, out) -> torch.Tensor:
+    """The U-Net's data flow, the one both arithmetics walk: :meth:`UNet.forward` (float) and
+    :class:`~ddpm_codec.models.exact.ExactUNet` (exact) differ only in the layers they pass.
+
+    ``down``/``up``: per stage ``("res", block, attns)`` (a residual block with the time embedding
+    bound, then its attention blocks), ``("down", conv, None)`` (stride 2; TF-style padding when the
+    config says so) or ``("up", conv, None)`` (nearest ×2 upsampling, then the conv); ``mid``: the
+    residual block, attention, residual block; ``out``: GroupNorm, SiLU and the output conv. Up
+    stages' residual blocks see the down path's activations concatenated along channels."""
+    h = conv_in(x)
+    hs = [h]
+    for kind, mod, attns in down:
+        if kind == "res":
+            h = mod(h)
+            for a in attns:
+                h = a(h)
+        else:
+            if config.down_padding == "tf":
+                h = F.pad(h, (0, 1, 0, 1))                      # exact data movement
+            h = mod(h)
+        hs.append(h)
+    h = mid[2](mid[1](mid[0](h)))
+    for kind, mod, attns in up:
+        if kind == "res":
+            h = mod(torch.cat([h, hs.pop()], dim=1))
+            for a in attns:
+                h = a(h)
+        else:
+            h = mod(F.interpolate(h, scale_factor=2, mode="nearest"))
+    return out(h)
 
 
 def count_parameters(model: nn.Module) -> int:
