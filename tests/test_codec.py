@@ -40,9 +40,15 @@ def model():
     return with_stats(m, mse)
 
 
-def test_lossless_round_trip_is_bit_exact(model):
+ARITHMETICS = pytest.mark.parametrize("exact", [0, 1], ids=["float", "exact"])   # one code path, two arithmetics
+
+
+@ARITHMETICS
+def test_lossless_round_trip_is_bit_exact(model, exact):
+    settings = replace(SETTINGS, exact=exact)
+    assert settings.arithmetic.exact == bool(exact)
     for img in smooth_images(2):
-        res = codec.encode(img, model, settings=SETTINGS)
+        res = codec.encode(img, model, settings=settings)
         assert res.lossless
         dec = codec.decode(res.data, model)
         assert dec.lossless and np.array_equal(dec.image, img)
@@ -259,14 +265,16 @@ def _cut_points(data: bytes):
     return out
 
 
-def test_trellis_round_trip_and_every_segment_boundary_decodes(model):
+@ARITHMETICS
+def test_trellis_round_trip_and_every_segment_boundary_decodes(model, exact):
     """Trellis coder, one stream cut into segments: bit-exact lossless; a file cut at ANY segment
     boundary decodes exactly the steps before it, to the same image as `--steps` on the full file."""
     img = smooth_images(1, seed=11)[0]
-    res = codec.encode(img, model, settings=TRELLIS, min_segment_bytes=4)
+    settings = replace(TRELLIS, exact=exact)
+    res = codec.encode(img, model, settings=settings, min_segment_bytes=4)
     header = container.unpack(res.data).file.header
     assert header.one_stream and header.schedule.selection == codec.SELECTION_IDS.index("trellis")
-    assert codec.read_header(res.data)[1] == TRELLIS
+    assert codec.read_header(res.data)[1] == settings
     assert np.array_equal(codec.decode(res.data, model).image, img)
     cuts = _cut_points(res.data)
     assert len(cuts) >= 3
