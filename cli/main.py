@@ -718,9 +718,12 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, mode
 @click.option("--chunk", "chunk_images", type=click.IntRange(1, 1 << 20), default=100, show_default=True,
               help="Images per independent chunk (extracting one image decodes part of its chunk; each "
                    "chunk pays its initial bits once).")
+@click.option("--seed-images", type=click.IntRange(0, 255), default=3, show_default=True,
+              help="Each chunk's first images as per-image files (exact profile 12) at the bottom of its stack: "
+                   "the next images' initial bits (0: pseudo-random words, which cost their bits).")
 @click.option("--split", default="test", show_default=True, help="Which array of an .npz input (<split>_images).")
 @_max_pixels_option
-def archive_cmd(images, output, model_spec, num_steps, grid_bits, chunk_images, split, max_pixels):
+def archive_cmd(images, output, model_spec, num_steps, grid_bits, chunk_images, seed_images, split, max_pixels):
     """Code IMAGES (files, folders of images, .npz arrays) losslessly into one archive by bits-back
     coding over the model's chain (portable: exact arithmetic). Names and sizes are kept."""
     from tqdm.auto import tqdm
@@ -729,7 +732,8 @@ def archive_cmd(images, output, model_spec, num_steps, grid_bits, chunk_images, 
     from ddpm_codec.imageio import check_writable, write_bytes_atomic
 
     try:
-        settings = ar.ArchiveSettings(num_steps=num_steps, grid_bits=grid_bits, chunk_images=chunk_images)
+        settings = ar.ArchiveSettings(num_steps=num_steps, grid_bits=grid_bits, chunk_images=chunk_images,
+                                      seed_images=seed_images)
         notes: list[str] = []
         items = ar.collect_images(images, split=split, max_pixels=max_pixels, notes=notes)
         check_writable(output)

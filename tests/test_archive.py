@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from ddpm_codec.codec import archive as ar
+from ddpm_codec.codec.profiles import PROFILES
 from ddpm_codec.coding import bitsback
 from ddpm_codec.coding.bitsback import LATENT_PRECISION, AnsError, AnsStack, LatentGrid, gaussian_frequencies
 from ddpm_codec.errors import InputError
@@ -27,7 +29,9 @@ from ddpm_codec.models.presets import get_preset
 from ddpm_codec.models.x0_context import ContextConfig, ContextX0Net
 
 MSE = np.concatenate([[0.0], np.geomspace(3e-4, 0.3, 1000)])
-SETTINGS = ar.ArchiveSettings(num_steps=4, grid_bits=3, chunk_images=2)
+SETTINGS = ar.ArchiveSettings(num_steps=4, grid_bits=3, chunk_images=2, seed_images=0)
+# the per-image codec for seed images, on a short chain (as tests/test_portable.py): exact arithmetic is what matters
+SEED_PROFILE = replace(PROFILES[12], num_steps=6, log2_candidates=8, chunk_bits=2, reuse_bits=0)
 
 
 # ----------------------------------------------------------------------------- the stack
@@ -211,6 +215,24 @@ def test_single_image_archive(model):
     assert out.images[0][0] == "only" and np.array_equal(out.images[0][1], img)
 
 
+def test_seed_images_give_the_next_images_their_initial_bits(made, model):
+    """A chunk's first image as a per-image file at the stack's bottom: the next image pops it instead of
+    virtual words (fewer initial bits), and every image, the seed one too, extracts exactly."""
+    items, plain = made
+    settings = ar.ArchiveSettings(num_steps=4, grid_bits=3, chunk_images=3, seed_images=1)
+    res = ar.archive(items, model, settings=settings, seed_profile=SEED_PROFILE)
+    idx = ar.read_index(res.data)
+    assert len(idx.chunks) == 1 and len(idx.chunks[0].seed_files) == 1
+    assert res.stats[0].stack_bits == 8 * idx.chunks[0].seed_files[0]
+    assert res.stats[1].virtual_bits <= max(0.0, plain.stats[0].virtual_bits - 8 * idx.chunks[0].seed_files[0]) + 64
+    out = ar.extract(res.data, model)
+    assert not out.damaged and all(np.array_equal(g, w) for (_, g), (_, w) in zip(out.images, items))
+    one = ar.extract(res.data, model, only=["a.png"])
+    assert np.array_equal(one.images[0][1], items[0][1])
+    with pytest.raises(InputError, match="exact"):
+        ar.archive(items, model, settings=settings, seed_profile=PROFILES[11])
+
+
 def _recrc_chunk(data: bytes, idx: ar.ArchiveIndex, c: int, payload: bytes) -> bytes:
     """The archive with chunk ``c``'s payload replaced (same length) and its CRC repaired in the index."""
     import dataclasses
@@ -218,7 +240,7 @@ def _recrc_chunk(data: bytes, idx: ar.ArchiveIndex, c: int, payload: bytes) -> b
     ch = idx.chunks[c]
     data = data[:ch.offset] + payload + data[ch.offset + ch.length:]
     entries = [dataclasses.replace(e) for e in idx.images]
-    chunks = [(i, data[x.offset:x.offset + x.length]) for i, x in enumerate(idx.chunks)]
+    chunks = [(x.seed_files, data[x.offset:x.offset + x.length]) for x in idx.chunks]
     index = ar._pack_index(idx.fingerprint, idx.settings, idx.t_end, entries, chunks)
     return index + b"".join(p for _, p in chunks)
 
@@ -319,7 +341,7 @@ def test_cli_archive_list_extract(model_path, tmp_path):
     runner = CliRunner()
     out = tmp_path / "set.ddpma"
     r = runner.invoke(main, ["archive", str(src), "-o", str(out), "--model", str(model_path), "--steps", "3",
-                             "--grid-bits", "2"])
+                             "--grid-bits", "2", "--seed-images", "0"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["extract", str(out), "--list"])
     assert r.exit_code == 0 and "p0.png\t20x12\tchunk 0" in r.output

@@ -47,7 +47,8 @@ from ..diffusion import respaced_timesteps
 from ..errors import Error, InputError
 from ..models.checkpoint import LoadedModel
 from .chain import Net
-from .settings import SCHEDULE_KINDS
+from .profiles import PROFILES
+from .settings import SCHEDULE_KINDS, CodecSettings
 from .tiles import check_dimensions, check_image, from_tiles, inside_mask, to_tiles
 from .x0 import read_pixels_context, write_pixels_context, x0_model
 
@@ -73,6 +74,8 @@ class ArchiveSettings:
     spacing: str = "cubic"
     grid_bits: int = 4           # latent bins per std: 2^grid_bits .. 2^(grid_bits + 1)
     chunk_images: int = 100      # images per independent stack
+    seed_images: int = 3         # a chunk's first images as per-image .ddpm files at its stack's bottom (the
+                                 # next images' initial bits: ~37 kbit a chunk otherwise; 0: virtual words only)
 
     def __post_init__(self):
         if self.spacing not in SCHEDULE_KINDS:
@@ -83,6 +86,8 @@ class ArchiveSettings:
             raise InputError(f"chunk_images must be in [1, 2^20], got {self.chunk_images}")
         if not 1 <= self.num_steps <= 1 << 16:
             raise InputError(f"num_steps must be in [1, 65536], got {self.num_steps}")
+        if not 0 <= self.seed_images <= 255:
+            raise InputError(f"seed_images must be in [0, 255], got {self.seed_images}")
 
 
 @dataclass
@@ -99,6 +104,7 @@ class ChunkEntry:
     offset: int         # of the payload, from the start of the archive
     length: int
     crc: int
+    seed_files: list[int] = field(default_factory=list)   # byte lengths of the .ddpm files at the stack's bottom
 
 
 @dataclass
@@ -350,13 +356,16 @@ def _check_name(name: str) -> str:
 
 
 def _pack_index(fingerprint: bytes, settings: ArchiveSettings, t_end: int, images: list[ImageEntry],
-                chunks: list[tuple[int, bytes]]) -> bytes:
+                chunks: list[tuple[list[int], bytes]]) -> bytes:
+    """The index; ``chunks``: each chunk's seed file lengths and payload."""
     v = container.varint_encode
     body = bytearray(fingerprint)
-    body += v(settings.num_steps) + bytes([SCHEDULE_KINDS.index(settings.spacing), settings.grid_bits])
+    body += v(settings.num_steps) + bytes([SCHEDULE_KINDS.index(settings.spacing), settings.grid_bits,
+                                           settings.seed_images])
     body += v(t_end) + v(settings.chunk_images) + v(len(images)) + v(len(chunks))
-    for _, payload in chunks:
-        body += v(len(payload)) + zlib.crc32(payload).to_bytes(4, "little")
+    for seeds, payload in chunks:
+        body += v(len(payload)) + zlib.crc32(payload).to_bytes(4, "little") + v(len(seeds))
+        body += b"".join(v(n) for n in seeds)
     for e in images:
         nb = e.name.encode("utf-8")
         body += v(e.height) + v(e.width) + e.crc.to_bytes(4, "little") + v(len(nb)) + nb
@@ -399,13 +408,13 @@ def _parse_index(body: bytes, start: int) -> ArchiveIndex:
         return val
 
     num_steps = uv("num_steps", 1, 1 << 16)
-    spacing, grid_bits = body[pos], body[pos + 1]
-    pos += 2
+    spacing, grid_bits, seed_images = body[pos], body[pos + 1], body[pos + 2]
+    pos += 3
     if spacing >= len(SCHEDULE_KINDS):
         raise ValueError(f"unknown spacing id {spacing}")
     t_end = uv("t_end", 1, 1 << 16)
     chunk_images = uv("chunk_images", 1, 1 << 20)
-    settings = ArchiveSettings(num_steps, SCHEDULE_KINDS[spacing], grid_bits, chunk_images)
+    settings = ArchiveSettings(num_steps, SCHEDULE_KINDS[spacing], grid_bits, chunk_images, seed_images)
     num_images = uv("number of images", 0, 1 << 32)
     num_chunks = uv("number of chunks", 0, 1 << 32)
     if num_chunks != -(-num_images // chunk_images):
@@ -415,7 +424,9 @@ def _parse_index(body: bytes, start: int) -> ArchiveIndex:
         length = uv("chunk length", 8, 1 << 48)
         crc = int.from_bytes(body[pos:pos + 4], "little")
         pos += 4
-        chunks.append(ChunkEntry(min(chunk_images, num_images - c * chunk_images), offset, length, crc))
+        size = min(chunk_images, num_images - c * chunk_images)
+        seeds = [uv("seed file length", 1, length) for _ in range(uv("seed files", 0, min(size, seed_images)))]
+        chunks.append(ChunkEntry(size, offset, length, crc, seeds))
         offset += length
     images = []
     for _ in range(num_images):
@@ -433,12 +444,31 @@ def _parse_index(body: bytes, start: int) -> ArchiveIndex:
 
 # ----------------------------------------------------------------------------- archive / extract
 
+def _seed_file(img: np.ndarray, model: LoadedModel, profile: CodecSettings, name: str) -> tuple[ImageStats, bytes]:
+    """A chunk's seed image as a lossless per-image file, and its stats (it costs its file)."""
+    from .api import encode
+
+    res = encode(img, model, settings=profile, metrics=False)
+    kl = res.steps[-1].cum_kl_bpd * res.num_dims if res.steps else 0.0
+    bits = 8.0 * len(res.data)
+    return ImageStats(name=name, dims=res.num_dims, stack_bits=bits, virtual_bits=0.0, push_bits=bits, pop_bits=0.0,
+                      x0_bits=res.x0_ideal_bits, kl_bits=kl, network_seconds=res.network_seconds,
+                      seconds=res.seconds), res.data
+
+
 def archive(images: Iterable[tuple[str, np.ndarray]], model: LoadedModel, *,
             settings: ArchiveSettings | None = None, measure: bool = False,
-            progress: Callable[[ImageStats], None] | None = None, max_pixels: int | None = None) -> ArchiveResult:
+            progress: Callable[[ImageStats], None] | None = None, max_pixels: int | None = None,
+            seed_profile: CodecSettings | None = None) -> ArchiveResult:
     """Code named uint8 RGB images ``(name, [H, W, 3])`` into one archive (bytes). ``measure``:
-    fill :class:`ImageStats`' ideal bits and KLs (float reports, a little slower)."""
+    fill :class:`ImageStats`' ideal bits and KLs (float reports, a little slower). Each chunk's
+    first ``settings.seed_images`` images are coded by :func:`.api.encode` with ``seed_profile``
+    (default: profile 12, exact arithmetic; the files name their settings) and put at the bottom of
+    the chunk's stack, where the next images' pops read them as their initial bits."""
     settings = settings or ArchiveSettings()
+    seed_profile = seed_profile or PROFILES[12]
+    if settings.seed_images and not seed_profile.exact:
+        raise InputError("the seed images' profile must be exact (portable), as the archive is")
     fingerprint = _fingerprint(model)
     chain = BitsBackChain(model, settings, model.x0_context.config.tau)
     items = []
@@ -454,14 +484,22 @@ def archive(images: Iterable[tuple[str, np.ndarray]], model: LoadedModel, *,
     stats, chunks, entries = [], [], []
     k = settings.chunk_images
     for c in range(0, len(items), k):
-        stack = AnsStack(seed=c // k)
-        for name, img in items[c:c + k]:
-            s = encode_image(stack, chain, net, ctx, img, name, measure=measure)
+        files = []
+        for i, (name, img) in enumerate(items[c:c + k]):
+            if i < settings.seed_images:
+                s, data = _seed_file(img, model, seed_profile, name)
+                files.append(data)
+            else:
+                if i == len(files):
+                    stack = AnsStack(seed=c // k, bottom=b"".join(files))
+                s = encode_image(stack, chain, net, ctx, img, name, measure=measure)
             stats.append(s)
             entries.append(ImageEntry(name, img.shape[0], img.shape[1], zlib.crc32(img.tobytes())))
             if progress:
                 progress(s)
-        chunks.append((c // k, stack.to_bytes()))
+        if len(files) == len(items[c:c + k]):
+            stack = AnsStack(seed=c // k, bottom=b"".join(files))
+        chunks.append(([len(f) for f in files], stack.to_bytes()))
     index = _pack_index(fingerprint, settings, chain.tau, entries, chunks)
     data = index + b"".join(p for _, p in chunks)
     return ArchiveResult(data=data, stats=stats, seconds=time.perf_counter() - start,
@@ -522,24 +560,49 @@ def extract(data: bytes, model: LoadedModel, *, only: Iterable[str] | None = Non
 
 
 def _extract_chunk(payload, c, members, first, index, chain, net, ctx, progress):
+    """Chunk ``c``'s images from its last down to ``first``; the seed files (the stack's bottom) once every
+    bits-back image above them is undone. Returns ({image index: pixels}, None) or ({}, why it failed)."""
+    from .api import decode
+
+    seeds = index.chunks[c].seed_files
     try:
         stack = AnsStack.from_bytes(payload, seed=c)
         got = {}
-        for i in reversed(members):
+        for i in reversed(members[len(seeds):]):
             if i < first:
                 break
-            e = index.images[i]
-            img = decode_image(stack, chain, net, ctx, e.height, e.width)
-            if zlib.crc32(img.tobytes()) != e.crc:
-                return {}, f"image {e.name!r} fails its checksum"
-            got[i] = img
+            got[i] = _checked(decode_image(stack, chain, net, ctx, index.images[i].height, index.images[i].width),
+                              index.images[i])
             if progress:
-                progress(e.name)
-        if first == members[0] and not stack.is_initial():
+                progress(index.images[i].name)
+        if first >= members[0] + len(seeds):
+            return got, None
+        bottom = stack.release_bottom(sum(seeds))
+        if bottom is None:
             return {}, "the stack does not end where its encoder began"
+        pos = 0
+        for i, n in zip(members, seeds):
+            if i >= first:
+                res = decode(bottom[pos:pos + n], chain.model)
+                got[i] = _checked(res.image, index.images[i])
+                if progress:
+                    progress(index.images[i].name)
+            pos += n
         return got, None
+    except _ChecksumError as exc:
+        return {}, str(exc)
     except (AnsError, ValueError) as exc:
         return {}, f"does not decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
+class _ChecksumError(Exception):
+    pass
+
+
+def _checked(img: np.ndarray, e: ImageEntry) -> np.ndarray:
+    if img.shape[:2] != (e.height, e.width) or zlib.crc32(img.tobytes()) != e.crc:
+        raise _ChecksumError(f"image {e.name!r} fails its checksum")
+    return img
 
 
 # ----------------------------------------------------------------------------- inputs

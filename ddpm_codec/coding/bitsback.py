@@ -30,11 +30,13 @@ the inverse. All integers are below 2^63 (int64). The loops are compiled (numba,
 no fused multiply-add; ``tests/test_archive.py`` checks the machine code); the float arithmetic
 inside them is the formula above in that order.
 
-Initial bits: a pop from an empty stack reads *virtual* words, a counter-based hash of the stack's
-``seed`` that both sides can generate; they cost their 32 bits each (nothing comes back for them)
-and are counted in :attr:`AnsStack.virtual_used`. A decoder that undid every operation holds
-exactly the virtual words the encoder read, in reverse, and the initial head: :meth:`AnsStack.
-is_initial` checks that (a strong check that everything decoded right).
+Initial bits: a stack may start on real data (``bottom``: e.g. other images' files, which a pop
+then reads as its random bits and the decoder gets back intact); a pop from an empty stack reads
+*virtual* words, a counter-based hash of the stack's ``seed`` that both sides can generate; they
+cost their 32 bits each (nothing comes back for them) and are counted in
+:attr:`AnsStack.virtual_used`. A decoder that undid every operation holds exactly the initial
+head, the bottom and the virtual words the encoder read, in reverse: :meth:`AnsStack.release_bottom`
+checks that (a strong check that everything decoded right).
 """
 from __future__ import annotations
 
@@ -261,6 +263,11 @@ def whitening_keys(key: int, count: int, precision: int) -> np.ndarray:
     return (virtual_words(0x6B657900 ^ int(key), 0, count).astype(np.int64) & ((1 << precision) - 1))
 
 
+def _words_of(data: bytes) -> np.ndarray:
+    """Bytes as little-endian 32-bit words, the last padded with zeros."""
+    return np.frombuffer(bytes(data) + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
+
+
 def _flat_f64(a, n: int | None = None, name: str = "mus") -> np.ndarray:
     a = np.ascontiguousarray(np.asarray(a, dtype=np.float64).reshape(-1))
     if n is not None and a.size != n:
@@ -281,11 +288,12 @@ class AnsStack:
     """The rANS stack of the module docstring. ``seed`` names its virtual words (both sides must
     agree on it); a decoder is made with :meth:`from_bytes`."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, bottom: bytes = b""):
         self.seed = int(seed)
         self.head = self.initial_head(seed)
-        self.words = np.zeros(1024, np.uint32)
-        self.n = 0
+        w = _words_of(bottom)
+        self.words = np.concatenate([w, np.zeros(1024, np.uint32)])
+        self.n = w.size
         self.virtual_used = 0
         self._virt = np.zeros(0, np.uint32)
 
@@ -332,10 +340,21 @@ class AnsStack:
     def is_initial(self) -> bool:
         """Whether this (decoder's) stack is back where the encoder started: the initial head, and
         exactly the virtual words the encoder read, in reverse."""
-        if self.head != self.initial_head(self.seed):
-            return False
-        v = virtual_words(self.seed, 0, self.n)
-        return bool(np.array_equal(self.words[:self.n][::-1], v))
+        return self.release_bottom(0) == b""
+
+    def release_bottom(self, nbytes: int) -> bytes | None:
+        """For a decoder that undid everything above an encoder's ``bottom`` (``AnsStack(seed,
+        bottom)``, ``nbytes = len(bottom)``): that bottom, or None unless the stack is exactly where
+        that encoder began (its initial head; below the bottom, the virtual words it read, in
+        reverse; the bottom's padding zero)."""
+        m = -(-nbytes // 4)
+        v = self.n - m
+        if self.head != self.initial_head(self.seed) or v < 0:
+            return None
+        if not np.array_equal(self.words[:v][::-1], virtual_words(self.seed, 0, v)):
+            return None
+        raw = self.words[v:self.n].astype("<u4").tobytes()
+        return raw[:nbytes] if not any(raw[nbytes:]) else None
 
     # ------------------------------------------------------------------ Gaussian on a grid
     def push_gaussian(self, js, mus, sigma: float, grid: LatentGrid, *, floor: bool = True, key: int = 0) -> None:

@@ -1,0 +1,134 @@
+"""Bits-back archives (issue 27), measured: bits/dim against the chain's bound, initial bits, time.
+
+    python benchmarks/archive.py -n 100 --steps 48 --decode          # one chunk of test images 0-99
+    python benchmarks/archive.py -n 10 --steps 250 --grid-bits 4      # a row of the steps sweep
+
+Codes test images ``--start`` .. ``--start + n - 1`` of the shared CIFAR-10 subset on ONE stack (one chunk,
+as ``ddpm-codec archive`` with ``--chunk >= n``) with the shipped model on one thread, and prints:
+
+* ``bpd``: the archive (index + stack) in bits/dim, for the first 1, 10, ... n images (a set of N
+  images makes exactly that stack: the coding is deterministic);
+* ``net bpd`` and ``bound bpd``: over images 2..n (the chunk's first image pays the initial bits),
+  the stack's growth per image, and the chain's negative ELBO at the realised latents
+  (L_T + sum of KL(q(x_s|x_t,x_0) || p(x_s|x_t)) + x_0's code length under the context model);
+* initial bits: the first image's virtual words (32 bits each);
+* time: archive (and with ``--decode`` extract) seconds as ratios to their network seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import zlib
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ddpm_codec.arithmetic import EXACT  # noqa: E402
+from ddpm_codec.codec import archive as ar  # noqa: E402
+from ddpm_codec.coding.bitsback import AnsStack  # noqa: E402
+from ddpm_codec.models.registry import resolve_model  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-subset.npz")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", type=int, default=10)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--grid-bits", type=int, default=4)
+    p.add_argument("--decode", action="store_true", help="also extract and check every image")
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--json", default=None, help="append the result as one JSON line to this file")
+    p.add_argument("--archive", action="store_true",
+                   help="instead: ar.archive() as `ddpm-codec archive` runs it (chunks of --chunk, --seed-images "
+                        "per-image files at each chunk's bottom), its size against the images' bounds")
+    p.add_argument("--chunk", type=int, default=100)
+    p.add_argument("--seed-images", type=int, default=3)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    model = resolve_model()
+    imgs = np.load(a.data)["test_images"][a.start:a.start + a.n]
+    names = [f"test/{a.start + i:05d}" for i in range(len(imgs))]
+    if a.archive:
+        return whole_archive(a, model, imgs, names)
+    settings = ar.ArchiveSettings(num_steps=a.steps, grid_bits=a.grid_bits, chunk_images=max(len(imgs), 1),
+                                  seed_images=0)
+    chain = ar.BitsBackChain(model, settings, model.x0_context.config.tau)
+    net = ar.Net(model, EXACT)
+    ctx = ar._context(model, net)
+    stack = AnsStack(seed=0)
+    stats, sizes = [], []
+    t0 = time.perf_counter()
+    for name, img in zip(names, imgs):
+        stats.append(ar.encode_image(stack, chain, net, ctx, img, name, measure=True))
+        sizes.append(stack.num_bits())
+        print(f"{name}: {stats[-1].stack_bits / stats[-1].dims:.4f} bits/dim (bound "
+              f"{(stats[-1].kl_bits + stats[-1].x0_bits) / stats[-1].dims:.4f})", flush=True)
+    enc_s, enc_net = time.perf_counter() - t0, net.seconds
+    dims = stats[0].dims
+    entries = [ar.ImageEntry(n, 32, 32, zlib.crc32(im.tobytes())) for n, im in zip(names, imgs)]
+    by_size = {}
+    for k in sorted({1, 10, 100, 500, len(imgs)}):
+        if k <= len(imgs):
+            index = ar._pack_index(b"\0" * 4, settings, chain.tau, entries[:k], [([], b"\0" * (sizes[k - 1] // 8))])
+            by_size[k] = (8 * len(index) + sizes[k - 1]) / (k * dims)
+    rest = stats[1:] or stats
+    out = {
+        "steps": a.steps, "grid_bits": a.grid_bits, "n": len(imgs), "start": a.start,
+        "bpd_by_set_size": by_size,
+        "bound_bpd_all": sum(s.kl_bits + s.x0_bits for s in stats) / (len(stats) * dims),
+        "net_bpd": sum(s.stack_bits for s in rest) / (len(rest) * dims),
+        "ideal_bpd": sum(s.push_bits - s.pop_bits for s in rest) / (len(rest) * dims),
+        "bound_bpd": sum(s.kl_bits + s.x0_bits for s in rest) / (len(rest) * dims),
+        "kl_bpd": sum(s.kl_bits for s in rest) / (len(rest) * dims),
+        "x0_bpd": sum(s.x0_bits for s in rest) / (len(rest) * dims),
+        "initial_bits": stats[0].virtual_bits,
+        "encode_seconds": enc_s, "encode_network_seconds": enc_net,
+    }
+    out["net_over_bound"] = out["net_bpd"] / out["bound_bpd"]
+    out["encode_ratio"] = enc_s / enc_net
+    if a.decode:
+        data = ar._pack_index(model.context_fingerprint and bytes.fromhex(model.context_fingerprint[:8]), settings,
+                              chain.tau, entries, [([], stack.to_bytes())]) + stack.to_bytes()
+        res = ar.extract(data, model)
+        assert not res.damaged and all(np.array_equal(g, w) for (_, g), w in zip(res.images, imgs))
+        out["decode_seconds"], out["decode_network_seconds"] = res.seconds, res.network_seconds
+        out["decode_ratio"] = res.seconds / res.network_seconds
+    print(json.dumps(out))
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps(out) + "\n")
+
+
+def whole_archive(a, model, imgs, names) -> None:
+    settings = ar.ArchiveSettings(num_steps=a.steps, grid_bits=a.grid_bits, chunk_images=a.chunk,
+                                  seed_images=a.seed_images)
+    res = ar.archive(list(zip(names, imgs)), model, settings=settings, measure=True)
+    seeds = [s for i, s in enumerate(res.stats) if i % a.chunk < a.seed_images]
+    rest = [s for i, s in enumerate(res.stats) if i % a.chunk >= a.seed_images]
+    dims = res.num_dims
+    out = {"mode": "archive", "steps": a.steps, "grid_bits": a.grid_bits, "n": len(imgs), "start": a.start,
+           "chunk": a.chunk, "seed_images": a.seed_images, "bytes": len(res.data), "bpd": res.bits_per_dim,
+           "index_bytes": res.index_bytes,
+           "seed_file_bpd": sum(s.stack_bits for s in seeds) / max(sum(s.dims for s in seeds), 1),
+           "virtual_bits": sum(s.virtual_bits for s in res.stats),
+           "bitsback_bound_bpd": sum(s.kl_bits + s.x0_bits for s in rest) / max(sum(s.dims for s in rest), 1),
+           "seconds": res.seconds, "network_seconds": res.network_seconds}
+    # overhead per image: the archive against bits-back at the bound for every image (seed images at
+    # their own chain's bound: the same chain, RCC-coded)
+    out["overhead_bits_per_image"] = (8 * len(res.data) - sum(s.kl_bits + s.x0_bits for s in res.stats)) / len(imgs)
+    out["overhead_bpd"] = out["overhead_bits_per_image"] * len(imgs) / dims
+    print(json.dumps(out))
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
