@@ -2,6 +2,7 @@
 
     python benchmarks/archive.py -n 100 --steps 48 --decode          # one chunk of test images 0-99
     python benchmarks/archive.py -n 10 --steps 250 --grid-bits 4      # a row of the steps sweep
+    python benchmarks/archive.py -n 500 --archive --decode            # `ddpm-codec archive` as it runs (chunks, seed files)
 
 Codes test images ``--start`` .. ``--start + n - 1`` of the shared CIFAR-10 subset on ONE stack (one chunk,
 as ``ddpm-codec archive`` with ``--chunk >= n``) with the shipped model on one thread, and prints:
@@ -124,6 +125,15 @@ def whole_archive(a, model, imgs, names) -> None:
     # their own chain's bound: the same chain, RCC-coded)
     out["overhead_bits_per_image"] = (8 * len(res.data) - sum(s.kl_bits + s.x0_bits for s in res.stats)) / len(imgs)
     out["overhead_bpd"] = out["overhead_bits_per_image"] * len(imgs) / dims
+    idx = ar.read_index(res.data)
+    out["chunk_bytes"] = [c.length for c in idx.chunks]
+    out["seed_file_bytes"] = [c.seed_files for c in idx.chunks]
+    if a.decode:
+        ex = ar.extract(res.data, model)
+        assert not ex.damaged and all(np.array_equal(g, w) for (_, g), w in zip(ex.images, imgs))
+        out["decode_seconds"], out["decode_network_seconds"] = ex.seconds, ex.network_seconds
+        out["decode_ratio"] = ex.seconds / ex.network_seconds
+    out["encode_ratio"] = res.seconds / res.network_seconds
     print(json.dumps(out))
     if a.json:
         with open(a.json, "a") as f:

@@ -489,6 +489,7 @@ def archive(images: Iterable[tuple[str, np.ndarray]], model: LoadedModel, *,
             if i < settings.seed_images:
                 s, data = _seed_file(img, model, seed_profile, name)
                 files.append(data)
+                net.seconds += s.network_seconds      # the per-image codec's network time counts too
             else:
                 if i == len(files):
                     stack = AnsStack(seed=c // k, bottom=b"".join(files))
@@ -584,6 +585,7 @@ def _extract_chunk(payload, c, members, first, index, chain, net, ctx, progress)
         for i, n in zip(members, seeds):
             if i >= first:
                 res = decode(bottom[pos:pos + n], chain.model)
+                net.seconds += res.network_seconds
                 got[i] = _checked(res.image, index.images[i])
                 if progress:
                     progress(index.images[i].name)
