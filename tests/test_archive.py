@@ -356,3 +356,20 @@ def test_cli_archive_list_extract(model_path, tmp_path):
     assert r.exit_code == 1 and "magic" in r.output and not (tmp_path / "y").exists()
     r = runner.invoke(main, ["archive", str(src / "missing.png"), "-o", str(tmp_path / "z.ddpma")])
     assert r.exit_code == 1 and not (tmp_path / "z.ddpma").exists()
+
+
+def test_collect_images_names_files_folders_and_npz_arrays(tmp_path):
+    from PIL import Image
+
+    imgs = _images(3, 11, 5, 6)
+    np.savez(tmp_path / "set.npz", test_images=np.stack(imgs))
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    Image.fromarray(imgs[0]).save(tmp_path / "d" / "sub" / "x.png")
+    Image.fromarray(imgs[1]).save(tmp_path / "y.png")
+    got = ar.collect_images([tmp_path / "set.npz", tmp_path / "d", tmp_path / "y.png"])
+    assert [n for n, _ in got] == ["set/0", "set/1", "set/2", "sub/x.png", "y.png"]
+    assert all(np.array_equal(a, b) for (_, a), b in zip(got, imgs + imgs[:2]))
+    assert ar.output_name("set/0") == "set/0.png" and ar.output_name("sub/x.jpg") == "sub/x.png"
+    with pytest.raises(InputError, match="no images"):
+        (tmp_path / "empty").mkdir()
+        ar.collect_images([tmp_path / "empty"])

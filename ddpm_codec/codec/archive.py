@@ -24,9 +24,11 @@ Gaussian, ``g = grid_bits``); every model is exact integers, the network the exa
 U-Net: an archive extracts bit-exactly on any machine.
 
 Chunks of ``chunk_images`` images are independent stacks: extracting one image decodes its
-chunk's images from the last down to it. The first image of a chunk pops from an empty stack:
-its virtual words (``AnsStack.virtual_used``) are the chunk's initial-bits overhead. Format:
-``docs/FORMAT.md``, "Archives".
+chunk's images from the last down to it. Initial bits: a chunk's first ``seed_images`` images are
+coded by the per-image codec (exact profile 12) and their files form the stack's bottom, which the
+next images pop (~35 kbit of the ~38 kbit a chunk needs at the default grid); whatever is missing
+comes from virtual words (``AnsStack.virtual_used``), which cost their bits. Format:
+``docs/FORMAT.md``, "Archives"; measurements: ``docs/results/archive.md``.
 """
 from __future__ import annotations
 
