@@ -306,11 +306,10 @@ def import_model(folder, output):
 
 # --------------------------------------------------------------------------- the codec
 def _errors() -> tuple[type[Exception], ...]:
-    """What a command reports as a one-line error (exit 1): ddpm-codec's root :class:`ddpm_codec.Error`
-    (the container's DdpmFormatError is listed until it subclasses that root)."""
+    """What a command reports as a one-line error (exit 1): ddpm-codec's root :class:`ddpm_codec.Error`."""
     from ddpm_codec import Error
-    from ddpm_codec.coding.container import DdpmFormatError
-    return (Error, DdpmFormatError)
+
+    return (Error,)
 
 
 def _max_pixels_option(fn):

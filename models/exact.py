@@ -51,6 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..coding import detmath
+from ..errors import Error
 from .unet import AttnBlock, ResBlock, UNet, unet_walk
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
@@ -72,7 +73,7 @@ _TWO53 = 2.0**53
 _TWO63 = 2**63
 
 
-class BoundError(ValueError):
+class BoundError(Error, ValueError):
     """A layer whose exact integer sums could reach 2^53 (float64) or 2^63 (int64)."""
 
 

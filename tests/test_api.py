@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ddpm_codec as dc
+from ddpm_codec.codec import DEFAULT_PROFILE, PROFILES, CodecSettings
 from ddpm_codec.coding.container import DdpmFile, Header, Segment, pack
 from ddpm_codec.data import DatasetError, example_image, load_images_or_sample, load_sample
 
@@ -63,7 +64,9 @@ def test_registered_models_are_found_by_fingerprint(monkeypatch):
 
 
 def test_every_refusal_is_an_error_and_keeps_its_builtin_base():
-    from ddpm_codec.codec import DecodeError
+    from ddpm_codec.codec import DecodeError, profile_id
+    from ddpm_codec.coding.container import CorruptFileError, DdpmFormatError
+    from ddpm_codec.models.exact import BoundError
     from ddpm_codec.data import DatasetError
     from ddpm_codec.errors import ModelError, NotFoundError, ResultsError
     from ddpm_codec.imageio import ImageFormatError, OutputError
@@ -72,8 +75,19 @@ def test_every_refusal_is_an_error_and_keeps_its_builtin_base():
     for cls, base in [(DecodeError, ValueError), (DatasetError, ValueError), (ImageFormatError, ValueError),
                       (OutputError, OSError), (dc.InputError, ValueError), (ModelError, ValueError),
                       (ResultsError, ValueError), (DiffusersImportError, ValueError),
-                      (NotFoundError, FileNotFoundError), (dc.ModelNotFoundError, FileNotFoundError)]:
+                      (NotFoundError, FileNotFoundError), (dc.ModelNotFoundError, FileNotFoundError),
+                      (DdpmFormatError, ValueError), (CorruptFileError, ValueError), (BoundError, ValueError)]:
         assert issubclass(cls, dc.Error) and issubclass(cls, base), cls
+    with pytest.raises(dc.InputError, match="unknown profile"):   # settings and profiles refuse with the root too
+        profile_id("no-such-profile")
+    with pytest.raises(dc.InputError, match="reuse_bits"):
+        CodecSettings(reuse_bits=9)
+
+
+def test_codec_settings_defaults_are_the_default_profile():
+    assert CodecSettings() == PROFILES[DEFAULT_PROFILE] and CodecSettings().arithmetic.exact
+    with pytest.raises(TypeError):
+        CodecSettings(48)   # keyword-only: a positional field list cannot silently shift
 
 
 def test_dir_lists_the_lazy_names_and_each_resolves():

@@ -106,6 +106,8 @@ def test_bound_check_rejects():
         ExactUNet(small_net(), ExactConfig(weight_bits=30))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_same_bits_under_other_isa_and_threads(net_and_exact):
     _, ex = net_and_exact
     mine = digest(ex, small_input())
@@ -188,6 +190,8 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 machine code")
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_compiled_kernels_contain_no_fused_multiply_add(tmp_path):
     """A fused a·b + c rounds once where the torch code rounds twice: the kernels must contain no
     FMA instruction (numba without fastmath emits none). Compiled afresh in a subprocess (an empty

@@ -133,6 +133,8 @@ def _child_digest() -> str:                 # what the subprocesses run
     return digest(ExactContextX0(seeded_net()))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_exact_same_bits_under_other_isa_and_threads(nets):
     mine = digest(nets[1])
     code = ("import importlib.util, sys, torch; torch.set_num_threads(int(sys.argv[1])); "

@@ -73,6 +73,8 @@ def test_exact_profile_round_trips_and_names_itself(small):
     assert model._exact is not None   # the chain ran the exact network (built on first use)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_exact_files_decode_under_other_kernels_and_thread_counts(small, tmp_path):
     model, mpath = small
     img = _image(5)

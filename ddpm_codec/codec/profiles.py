@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..coding import container
+from ..errors import InputError
 from .settings import CodecSettings
 
 
@@ -24,43 +25,43 @@ _ALL = (
     Profile(1, "pfr12", "first release: Poisson functional representation, 12-bit chunks; reads old files",
             CodecSettings(num_steps=64, t_end=2, schedule_kind="quadratic", chunk_bits=12, log2_candidates=13,
                           variance="fitted", selection="pfr", rate_percent=100, count_model=0, reuse_bits=0,
-                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0)),
+                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=0)),
     Profile(2, "pfr10", "PFR with 10-bit chunks on 2^14 candidates, tau 4; reads old files and compares coders",
             CodecSettings(num_steps=64, t_end=4, schedule_kind="quadratic", chunk_bits=10, log2_candidates=14,
                           variance="fitted", selection="pfr", rate_percent=100, count_model=0, reuse_bits=0,
-                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0)),
+                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=0)),
     Profile(3, "trellis", "trellis coder (Viterbi, 2^10 states), 48 cubic steps to tau 1: the first trellis default",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=0, reuse_bits=0,
-                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0)),
+                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=0)),
     Profile(4, "trellis-pool16", "trellis on a 4x larger pool (2^16 rows, 2^12 states): 1.6 GB of tables",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=16,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=0, reuse_bits=0,
-                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0)),
+                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=0)),
     Profile(5, "counts", "trellis with chunk counts snapped to the decoder's prediction (count model 1)",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=0,
-                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0)),
+                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=0)),
     Profile(6, "states13", "2^13 trellis states on the 2^14-row pool; fastest encoder with a plain x_0 decoder",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=3,
-                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0)),
+                          x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=0)),
     Profile(7, "states17-scale", "2^17 trellis states, per-tile x_0 scale (4 bits per tile)",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
-                          x0_scale_bits=4, x0_channel_bits=0, x0_neighbours=0, exact=0)),
+                          x0_scale_bits=4, x0_channel_bits=0, x0_neighbours=0, exact=0, x0_context=0)),
     Profile(8, "x0-channels", "2^17 states; x_0 scale and G, B predicted from decoded R, G residuals (13 bits per tile)",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
-                          x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=0, exact=0)),
+                          x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=0, exact=0, x0_context=0)),
     Profile(9, "x0-neighbours", "2^17 states; x_0 scale, cross-channel and above/left prediction (67 bits per tile); float: decodes only where the same kernels run",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
-                          x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=0)),
+                          x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=0, x0_context=0)),
     Profile(10, "exact", "profile 9's coding in exact arithmetic: files decode on any machine; default without a context model",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
-                          x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=1)),
+                          x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=1, x0_context=0)),
     Profile(11, "context", "profile 12 in float arithmetic: faster, decodes only where the same kernels run",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
@@ -111,7 +112,7 @@ def profile_id(spec: int | str) -> int:
         pid = None
     if pid not in PROFILES:
         known = ", ".join(f"{p.id} ({p.name})" for p in _ALL)
-        raise ValueError(f"unknown profile {spec!r}; known: {known}")
+        raise InputError(f"unknown profile {spec!r}; known: {known}")
     return pid
 
 

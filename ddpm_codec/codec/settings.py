@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..arithmetic import Arithmetic, arithmetic
+from ..errors import InputError
 from ..coding import container
 from ..coding.rcc import layout as rcc
 
@@ -39,59 +40,65 @@ X0_MODELS = {"model": (0, 0, 0, 0), "scale": (4, 0, 0, 0), "channels": (4, 3, 0,
 def x0_model_fields(name: str) -> dict[str, int]:
     """The :class:`CodecSettings` fields of an x_0 model name (see ``X0_MODELS``)."""
     if name not in X0_MODELS:
-        raise ValueError(f"unknown x0 model {name!r}; expected one of {', '.join(X0_MODELS)}")
+        raise InputError(f"unknown x0 model {name!r}; expected one of {', '.join(X0_MODELS)}")
     return dict(zip(("x0_scale_bits", "x0_channel_bits", "x0_neighbours", "x0_context"), X0_MODELS[name]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CodecSettings:
-    """How an image is coded. Everything here is written to the file (as a profile id or explicitly)."""
+    """How an image is coded. Everything here is written to the file (as a profile id or explicitly).
+    Keyword-only; the defaults are the default profile's (12: exact arithmetic, the context model's x_0),
+    so ``CodecSettings()`` is what ``encode`` does with no options (tested)."""
 
-    num_steps: int = 64                     # Gaussian coding steps T = t_1 > ... > t_S = t_end
-    t_end: int = 4                          # tau: x_0 is coded from x_tau
-    schedule_kind: str = "quadratic"        # spacing of the chain (dense near tau)
-    chunk_bits: int = 10                    # PFR: KL per chunk; trellis: path bits per segment
+    num_steps: int = 48                     # Gaussian coding steps T = t_1 > ... > t_S = t_end
+    t_end: int = 1                          # tau: x_0 is coded from x_tau
+    schedule_kind: str = "cubic"            # spacing of the chain (dense near tau)
+    chunk_bits: int = 4                     # PFR: KL per chunk; trellis: path bits per segment
     log2_candidates: int = 14               # pool rows (trellis: state bits + chunk_bits)
     variance: str = "fitted"                # p_theta's variance on the coding steps
-    selection: str = "pfr"                  # the reverse channel coder (coding.rcc)
-    rate_percent: int = 100                 # bits sent per 100 bits of KL (trellis)
-    count_model: int = 0                    # chunk counts: 0 geometric; 1 with 80 % at the prediction
-    reuse_bits: int = 0                     # trellis: 2^reuse_bits x the states on the same pool (coding.rcc)
+    selection: str = "trellis"              # the reverse channel coder (coding.rcc)
+    rate_percent: int = 105                 # bits sent per 100 bits of KL (trellis)
+    count_model: int = 1                    # chunk counts: 0 geometric; 1 with 80 % at the prediction
+    reuse_bits: int = 7                     # trellis: 2^reuse_bits x the states on the same pool (coding.rcc)
     x0_scale_bits: int = 0                  # 4: each tile's x_0 decoder scale x X0_SCALE_FACTORS[i], i sent
     x0_channel_bits: int = 0                # 3: x_0's G and B means predicted from decoded R (G) residuals
     x0_neighbours: int = 0                  # 1: and every channel's from the residuals above and to the left
-    exact: int = 0                          # 1: exact arithmetic for everything the decoder depends on (the
+    exact: int = 1                          # 1: exact arithmetic for everything the decoder depends on (the
                                             # network, the chain, the count and x_0 models): portable files
-    x0_context: int = 0                     # 1: x_0 by the model's learned context model (models.x0_context),
+                                            # (the file's bit; settings.arithmetic is the object code asks)
+    x0_context: int = 1                     # 1: x_0 by the model's learned context model (models.x0_context),
                                             # 12 passes; no side information
 
     def __post_init__(self):
         if self.schedule_kind not in SCHEDULE_KINDS:
-            raise ValueError(f"unknown schedule kind {self.schedule_kind!r}; expected one of {SCHEDULE_KINDS}")
+            raise InputError(f"unknown schedule kind {self.schedule_kind!r}; expected one of {SCHEDULE_KINDS}")
         if self.variance not in VARIANCE_IDS:
-            raise ValueError(f"unknown variance {self.variance!r}; expected one of {VARIANCE_IDS}")
+            raise InputError(f"unknown variance {self.variance!r}; expected one of {VARIANCE_IDS}")
         if not 1 <= self.chunk_bits <= 24 or not 1 <= self.log2_candidates <= 24:
-            raise ValueError("chunk_bits and log2_candidates must be in [1, 24]")
+            raise InputError("chunk_bits and log2_candidates must be in [1, 24]")
         if self.selection not in SELECTION_IDS:
-            raise ValueError(f"unknown selection {self.selection!r}; expected one of {SELECTION_IDS}")
+            raise InputError(f"unknown selection {self.selection!r}; expected one of {SELECTION_IDS}")
         if self.count_model not in COUNT_SPIKES:
-            raise ValueError(f"unknown count model {self.count_model}; expected one of {sorted(COUNT_SPIKES)}")
+            raise InputError(f"unknown count model {self.count_model}; expected one of {sorted(COUNT_SPIKES)}")
         if not 0 <= self.reuse_bits <= 8:
-            raise ValueError(f"reuse_bits must be in [0, 8], got {self.reuse_bits}")
+            raise InputError(f"reuse_bits must be in [0, 8], got {self.reuse_bits}")
         if self.x0_scale_bits not in (0, 4):
-            raise ValueError(f"x0_scale_bits must be 0 or 4, got {self.x0_scale_bits}")
+            raise InputError(f"x0_scale_bits must be 0 or 4, got {self.x0_scale_bits}")
         if self.x0_channel_bits not in (0, 3):
-            raise ValueError(f"x0_channel_bits must be 0 or 3, got {self.x0_channel_bits}")
+            raise InputError(f"x0_channel_bits must be 0 or 3, got {self.x0_channel_bits}")
         if self.x0_neighbours not in (0, 1) or (self.x0_neighbours and not self.x0_channel_bits):
-            raise ValueError(f"x0_neighbours must be 0 or 1, and 1 only with x0_channel_bits, got {self.x0_neighbours}")
+            raise InputError(f"x0_neighbours must be 0 or 1, and 1 only with x0_channel_bits, got {self.x0_neighbours}")
         if self.exact not in (0, 1):
-            raise ValueError(f"exact must be 0 or 1, got {self.exact}")
+            raise InputError(f"exact must be 0 or 1, got {self.exact}")
         if self.x0_context not in (0, 1) or (self.x0_context and (self.x0_scale_bits or self.x0_channel_bits)):
-            raise ValueError(f"x0_context must be 0 or 1, and 1 only without per-tile x0 side information, "
+            raise InputError(f"x0_context must be 0 or 1, and 1 only without per-tile x0 side information, "
                              f"got {self.x0_context}")
         if not 25 <= self.rate_percent <= 255:
-            raise ValueError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
-        self.rcc_config()  # validates the combination (e.g. trellis state bits)
+            raise InputError(f"rate_percent must be in [25, 255], got {self.rate_percent}")
+        try:
+            self.rcc_config()  # validates the combination (e.g. trellis state bits)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     @property
     def arithmetic(self) -> Arithmetic:
@@ -149,7 +156,7 @@ class CodecSettings:
                        rate_percent=s.rate_percent, count_model=count_model, reuse_bits=reuse_bits,
                        x0_scale_bits=x0_scale_bits, x0_channel_bits=x0_channel_bits, x0_neighbours=x0_neighbours,
                        exact=exact, x0_context=x0_context)
-        except ValueError as exc:
+        except InputError as exc:
             raise container.CorruptFileError(f"file names impossible coding settings: {exc}") from exc
 
     def x0_side_bits_per_tile(self) -> int:

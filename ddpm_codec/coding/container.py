@@ -36,6 +36,8 @@ import binascii
 import operator
 from dataclasses import dataclass, field
 
+from ..errors import Error
+
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
@@ -93,7 +95,7 @@ _PIXEL_CRC_BYTES = 4
 # ---------------------------------------------------------------------------------------
 
 
-class DdpmFormatError(ValueError):
+class DdpmFormatError(Error, ValueError):
     """Base class: the bytes are not a readable .ddpm file."""
 
 
