@@ -40,9 +40,13 @@ exact products): :class:`ExactUNet` does that off CPU and checks the backend onc
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import math
+import threading
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -145,35 +149,96 @@ def check_sum_bound(name: str, w_int: torch.Tensor, amax_in: float) -> float:
 # Samples in parallel
 # ----------------------------------------------------------------------------------------------
 
-_POOL: list = []   # one lazily made thread pool, grown to the largest thread count asked for
+_POOL: list = []           # one lazily made thread pool, grown to the largest thread count asked for
+_LOCAL = threading.local()  # .split: how many threads a layer of the running call may use (1: none)
+
+
+def _pool(threads: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _POOL or _POOL[0]._max_workers < threads - 1:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=max(1, threads - 1), thread_name_prefix="ddpm-exact")]
+    return _POOL[0]
+
+
+def run_parallel(jobs: list) -> list:
+    """Results of the zero-argument callables ``jobs``, run concurrently: the caller's thread runs the
+    first, the pool the rest, and any the pool has not started by the time the caller is done are
+    run by the caller too (work stealing). So on an idle machine they take the time of one job,
+    and on a busy one (another process on the other cores) the caller finishes them alone, at
+    one thread's speed, instead of waiting at a barrier for a thread that gets no core: torch's
+    OpenMP threads, which spin and wait at every op, made the exact network 3-30x slower than
+    one thread beside a busy process (docs/results/exact-network.md, part 2c)."""
+    st = _BACKOFF
+    if len(jobs) == 1 or st["skip"] > 0:            # backing off: every job on the caller's thread
+        st["skip"] = max(0, st["skip"] - 1)
+        return [j() for j in jobs]
+    futures = [_pool(len(jobs)).submit(j) for j in jobs[1:]]
+    t0 = time.perf_counter()
+    first = jobs[0]()
+    t1 = time.perf_counter()
+    rest = [j() if f.cancel() else f.result() for j, f in zip(jobs[1:], futures)]
+    if time.perf_counter() - t1 > 0.5 * (t1 - t0):   # waited on a thread that got no core: a busy machine
+        st["skip"] = _BACKOFF_CALLS
+    return [first] + rest
+
+
+# After a split whose helper threads kept the caller waiting more than half its own share (they got
+# no core: other processes are busy), the next _BACKOFF_CALLS splits run on the caller alone. The
+# counter is a heuristic of speed only: results never depend on it.
+_BACKOFF = {"skip": 0}
+_BACKOFF_CALLS = 200
+
+
+@contextlib.contextmanager
+def exact_threads(threads: int | None):
+    """For one exact network call: torch's own intra-op threads off (1: no OpenMP barriers), and
+    ``threads`` (default: torch's count when called) for :func:`run_parallel` within the call. The
+    bits never depend on it: every split is of independent outputs, each computed whole."""
+    n = torch.get_num_threads() if threads is None else max(1, int(threads))
+    old, old_split = torch.get_num_threads(), getattr(_LOCAL, "split", None)
+    if old_split is not None:          # nested (a worker's call): no further splitting
+        n = 1
+    torch.set_num_threads(1)
+    _LOCAL.split = n
+    try:
+        yield n
+    finally:
+        _LOCAL.split = old_split
+        torch.set_num_threads(old)
+
+
+def split_count() -> int:
+    """Threads a layer of the running exact call may use (1 outside a call or inside a worker)."""
+    return getattr(_LOCAL, "split", None) or 1
 
 
 def map_samples(fn, *args, device: torch.device = torch.device("cpu")):
-    """``fn(*args)`` with every tensor argument split along dim 0 into one piece per thread
-    (``torch.get_num_threads()``), the pieces run concurrently, each on one thread (the GIL is
+    """``fn(*args)`` with every tensor argument split along dim 0 into one piece per thread of the
+    running call (:func:`exact_threads`), the pieces run by :func:`run_parallel` (the GIL is
     released in torch's ops and the compiled kernels), the outputs concatenated along dim 0 (a
     tensor, or a tuple of tensors).
 
     Exact outputs are the same bits for any split: every value of a sample depends on that sample
-    alone, and every sum in it is exact. One sample (a 32×32 image) runs as is, on all threads
-    within each op. Measured: 16 tiles of the shipped model 1.8x faster on 2 threads than within-op
-    threading (docs/results/exact-network.md, part 2c)."""
+    alone, and every sum in it is exact. One sample (a 32×32 image) runs as is, and its layers
+    split their output channels instead (:meth:`_QConv.__call__`)."""
     n = next(a.shape[0] for a in args if isinstance(a, torch.Tensor))
-    threads = min(torch.get_num_threads(), n)
+    threads = min(split_count(), n)
     if threads < 2 or device.type != "cpu":
         return fn(*args)
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not _POOL or _POOL[0]._max_workers < threads:
-        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ddpm-exact")]
     cuts = [n * i // threads for i in range(threads + 1)]
     pieces = [[a[lo:hi] if isinstance(a, torch.Tensor) else a for a in args] for lo, hi in zip(cuts, cuts[1:])]
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        outs = [f.result() for f in [_POOL[0].submit(fn, *p) for p in pieces]]
-    finally:
-        torch.set_num_threads(old)
+
+    def job(p):
+        def run():
+            old = getattr(_LOCAL, "split", None)
+            _LOCAL.split = 1          # a piece's layers do not split again (whichever thread runs it)
+            try:
+                return fn(*p)
+            finally:
+                _LOCAL.split = old
+        return run
+    outs = run_parallel([job(p) for p in pieces])
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)
@@ -290,7 +355,29 @@ class _QConv(_QLinearBase):
         return torch.matmul(self.w2, cols).reshape(n, -1, ho, wo)
 
     def __call__(self, a: torch.Tensor, tp: torch.Tensor | None = None, res: torch.Tensor | None = None) -> torch.Tensor:
-        """``q(Σ W·A · 2^-e + b)``; then, given, ``clamp(· + tp[n, c])`` or ``clamp(· + res)``."""
+        """``q(Σ W·A · 2^-e + b)``; then, given, ``clamp(· + tp[n, c])`` or ``clamp(· + res)``. A large
+        layer in a call with threads to spare computes its output channels in parts, one per thread
+        (:func:`run_parallel`): each channel's sums whole, so the same bits."""
+        threads = split_count()
+        cout = self.w_int.shape[0]
+        if threads > 1 and cout >= 2 * threads and self.macs(a) >= SPLIT_MIN_MACS:
+            cuts = [cout * i // threads for i in range(threads + 1)]
+            return torch.cat(run_parallel([functools.partial(self._part, a, tp, res, lo, hi)
+                                           for lo, hi in zip(cuts, cuts[1:])]), dim=1)
+        return self._part(a, tp, res, 0, cout)
+
+    def macs(self, a: torch.Tensor) -> int:
+        n, c, h, w = a.shape
+        return n * c * self.k * self.k * self.w_int.shape[0] * (h // self.stride) * (w // self.stride)
+
+    def _part(self, a, tp, res, lo: int, hi: int) -> torch.Tensor:
+        """Output channels ``lo:hi`` of :meth:`__call__`."""
+        if (lo, hi) != (0, self.w_int.shape[0]):
+            view = _QConvPart(self, lo, hi)
+            return view(a, None if tp is None else tp[:, lo:hi], None if res is None else res[:, lo:hi])
+        return self._whole(a, tp, res)
+
+    def _whole(self, a: torch.Tensor, tp: torch.Tensor | None, res: torch.Tensor | None) -> torch.Tensor:
         ctx = self.ctx
         s = self.raw(a)
         if ctx.kernels is not None:
@@ -308,6 +395,20 @@ class _QConv(_QLinearBase):
         return out
 
 
+class _QConvPart(_QConv):
+    """Output channels ``lo:hi`` of a :class:`_QConv` (its weights, scales and biases sliced: views)."""
+
+    def __init__(self, conv: _QConv, lo: int, hi: int):   # no _prepare: shares the parent's tensors
+        self.ctx, self.stride, self.padding, self.k = conv.ctx, conv.stride, conv.padding, conv.k
+        self.w_int, self.w2 = conv.w_int[lo:hi], conv.w2[lo:hi]
+        self.inv, self.bias = conv.inv[lo:hi], conv.bias[lo:hi]
+        self.inv4, self.bias4 = conv.inv4[:, lo:hi], conv.bias4[:, lo:hi]
+
+    def __call__(self, a, tp=None, res=None):
+        return self._whole(a, tp, res)
+
+
+SPLIT_MIN_MACS = 1 << 22   # layers with fewer multiply-adds run whole (a hand-off costs ~20 µs)
 _NONE2, _NONE3 = np.zeros((1, 1)), np.zeros((1, 1, 1))
 _EXP_ARGS = (np.array(detmath._EXP_COEF), detmath._INV_LN2, detmath._LN2_HI, detmath._LN2_LO)
 
@@ -563,11 +664,13 @@ class ExactUNet:
         return self.ctx.q(x.to(self.device, _F64) * 2.0**self.config.act_bits)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t, threads: int | None = None) -> torch.Tensor:
+        """ε̂ at ``x`` and ``t`` on ``threads`` threads (default: torch's count; the same bits for any)."""
         s = self.ucfg.image_size
         if x.dim() != 4 or x.shape[-1] != s or x.shape[-2] != s:
             raise ValueError(f"model expects [N, C, {s}, {s}] inputs, got {tuple(x.shape)}")
-        return map_samples(self._forward, x, *self._temb(t, x.shape[0]), device=self.device)
+        with exact_threads(threads):
+            return map_samples(self._forward, x, *self._temb(t, x.shape[0]), device=self.device)
 
     @torch.no_grad()   # grad mode is per thread: map_samples' workers need it too
     def _forward(self, x: torch.Tensor, *tprojs: torch.Tensor) -> torch.Tensor:

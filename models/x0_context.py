@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .exact import ExactConfig, _Ctx, _QConv, exp, map_samples
+from .exact import ExactConfig, _Ctx, _QConv, exact_threads, exp, map_samples
 
 __all__ = [
     "NUM_PASSES",
@@ -133,8 +133,9 @@ class ExactContextX0:
                        for i, b in enumerate(net.blocks)]
         self.out = _QConv(self.ctx, "out", net.out)
 
-    def __call__(self, pixels, xt, xhat, known, target) -> tuple[torch.Tensor, torch.Tensor]:
-        return map_samples(self._forward, pixels, xt, xhat, known, target, device=self.ctx.device)
+    def __call__(self, pixels, xt, xhat, known, target, threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        with exact_threads(threads):
+            return map_samples(self._forward, pixels, xt, xhat, known, target, device=self.ctx.device)
 
     @torch.no_grad()   # grad mode is per thread: map_samples' workers need it too
     def _forward(self, pixels, xt, xhat, known, target) -> tuple[torch.Tensor, torch.Tensor]:

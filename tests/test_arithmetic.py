@@ -73,8 +73,31 @@ def test_pixel_model_round_trip_and_code_length(arith):
     assert 32 * len(words) == pytest.approx(ideal, rel=0.01, abs=64)
 
 
-def test_map_samples_splits_give_the_per_sample_bits():
-    """The exact network on 5 samples in 1, 2 and 3 threads equals 5 one-sample calls, bit for bit."""
+def test_run_parallel_keeps_order_and_steals_jobs_the_pool_has_not_started():
+    """Results in the jobs' order; with every pool thread blocked, the caller runs the other jobs
+    itself instead of waiting (what keeps a busy machine from stalling the exact network)."""
+    import threading
+
+    from ddpm_codec.models import exact
+
+    assert exact.run_parallel([lambda i=i: i * i for i in range(5)]) == [0, 1, 4, 9, 16]
+    pool = exact._pool(2)
+    gate = threading.Event()
+    blockers = [pool.submit(gate.wait) for _ in range(pool._max_workers)]
+    try:
+        ran_on = exact.run_parallel([threading.get_ident, threading.get_ident, threading.get_ident])
+        assert ran_on == [threading.get_ident()] * 3     # all three on the caller: none waited on the pool
+    finally:
+        gate.set()
+        for b in blockers:
+            b.result()
+        exact._BACKOFF["skip"] = 0
+
+
+def test_map_samples_splits_give_the_per_sample_bits(monkeypatch):
+    """The exact network on 5 samples in 1, 2 and 3 threads equals 5 one-sample calls, bit for bit;
+    one sample on 2 and 3 threads (its large layers split by output channels) equals one thread."""
+    from ddpm_codec.models import exact
     from ddpm_codec.models.exact import ExactUNet
     from ddpm_codec.models.presets import get_preset
     from ddpm_codec.models.unet import UNet
@@ -91,5 +114,10 @@ def test_map_samples_splits_give_the_per_sample_bits():
             torch.set_num_threads(threads)
             assert torch.equal(ex(x, 17), ref), threads
             assert torch.get_num_threads() == threads           # restored after the parallel section
+        monkeypatch.setattr(exact, "SPLIT_MIN_MACS", 1)          # split every layer of the tiny net
+        monkeypatch.setattr(exact, "_BACKOFF_CALLS", 0)          # and never back off (a busy test machine)
+        for threads in (2, 3):
+            exact._BACKOFF["skip"] = 0
+            assert torch.equal(ex(x[:1], 17, threads=threads), ref[:1]), threads
     finally:
         torch.set_num_threads(old)
