@@ -315,6 +315,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_archives_extract_bit_exactly_under_other_kernels_and_thread_counts(made, model_path, tmp_path):
     items, res = made
