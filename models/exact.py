@@ -191,40 +191,101 @@ _BACKOFF_CALLS = 200
 
 
 @contextlib.contextmanager
-def exact_threads(threads: int | None):
-    """For one exact network call: torch's own intra-op threads off (1: no OpenMP barriers), and
-    ``threads`` (default: torch's count when called) for :func:`run_parallel` within the call. The
-    bits never depend on it: every split is of independent outputs, each computed whole."""
-    n = torch.get_num_threads() if threads is None else max(1, int(threads))
-    old, old_split = torch.get_num_threads(), getattr(_LOCAL, "split", None)
-    if old_split is not None:          # nested (a worker's call): no further splitting
-        n = 1
-    torch.set_num_threads(1)
-    _LOCAL.split = n
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` for the block and restored after (None: as it is)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
     try:
-        yield n
+        yield
     finally:
-        _LOCAL.split = old_split
         torch.set_num_threads(old)
 
 
 def split_count() -> int:
-    """Threads a layer of the running exact call may use (1 outside a call or inside a worker)."""
+    """Threads the running exact call may split its samples over (1 outside a call or in a piece)."""
     return getattr(_LOCAL, "split", None) or 1
 
 
-def map_samples(fn, *args, device: torch.device = torch.device("cpu")):
+class ThreadChooser:
+    """For one-sample exact calls: torch's own (OpenMP) threads or one thread, whichever ran faster
+    lately. On an idle machine OpenMP's threads win (1.3x on 2 cores here); beside a busy process
+    they wait at a barrier after every op for a thread that gets no core and ran 3-30x slower than
+    one thread (docs/results/exact-default.md). The loser is tried again after 8, 16, ... 1024
+    calls. Speed only: the bits never depend on the thread count."""
+
+    def __init__(self):
+        self.mean: dict[int, float] = {}     # seconds per call, running mean
+        self.calls = 0
+        self.probe_at: dict[int, int] = {}
+        self.interval: dict[int, int] = {}
+        self.probing: int | None = None
+
+    def pick(self, most: int) -> int:
+        if most <= 1:
+            return 1
+        self.calls += 1
+        for k in (most, 1):                  # each measured once first
+            if k not in self.mean:
+                return k
+        best = most if self.mean[most] <= self.mean[1] else 1
+        other = 1 if best == most else most
+        if self.calls >= self.probe_at.get(other, 0):
+            gap = min(2 * self.interval.get(other, 4), 1024)
+            self.interval[other], self.probe_at[other] = gap, self.calls + gap
+            self.probing = other
+            return other
+        self.interval[best] = 4
+        return best
+
+    def record(self, k: int, seconds: float) -> None:
+        """A probe's time replaces that count's mean (the machine may have changed since); the
+        picked count's times are averaged."""
+        m = self.mean.get(k)
+        self.mean[k] = seconds if m is None or k == self.probing else 0.7 * m + 0.3 * seconds
+        self.probing = None
+
+    def run(self, threads: int | None, fn, *args):
+        """``fn(*args)`` on the picked thread count (of at most ``threads``, default torch's count)."""
+        k = self.pick(torch.get_num_threads() if threads is None else max(1, int(threads)))
+        t0 = time.perf_counter()
+        with torch_threads(k):
+            out = fn(*args)
+        self.record(k, time.perf_counter() - t0)
+        return out
+
+
+def run_exact(chooser: ThreadChooser, fn, *args, threads: int | None = None, device=torch.device("cpu")):
+    """An exact network's call on ``threads`` threads (default: torch's count): one sample by torch's
+    threads or one (:class:`ThreadChooser`), a batch split over threads by samples
+    (:func:`map_samples`), each piece on one torch thread. The same bits for any of these."""
+    n = next(a.shape[0] for a in args if isinstance(a, torch.Tensor))
+    most = torch.get_num_threads() if threads is None else max(1, int(threads))
+    if getattr(_LOCAL, "split", None) is not None or device.type != "cpu":   # a piece of a split call
+        return fn(*args)
+    if n == 1 or most == 1:
+        return chooser.run(most, fn, *args)
+    _LOCAL.split = most
+    try:
+        with torch_threads(1):
+            return map_samples(fn, *args)
+    finally:
+        _LOCAL.split = None
+
+
+def map_samples(fn, *args):
     """``fn(*args)`` with every tensor argument split along dim 0 into one piece per thread of the
-    running call (:func:`exact_threads`), the pieces run by :func:`run_parallel` (the GIL is
+    running call (:func:`run_exact`), the pieces run by :func:`run_parallel` (the GIL is
     released in torch's ops and the compiled kernels), the outputs concatenated along dim 0 (a
     tensor, or a tuple of tensors).
 
     Exact outputs are the same bits for any split: every value of a sample depends on that sample
-    alone, and every sum in it is exact. One sample (a 32×32 image) runs as is, and its layers
-    split their output channels instead (:meth:`_QConv.__call__`)."""
+    alone, and every sum in it is exact."""
     n = next(a.shape[0] for a in args if isinstance(a, torch.Tensor))
     threads = min(split_count(), n)
-    if threads < 2 or device.type != "cpu":
+    if threads < 2:
         return fn(*args)
     cuts = [n * i // threads for i in range(threads + 1)]
     pieces = [[a[lo:hi] if isinstance(a, torch.Tensor) else a for a in args] for lo, hi in zip(cuts, cuts[1:])]
@@ -355,29 +416,7 @@ class _QConv(_QLinearBase):
         return torch.matmul(self.w2, cols).reshape(n, -1, ho, wo)
 
     def __call__(self, a: torch.Tensor, tp: torch.Tensor | None = None, res: torch.Tensor | None = None) -> torch.Tensor:
-        """``q(Σ W·A · 2^-e + b)``; then, given, ``clamp(· + tp[n, c])`` or ``clamp(· + res)``. A large
-        layer in a call with threads to spare computes its output channels in parts, one per thread
-        (:func:`run_parallel`): each channel's sums whole, so the same bits."""
-        threads = split_count()
-        cout = self.w_int.shape[0]
-        if threads > 1 and cout >= 2 * threads and self.macs(a) >= SPLIT_MIN_MACS:
-            cuts = [cout * i // threads for i in range(threads + 1)]
-            return torch.cat(run_parallel([functools.partial(self._part, a, tp, res, lo, hi)
-                                           for lo, hi in zip(cuts, cuts[1:])]), dim=1)
-        return self._part(a, tp, res, 0, cout)
-
-    def macs(self, a: torch.Tensor) -> int:
-        n, c, h, w = a.shape
-        return n * c * self.k * self.k * self.w_int.shape[0] * (h // self.stride) * (w // self.stride)
-
-    def _part(self, a, tp, res, lo: int, hi: int) -> torch.Tensor:
-        """Output channels ``lo:hi`` of :meth:`__call__`."""
-        if (lo, hi) != (0, self.w_int.shape[0]):
-            view = _QConvPart(self, lo, hi)
-            return view(a, None if tp is None else tp[:, lo:hi], None if res is None else res[:, lo:hi])
-        return self._whole(a, tp, res)
-
-    def _whole(self, a: torch.Tensor, tp: torch.Tensor | None, res: torch.Tensor | None) -> torch.Tensor:
+        """``q(Σ W·A · 2^-e + b)``; then, given, ``clamp(· + tp[n, c])`` or ``clamp(· + res)``."""
         ctx = self.ctx
         s = self.raw(a)
         if ctx.kernels is not None:
@@ -395,20 +434,6 @@ class _QConv(_QLinearBase):
         return out
 
 
-class _QConvPart(_QConv):
-    """Output channels ``lo:hi`` of a :class:`_QConv` (its weights, scales and biases sliced: views)."""
-
-    def __init__(self, conv: _QConv, lo: int, hi: int):   # no _prepare: shares the parent's tensors
-        self.ctx, self.stride, self.padding, self.k = conv.ctx, conv.stride, conv.padding, conv.k
-        self.w_int, self.w2 = conv.w_int[lo:hi], conv.w2[lo:hi]
-        self.inv, self.bias = conv.inv[lo:hi], conv.bias[lo:hi]
-        self.inv4, self.bias4 = conv.inv4[:, lo:hi], conv.bias4[:, lo:hi]
-
-    def __call__(self, a, tp=None, res=None):
-        return self._whole(a, tp, res)
-
-
-SPLIT_MIN_MACS = 1 << 22   # layers with fewer multiply-adds run whole (a hand-off costs ~20 µs)
 _NONE2, _NONE3 = np.zeros((1, 1)), np.zeros((1, 1, 1))
 _EXP_ARGS = (np.array(detmath._EXP_COEF), detmath._INV_LN2, detmath._LN2_HI, detmath._LN2_LO)
 
@@ -598,6 +623,7 @@ class ExactUNet:
         self.conv_out = _QConv(ctx, "conv_out", net.conv_out)
         self._cache: dict[int, list[torch.Tensor]] = {}
         self._cache_size = cache_size
+        self._threads = ThreadChooser()
         verify_backend(self.device, gemm=ctx.gemm_conv)
 
     def _res_stage(self, name: str, blocks, res: int):
@@ -669,8 +695,8 @@ class ExactUNet:
         s = self.ucfg.image_size
         if x.dim() != 4 or x.shape[-1] != s or x.shape[-2] != s:
             raise ValueError(f"model expects [N, C, {s}, {s}] inputs, got {tuple(x.shape)}")
-        with exact_threads(threads):
-            return map_samples(self._forward, x, *self._temb(t, x.shape[0]), device=self.device)
+        return run_exact(self._threads, self._forward, x, *self._temb(t, x.shape[0]), threads=threads,
+                         device=self.device)
 
     @torch.no_grad()   # grad mode is per thread: map_samples' workers need it too
     def _forward(self, x: torch.Tensor, *tprojs: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .exact import ExactConfig, _Ctx, _QConv, exact_threads, exp, map_samples
+from .exact import ExactConfig, ThreadChooser, _Ctx, _QConv, exp, run_exact
 
 __all__ = [
     "NUM_PASSES",
@@ -132,10 +132,11 @@ class ExactContextX0:
         self.blocks = [(_QConv(self.ctx, f"b{i}.0", b[1]), _QConv(self.ctx, f"b{i}.1", b[3]))
                        for i, b in enumerate(net.blocks)]
         self.out = _QConv(self.ctx, "out", net.out)
+        self._threads = ThreadChooser()
 
     def __call__(self, pixels, xt, xhat, known, target, threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        with exact_threads(threads):
-            return map_samples(self._forward, pixels, xt, xhat, known, target, device=self.ctx.device)
+        return run_exact(self._threads, self._forward, pixels, xt, xhat, known, target, threads=threads,
+                         device=self.ctx.device)
 
     @torch.no_grad()   # grad mode is per thread: map_samples' workers need it too
     def _forward(self, pixels, xt, xhat, known, target) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,9 +94,9 @@ def test_run_parallel_keeps_order_and_steals_jobs_the_pool_has_not_started():
         exact._BACKOFF["skip"] = 0
 
 
-def test_map_samples_splits_give_the_per_sample_bits(monkeypatch):
+def test_map_samples_splits_give_the_per_sample_bits():
     """The exact network on 5 samples in 1, 2 and 3 threads equals 5 one-sample calls, bit for bit;
-    one sample on 2 and 3 threads (its large layers split by output channels) equals one thread."""
+    so does one sample on 2 and 3 threads."""
     from ddpm_codec.models import exact
     from ddpm_codec.models.exact import ExactUNet
     from ddpm_codec.models.presets import get_preset
@@ -114,10 +114,30 @@ def test_map_samples_splits_give_the_per_sample_bits(monkeypatch):
             torch.set_num_threads(threads)
             assert torch.equal(ex(x, 17), ref), threads
             assert torch.get_num_threads() == threads           # restored after the parallel section
-        monkeypatch.setattr(exact, "SPLIT_MIN_MACS", 1)          # split every layer of the tiny net
-        monkeypatch.setattr(exact, "_BACKOFF_CALLS", 0)          # and never back off (a busy test machine)
-        for threads in (2, 3):
-            exact._BACKOFF["skip"] = 0
+        for threads in (2, 3, 2, 3):   # one sample: torch's own threads or one, as the chooser picks
             assert torch.equal(ex(x[:1], 17, threads=threads), ref[:1]), threads
     finally:
         torch.set_num_threads(old)
+
+
+def test_thread_chooser_keeps_the_faster_count_and_probes_the_other_less_and_less():
+    from ddpm_codec.models.exact import ThreadChooser
+
+    c = ThreadChooser()
+    assert c.pick(1) == 1                       # one thread allowed: nothing to choose
+    assert c.pick(4) == 4
+    c.record(4, 0.050)                          # all threads measured first, then one
+    assert c.pick(4) == 1
+    c.record(1, 0.020)                          # one thread is faster (a busy machine)
+    picks = []
+    for _ in range(60):
+        k = c.pick(4)
+        picks.append(k)
+        c.record(k, 0.050 if k == 4 else 0.020)
+    probes = [i for i, k in enumerate(picks) if k == 4]
+    assert probes and all(b - a > 4 for a, b in zip(probes, probes[1:]))        # rarer and rarer
+    assert [b - a for a, b in zip(probes, probes[1:])] == sorted(b - a for a, b in zip(probes, probes[1:]))
+    for _ in range(200):                        # the machine goes idle: all threads win again
+        k = c.pick(4)
+        c.record(k, 0.010 if k == 4 else 0.020)
+    assert sum(c.pick(4) == 4 for _ in range(20)) >= 15

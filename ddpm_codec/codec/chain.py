@@ -22,6 +22,7 @@ import torch
 from ..arithmetic import FLOAT, Arithmetic, arithmetic
 from ..coding import rcc
 from ..models.checkpoint import LoadedModel
+from ..models.exact import torch_threads   # set per call: no caller has to set torch's count
 from .settings import CodecSettings
 
 CODEC_THREADS = 1   # float network evaluations run single-threaded: thread count changes float sums
@@ -41,22 +42,6 @@ ACCELERATOR_WARNING = (
 def warn_if_accelerated(model: LoadedModel) -> None:
     if model.device.type != "cpu":
         warnings.warn(ACCELERATOR_WARNING.format(device=model.device), RuntimeWarning, stacklevel=3)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """torch's intra-op thread count set to ``n`` for the block and restored after (None: as it is).
-    The codec sets it around each network call, so no caller has to set it and nothing run
-    between calls (an OpenMP library once reset it) can change a float file's bits."""
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
