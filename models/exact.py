@@ -41,7 +41,6 @@ exact products): :class:`ExactUNet` does that off CPU and checks the backend onc
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib.util
 import math

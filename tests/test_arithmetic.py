@@ -97,7 +97,6 @@ def test_run_parallel_keeps_order_and_steals_jobs_the_pool_has_not_started():
 def test_map_samples_splits_give_the_per_sample_bits():
     """The exact network on 5 samples in 1, 2 and 3 threads equals 5 one-sample calls, bit for bit;
     so does one sample on 2 and 3 threads."""
-    from ddpm_codec.models import exact
     from ddpm_codec.models.exact import ExactUNet
     from ddpm_codec.models.presets import get_preset
     from ddpm_codec.models.unet import UNet
