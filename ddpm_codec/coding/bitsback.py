@@ -61,8 +61,8 @@ HEAD_MIN = 1 << 31           # the head lives in [2^31, 2^63)
 _WORD_MASK = (1 << 32) - 1
 MAX_GRID_BINS = 1 << 22      # 2L + 1 at most: the floor of 1 per bin then takes < 2^-9 of the mass
 _Z_CUT = exact_entropy.Z_CUT
-_Q_COEF = np.ascontiguousarray(exact_entropy._Q_COEF)   # degree-7 Taylor table of Q on [0, 5.5), step 1/64
-_Q_STEP_INV = exact_entropy._Q_STEP_INV
+_Q_COEF, _Q_STEP_INV = exact_entropy.normal_tail_table()   # degree-7 Taylor table of Q on [0, 5.5), step 1/64
+_Q_COEF = np.array(_Q_COEF, dtype=np.float64, order="C")   # a writable copy for the compiled kernels
 
 _jit = numba.njit(cache=True, nogil=True)   # no fastmath: no contraction, no reassociation
 

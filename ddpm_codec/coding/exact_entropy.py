@@ -106,6 +106,15 @@ def _q_table() -> np.ndarray:
 
 
 _Q_COEF = _q_table()
+_Q_COEF.setflags(write=False)
+
+
+def normal_tail_table() -> tuple[np.ndarray, float]:
+    """The portable normal tail Q on [0, Z_CUT) as this module evaluates it: the degree-7 Taylor
+    coefficients at the nodes j/64 (read-only float64 ``[8, nodes]``, row n the h^n coefficient)
+    and the nodes per unit (64.0). Other exact coders (``coding.bitsback``) evaluate Q from it in
+    the same order (floor, then Horner), so every coder's Q is the same bits."""
+    return _Q_COEF, _Q_STEP_INV
 
 
 def _q_window(a: np.ndarray) -> np.ndarray:
