@@ -107,5 +107,5 @@ def arithmetic(spec: "Arithmetic | bool | int | str") -> Arithmetic:
     if isinstance(spec, Arithmetic):
         return spec
     if isinstance(spec, str):
-        return EXACT if Arithmetic(spec).exact else FLOAT      # Arithmetic() raises on other names
+        return {"exact": EXACT, "float": FLOAT}.get(spec) or Arithmetic(spec)   # Arithmetic() raises on others
     return EXACT if spec else FLOAT
