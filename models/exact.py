@@ -164,29 +164,13 @@ def run_parallel(jobs: list) -> list:
     """Results of the zero-argument callables ``jobs``, run concurrently: the caller's thread runs the
     first, the pool the rest, and any the pool has not started by the time the caller is done are
     run by the caller too (work stealing). So on an idle machine they take the time of one job,
-    and on a busy one (another process on the other cores) the caller finishes them alone, at
-    one thread's speed, instead of waiting at a barrier for a thread that gets no core: torch's
-    OpenMP threads, which spin and wait at every op, made the exact network 3-30x slower than
-    one thread beside a busy process (docs/results/exact-network.md, part 2c)."""
-    st = _BACKOFF
-    if len(jobs) == 1 or st["skip"] > 0:            # backing off: every job on the caller's thread
-        st["skip"] = max(0, st["skip"] - 1)
-        return [j() for j in jobs]
+    and when the pool's threads get no core the caller finishes alone instead of waiting at a
+    barrier. Whether to split at all is :class:`ThreadChooser`'s call, from measured times."""
+    if len(jobs) == 1:
+        return [jobs[0]()]
     futures = [_pool(len(jobs)).submit(j) for j in jobs[1:]]
-    t0 = time.perf_counter()
     first = jobs[0]()
-    t1 = time.perf_counter()
-    rest = [j() if f.cancel() else f.result() for j, f in zip(jobs[1:], futures)]
-    if time.perf_counter() - t1 > 0.5 * (t1 - t0):   # waited on a thread that got no core: a busy machine
-        st["skip"] = _BACKOFF_CALLS
-    return [first] + rest
-
-
-# After a split whose helper threads kept the caller waiting more than half its own share (they got
-# no core: other processes are busy), the next _BACKOFF_CALLS splits run on the caller alone. The
-# counter is a heuristic of speed only: results never depend on it.
-_BACKOFF = {"skip": 0}
-_BACKOFF_CALLS = 200
+    return [first] + [j() if f.cancel() else f.result() for j, f in zip(jobs[1:], futures)]
 
 
 @contextlib.contextmanager
@@ -209,69 +193,74 @@ def split_count() -> int:
 
 
 class ThreadChooser:
-    """For one-sample exact calls: torch's own (OpenMP) threads or one thread, whichever ran faster
-    lately. On an idle machine OpenMP's threads win (1.3x on 2 cores here); beside a busy process
-    they wait at a barrier after every op for a thread that gets no core and ran 3-30x slower than
-    one thread (docs/results/exact-default.md). The loser is tried again after 8, 16, ... 1024
-    calls. Speed only: the bits never depend on the thread count."""
+    """How an exact call uses ``most`` threads: all of them, or one, whichever ran faster lately
+    (seconds per sample). One sample runs on torch's own (OpenMP) threads; a batch is split by
+    samples over our pool (:func:`map_samples`); each kind of call keeps its own record. On an
+    idle machine all threads win (1.3x on 2 cores here); beside a busy process OpenMP's threads
+    wait at a barrier after every op for a thread that gets no core (3-30x slower than one
+    thread, docs/results/exact-default.md), and a split waits for its slowest piece. The loser
+    is tried again after 8, 16, ... 1024 calls. Speed only: the bits never depend on the choice."""
 
     def __init__(self):
-        self.mean: dict[int, float] = {}     # seconds per call, running mean
-        self.calls = 0
-        self.probe_at: dict[int, int] = {}
-        self.interval: dict[int, int] = {}
-        self.probing: int | None = None
+        self.mean: dict[tuple[bool, int], float] = {}   # (batch?, threads) -> seconds a sample, running mean
+        self.calls: dict[bool, int] = {}
+        self.probe_at: dict[tuple[bool, int], int] = {}
+        self.interval: dict[tuple[bool, int], int] = {}
+        self.probing: tuple[bool, int] | None = None
 
-    def pick(self, most: int) -> int:
+    def pick(self, most: int, batch: bool = False) -> int:
         if most <= 1:
             return 1
-        self.calls += 1
+        calls = self.calls[batch] = self.calls.get(batch, 0) + 1
         for k in (most, 1):                  # each measured once first
-            if k not in self.mean:
+            if (batch, k) not in self.mean:
                 return k
-        best = most if self.mean[most] <= self.mean[1] else 1
-        other = 1 if best == most else most
-        if self.calls >= self.probe_at.get(other, 0):
+        best = most if self.mean[batch, most] <= self.mean[batch, 1] else 1
+        other = (batch, 1 if best == most else most)
+        if calls >= self.probe_at.get(other, 0):
             gap = min(2 * self.interval.get(other, 4), 1024)
-            self.interval[other], self.probe_at[other] = gap, self.calls + gap
+            self.interval[other], self.probe_at[other] = gap, calls + gap
             self.probing = other
-            return other
-        self.interval[best] = 4
+            return other[1]
+        self.interval[batch, best] = 4
         return best
 
-    def record(self, k: int, seconds: float) -> None:
-        """A probe's time replaces that count's mean (the machine may have changed since); the
-        picked count's times are averaged."""
-        m = self.mean.get(k)
-        self.mean[k] = seconds if m is None or k == self.probing else 0.7 * m + 0.3 * seconds
+    def record(self, k: int, seconds: float, batch: bool = False) -> None:
+        """A probe's time replaces that choice's mean (the machine may have changed since); the
+        picked choice's times are averaged."""
+        key = (batch, k)
+        m = self.mean.get(key)
+        self.mean[key] = seconds if m is None or key == self.probing else 0.7 * m + 0.3 * seconds
         self.probing = None
 
-    def run(self, threads: int | None, fn, *args):
-        """``fn(*args)`` on the picked thread count (of at most ``threads``, default torch's count)."""
-        k = self.pick(torch.get_num_threads() if threads is None else max(1, int(threads)))
+    def run(self, most: int, fn, *args):
+        """``fn(*args)`` on all ``most`` threads or one, as picked, timed."""
+        n = next(a.shape[0] for a in args if isinstance(a, torch.Tensor))
+        batch = n > 1
+        k = self.pick(most, batch)
         t0 = time.perf_counter()
-        with torch_threads(k):
-            out = fn(*args)
-        self.record(k, time.perf_counter() - t0)
+        if batch and k > 1:
+            _LOCAL.split = k
+            try:
+                with torch_threads(1):
+                    out = map_samples(fn, *args)
+            finally:
+                _LOCAL.split = None
+        else:
+            with torch_threads(1 if batch else k):
+                out = fn(*args)
+        self.record(k, (time.perf_counter() - t0) / n, batch)
         return out
 
 
 def run_exact(chooser: ThreadChooser, fn, *args, threads: int | None = None, device=torch.device("cpu")):
-    """An exact network's call on ``threads`` threads (default: torch's count): one sample by torch's
-    threads or one (:class:`ThreadChooser`), a batch split over threads by samples
-    (:func:`map_samples`), each piece on one torch thread. The same bits for any of these."""
-    n = next(a.shape[0] for a in args if isinstance(a, torch.Tensor))
+    """An exact network's call on ``threads`` threads (default: torch's count): one sample on torch's
+    threads, a batch split over threads by samples (:func:`map_samples`), each piece on one torch
+    thread, or either on one thread (:class:`ThreadChooser`). The same bits for any of these."""
     most = torch.get_num_threads() if threads is None else max(1, int(threads))
     if getattr(_LOCAL, "split", None) is not None or device.type != "cpu":   # a piece of a split call
         return fn(*args)
-    if n == 1 or most == 1:
-        return chooser.run(most, fn, *args)
-    _LOCAL.split = most
-    try:
-        with torch_threads(1):
-            return map_samples(fn, *args)
-    finally:
-        _LOCAL.split = None
+    return chooser.run(most, fn, *args)
 
 
 def map_samples(fn, *args):
@@ -399,20 +388,48 @@ class _QConv(_QLinearBase):
         self.inv4 = self.inv.reshape(1, -1, 1, 1)
         self.bias4 = self.bias.reshape(1, -1, 1, 1)
         self.w2 = self.w_int.reshape(self.w_int.shape[0], -1)
+        cout, cin = self.w_int.shape[:2]
+        self.wk = None                                   # [9, cout, cin] for _shifted (3x3, stride 1, pad 1)
+        if (self.k, self.stride, self.padding) == (3, 1, 1) and cin >= SHIFTED_MIN_CIN:
+            self.wk = self.w_int.permute(2, 3, 0, 1).reshape(9, cout, cin).contiguous()
 
     def raw(self, a: torch.Tensor) -> torch.Tensor:
         """Σ W_int·A: exact integers (any algorithm that sums exact products)."""
         if not self.ctx.gemm_conv:   # one sample per call: float64 conv2d (im2col + GEMM) of 16 samples
             # at once ran 7x slower than 16 single-sample calls (65 vs 9 ms, 32 channels at 32x32)
+            if (self.k, self.stride, self.padding) == (1, 1, 0):   # a 1x1 conv is one GEMM, no im2col
+                def conv(x):
+                    return torch.mm(self.w2, x.reshape(x.shape[1], -1)).reshape(1, -1, *x.shape[2:])
+            elif self.wk is not None and a.shape[-1] * a.shape[-2] >= SHIFTED_MIN_PIXELS:
+                conv = self._shifted
+            else:
+                def conv(x):
+                    return F.conv2d(x, self.w_int, None, self.stride, self.padding)
             if a.shape[0] == 1:
-                return F.conv2d(a, self.w_int, None, self.stride, self.padding)
-            return torch.cat([F.conv2d(a[i:i + 1], self.w_int, None, self.stride, self.padding)
-                              for i in range(a.shape[0])])
+                return conv(a)
+            return torch.cat([conv(a[i:i + 1]) for i in range(a.shape[0])])
         n, _, h, w = a.shape
         ho = (h + 2 * self.padding - self.k) // self.stride + 1
         wo = (w + 2 * self.padding - self.k) // self.stride + 1
         cols = F.unfold(a, self.k, padding=self.padding, stride=self.stride)      # exact copies
         return torch.matmul(self.w2, cols).reshape(n, -1, ho, wo)
+
+    def _shifted(self, a: torch.Tensor) -> torch.Tensor:
+        """A 3x3, stride-1, pad-1 conv of one sample as 9 GEMMs on shifted views of the padded input
+        (no im2col copy): row y of the output, read on the padded width W + 2, is Σ_(dy,dx)
+        W[:, :, dy, dx] · A_pad[:, y + dy, dx : dx + W], and each (dy, dx) term over all rows is one
+        GEMM on the flat padded input at offset dy·(W+2) + dx (the 2 extra columns a row are
+        dropped). Every partial sum is a sub-sum of the layer's exact integer sum: the same bits."""
+        _, c, h, w = a.shape
+        wp = w + 2
+        flat = F.pad(a, (1, 1, 1, 1)).reshape(c, (h + 2) * wp)
+        m = h * wp - 2                                   # the last row's 2 extra columns would run off the end
+        out = torch.zeros(self.wk.shape[1], h * wp, dtype=a.dtype, device=a.device)
+        acc = out[:, :m]
+        for j in range(9):
+            off = (j // 3) * wp + j % 3
+            acc.addmm_(self.wk[j], flat[:, off:off + m])
+        return out.reshape(1, -1, h, wp)[..., :w].contiguous()
 
     def __call__(self, a: torch.Tensor, tp: torch.Tensor | None = None, res: torch.Tensor | None = None) -> torch.Tensor:
         """``q(Σ W·A · 2^-e + b)``; then, given, ``clamp(· + tp[n, c])`` or ``clamp(· + res)``."""
@@ -432,6 +449,11 @@ class _QConv(_QLinearBase):
             out.add_(res).clamp_(-ctx.amax, ctx.amax)
         return out
 
+
+# _QConv._shifted where it was faster than conv2d's im2col on one thread here (float64, one sample):
+# 0.72-0.85x at 32x32 with 32-96 input channels, 1.0x at 16x16, 1.4x slower at 8x8 (its GEMMs too small).
+SHIFTED_MIN_PIXELS = 1024
+SHIFTED_MIN_CIN = 32
 
 _NONE2, _NONE3 = np.zeros((1, 1)), np.zeros((1, 1, 1))
 _EXP_ARGS = (np.array(detmath._EXP_COEF), detmath._INV_LN2, detmath._LN2_HI, detmath._LN2_LO)

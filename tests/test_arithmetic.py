@@ -91,7 +91,6 @@ def test_run_parallel_keeps_order_and_steals_jobs_the_pool_has_not_started():
         gate.set()
         for b in blockers:
             b.result()
-        exact._BACKOFF["skip"] = 0
 
 
 def test_map_samples_splits_give_the_per_sample_bits():
@@ -128,6 +127,15 @@ def test_thread_chooser_keeps_the_faster_count_and_probes_the_other_less_and_les
     c.record(4, 0.050)                          # all threads measured first, then one
     assert c.pick(4) == 1
     c.record(1, 0.020)                          # one thread is faster (a busy machine)
+    assert c.pick(4, batch=True) == 4           # a batch's split keeps its own record: measured first
+    c.record(4, 0.001, batch=True)
+    assert c.pick(4, batch=True) == 1
+    c.record(1, 0.002, batch=True)
+    batch_picks = []
+    for _ in range(10):
+        batch_picks.append(c.pick(4, batch=True))
+        c.record(batch_picks[-1], 0.001 if batch_picks[-1] == 4 else 0.002, batch=True)
+    assert batch_picks.count(4) >= 8            # the split is faster for batches; one thread is faster alone
     picks = []
     for _ in range(60):
         k = c.pick(4)

@@ -216,27 +216,31 @@ def test_the_default_profile_follows_the_model(model, base):
 
 def test_the_context_models_calls_count_as_network_time(model, monkeypatch):
     """The seconds the coders spend in the context model go into the network seconds that encode and
-    decode report, with the U-Net's: a context model slowed by 40 ms a call (12 passes) shows up
-    there in full."""
-    import time
+    decode report, with the U-Net's: on a clock that only the context model's 12 passes advance
+    (40 ms each), the reported network time is exactly theirs."""
+    import types
+
+    from ddpm_codec.codec import chain
 
     inner = model.x0_context_coder(False)
+    clock = [0.0]
     calls = []
 
     def slow(*args):
         calls.append(1)
-        time.sleep(0.04)
+        clock[0] += 0.04
         return inner(*args)
 
     img = _images(1, 3)[0]
     fast = codec.encode(img, model, settings=FLOAT)
+    monkeypatch.setattr(chain, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     monkeypatch.setattr(model, "x0_context_coder", lambda exact: slow)
     res = codec.encode(img, model, settings=FLOAT)
     assert res.data == fast.data and len(calls) == 12
-    assert res.network_seconds >= fast.network_seconds + 12 * 0.04 - 0.05
+    assert res.network_seconds == pytest.approx(12 * 0.04)
     dec = codec.decode(res.data, model)
     assert dec.lossless and np.array_equal(dec.image, img) and len(calls) == 24
-    assert dec.network_seconds >= 12 * 0.04
+    assert dec.network_seconds == pytest.approx(12 * 0.04)
 
 
 def test_tiles_go_through_the_context_model_in_pieces(model, monkeypatch):

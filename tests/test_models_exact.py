@@ -216,3 +216,26 @@ def test_golden_hash(net_and_exact):
 
 
 GOLDEN = "a6e8fef91dcbae669f132c3c872ab857691396b6da67caca18a214da86caa780"
+
+
+@pytest.mark.parametrize("cin,cout,hw", [(32, 32, 32), (64, 32, 32), (32, 48, 40)])
+def test_shifted_conv_equals_an_integer_reference_at_the_bound(cin, cout, hw):
+    """The 9-GEMM shifted conv of large layers against an int64 im2col product (exact by
+    construction), with weights and activations at the extremes the bound check allows."""
+    import torch.nn.functional as F
+
+    from ddpm_codec.models.exact import _Ctx, _QConv
+
+    g = torch.Generator().manual_seed(cin + hw)
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.rand(conv.weight.shape, generator=g) - 0.5)
+    q = _QConv(_Ctx(ExactConfig(), torch.device("cpu")), "t", conv, amax_in=2.0**26)
+    assert q.wk is not None
+    a = torch.randint(-2**26, 2**26 + 1, (1, cin, hw, hw), generator=g, dtype=torch.int64)
+    a[0, :, 0, :] = 2**26                              # the border rows and columns at the clamp
+    a[0, :, :, -1] = -2**26
+    cols = F.unfold(a.double(), 3, padding=1).to(torch.int64)
+    ref = (q.w_int.to(torch.int64).reshape(cout, -1) @ cols).reshape(1, cout, hw, hw)
+    got = q._shifted(a.double())
+    assert torch.equal(got.to(torch.int64), ref) and torch.equal(got, ref.double())
