@@ -4,6 +4,8 @@ sizes, bit-exact decode, and the network alone on the image's tiles (issue 25's 
     python benchmarks/exact_speed.py ../shared/data/kodak/kodim03.png            # profiles 11 and 12
     python benchmarks/exact_speed.py IMG --crop 256 --profiles 11 12 --threads 2
     python benchmarks/exact_speed.py IMG --network-only                          # U-Net calls only
+    python benchmarks/exact_speed.py IMG --files DIR --encode-only               # write the files (no timing)
+    python benchmarks/exact_speed.py IMG --files DIR --decode-only               # time their decodes
 
 Each profile's encode, then its decode, run in this one process after a warm-up on a 32x32 crop
 (candidate pool, compiled kernels). Float profiles run their network on one thread whatever
@@ -27,6 +29,9 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="threads for exact networks (default: all cores)")
     ap.add_argument("--network-only", action="store_true", help="time the U-Net on the image's tiles only")
     ap.add_argument("--reps", type=int, default=2, help="network-only: calls per arithmetic")
+    ap.add_argument("--files", default=None, help="folder for the encoded files (profile-<id>.ddpm)")
+    ap.add_argument("--encode-only", action="store_true", help="encode and write the files to --files, no decode")
+    ap.add_argument("--decode-only", action="store_true", help="decode the files in --files (timed), no encode")
     a = ap.parse_args()
 
     from ddpm_codec import codec
@@ -53,21 +58,34 @@ def main():
                   f"({len(x)} tiles)")
         return
     warm = np.ascontiguousarray(img[:32, :32])
+    if (a.encode_only or a.decode_only) and not a.files:
+        ap.error("--encode-only and --decode-only need --files")
     rows = {}
     for pid in a.profiles:
         st = codec.PROFILES[codec.profile_id(pid)]
+        path = f"{a.files}/profile-{codec.profile_id(pid)}.ddpm" if a.files else None
         codec.decode(codec.encode(warm, model, settings=st, metrics=False).data, model)
-        t0 = time.perf_counter()
-        e = codec.encode(img, model, settings=st, metrics=False, threads=a.threads)
-        te = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        d = codec.decode(e.data, model, threads=a.threads)
-        td = time.perf_counter() - t0
-        assert d.lossless and np.array_equal(d.image, img), f"profile {pid}: not bit-exact"
-        rows[pid] = (st, len(e.data), te, e.network_seconds, td, d.network_seconds)
-        print(f"profile {pid} ({st.arithmetic}): {len(e.data)} bytes, {8 * len(e.data) / img.size:.4f} bits/dim; "
-              f"encode {te:.1f} s ({e.network_seconds:.1f} s network), decode {td:.1f} s "
-              f"({d.network_seconds:.1f} s network)", flush=True)
+        te = ne = td = nd = float("nan")
+        if a.decode_only:
+            with open(path, "rb") as f:
+                data = f.read()
+        else:
+            t0 = time.perf_counter()
+            e = codec.encode(img, model, settings=st, metrics=False, threads=a.threads)
+            te, ne, data = time.perf_counter() - t0, e.network_seconds, e.data
+            if path:
+                import os
+                os.makedirs(a.files, exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(data)
+        if not a.encode_only:
+            t0 = time.perf_counter()
+            d = codec.decode(data, model, threads=a.threads)
+            td, nd = time.perf_counter() - t0, d.network_seconds
+            assert d.lossless and np.array_equal(d.image, img), f"profile {pid}: not bit-exact"
+        rows[pid] = (st, len(data), te, ne, td, nd)
+        print(f"profile {pid} ({st.arithmetic}): {len(data)} bytes, {8 * len(data) / img.size:.4f} bits/dim; "
+              f"encode {te:.1f} s ({ne:.1f} s network), decode {td:.1f} s ({nd:.1f} s network)", flush=True)
     base = rows[a.profiles[0]]
     print(f"| profile | arithmetic | bits/dim | size / profile {a.profiles[0]} | encode / {a.profiles[0]} "
           f"| decode / {a.profiles[0]} | encode / its network | decode / its network |")
