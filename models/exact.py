@@ -716,12 +716,14 @@ class ExactUNet:
         s = self.ucfg.image_size
         if x.dim() != 4 or x.shape[-1] != s or x.shape[-2] != s:
             raise ValueError(f"model expects [N, C, {s}, {s}] inputs, got {tuple(x.shape)}")
-        return run_exact(self._threads, self._forward, x, *self._temb(t, x.shape[0]), threads=threads,
-                         device=self.device)
+        ts = torch.as_tensor(t, dtype=torch.int64).reshape(-1).expand(x.shape[0])
+        return run_exact(self._threads, self._forward, x, ts, threads=threads, device=self.device)
 
     @torch.no_grad()   # grad mode is per thread: map_samples' workers need it too
-    def _forward(self, x: torch.Tensor, *tprojs: torch.Tensor) -> torch.Tensor:
-        tp = iter(tprojs)   # one time projection per residual block, in the walk's order (self.resblocks)
+    def _forward(self, x: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        # the time projections inside the call: on its threads (torch's global count outside it made
+        # their small matmuls wait at OpenMP barriers: ~20 ms a call with the other core busy)
+        tp = iter(self._temb(ts, x.shape[0]))   # one per residual block, in the walk's order (self.resblocks)
 
         def res(rb):
             return lambda h: rb(h, next(tp))
