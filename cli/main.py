@@ -125,6 +125,21 @@ def _load(model_spec, device="cpu"):
         raise CliError(str(e)) from None
 
 
+def _model_for_file(data: bytes, model_spec, device):
+    """The model ``--model`` names, else the one the file's fingerprint names (else the default)."""
+    if model_spec is not None:
+        return _load(model_spec, device)
+    from ddpm_codec import codec
+    from ddpm_codec.models.registry import find_by_fingerprint
+    from ddpm_codec.train import select_device
+
+    try:
+        fp = codec.read_header(data)[0].file.header.fingerprint.hex()
+        return find_by_fingerprint(fp, device=select_device(device)) or _load(None, device)
+    except _errors() as e:
+        raise CliError(str(e)) from None
+
+
 @main.command()
 def profiles():
     """List the built-in coding profiles (* = the default); measured figures: docs/PROFILES.md."""
@@ -412,11 +427,14 @@ def _schedule_options(f):
 @_schedule_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-step table.")
+@click.option("--format", "format_version", type=click.IntRange(1, 3), default=None,
+              help="File format version: 3 the compact framing (4-5 bytes less per file; docs/FORMAT.md); "
+                   "default 2 (1 for lossy files).")
 @_max_pixels_option
 @_threads_option
 @_device_option
-def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, threads,
-           device):
+def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, format_version,
+           max_pixels, threads, device):
     """Encode IMAGES (PNG etc., or folders of them) to .ddpm files: lossless by default, lossy with
     --steps, --bpd or --psnr.
 
@@ -432,13 +450,13 @@ def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, s
         raise CliError(str(e)) from None
     if len(paths) > 1 or Path(images[0]).is_dir():
         return _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels,
-                            device, threads)
+                            device, threads, format_version)
     _encode_one(paths[0], output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels,
-                device, threads)
+                device, threads, format_version)
 
 
 def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels, device,
-                 threads=None):
+                 threads=None, format_version=None):
     """``encode`` of several images: all read and checked first, then coded with one model load."""
     from tqdm.auto import tqdm
 
@@ -473,7 +491,8 @@ def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedu
         for (img, _), o in tqdm(list(zip(inputs, outs)), unit="image", desc="encoding", file=sys.stderr,
                                 disable=None):
             res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd,
-                               min_psnr=min_psnr, seed=seed, max_pixels=max_pixels, threads=threads)
+                               min_psnr=min_psnr, seed=seed, max_pixels=max_pixels, threads=threads,
+                               format_version=format_version)
             write_bytes_atomic(o, res.data)
             note = note or portability_note(settings, res.lossless)
             kind = "lossless" if res.lossless else f"lossy, to {res.steps[-1].reverse_time}"
@@ -497,7 +516,7 @@ def _remove_if_empty(folder: Path | None) -> None:
 
 
 def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device,
-                threads=None):
+                threads=None, format_version=None):
     """``encode`` of one image, with its per-step table."""
     from ddpm_codec import codec
     from ddpm_codec.imageio import check_writable, read_image, write_bytes_atomic
@@ -529,7 +548,8 @@ def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedul
             bar.update(1) if quiet else click.echo(step_table_row(r))
 
         res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd,
-                           min_psnr=min_psnr, seed=seed, progress=show, max_pixels=max_pixels, threads=threads)
+                           min_psnr=min_psnr, seed=seed, progress=show, max_pixels=max_pixels, threads=threads,
+                           format_version=format_version)
         bar.close()
         write_bytes_atomic(out, res.data)
     except errors as e:
@@ -581,13 +601,7 @@ def decode(file, output, model_spec, steps, reconstruct, progressive_dir, seed, 
         if progressive_dir:
             made_dir = make_folder(progressive_dir)
             check_writable(Path(progressive_dir) / "step-0000.png")
-        if model_spec is None:
-            from ddpm_codec.models.registry import find_by_fingerprint
-            from ddpm_codec.train import select_device
-            fp = parsed.file.header.fingerprint.hex()
-            model = find_by_fingerprint(fp, device=select_device(device)) or _load(None, device)
-        else:
-            model = _load(model_spec, device)
+        model = _model_for_file(data, model_spec, device)
         from tqdm.auto import tqdm
 
         with tqdm(unit="step", desc="decoding", file=sys.stderr, disable=None) as bar:   # a terminal only
@@ -628,15 +642,31 @@ def example(output, index):
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
-def info(file):
-    """Show a .ddpm file's header and per-segment sizes."""
-    from ddpm_codec.codec.describe import describe_file
+@click.option("--bits", is_flag=True, help="Also split the file's bits into framing fields, each step's chunk "
+              "counts and indices, x0 and coder overhead (decodes the file: needs its model).")
+@_model_option
+@_threads_option
+def info(file, bits, model_spec, threads):
+    """Show a .ddpm file's header and per-segment sizes (with --bits: where every bit goes)."""
+    from ddpm_codec.codec.describe import bit_lines, describe_file
 
     try:
-        lines = describe_file(Path(file).read_bytes(), file)
+        data = Path(file).read_bytes()
+        lines = describe_file(data, file)
     except _errors() as e:
         raise CliError(str(e)) from None
     for line in lines:
+        click.echo(line)
+    if not bits:
+        return
+    from ddpm_codec import codec
+
+    model = _model_for_file(data, model_spec, "cpu")
+    try:
+        res = codec.decode(data, model, threads=threads, account=True)
+    except _errors() as e:
+        raise CliError(str(e)) from None
+    for line in bit_lines(res.accounting):
         click.echo(line)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import replace
 import time
 
@@ -388,8 +389,8 @@ def test_foreign_and_unsupported():
         unpack(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(ForeignFileError):
         unpack(b"x")
-    with pytest.raises(UnsupportedVersionError, match="version 3"):
-        unpack(MAGIC + b"\x31" + TINY_BYTES[3:])
+    with pytest.raises(UnsupportedVersionError, match="version 4"):
+        unpack(MAGIC + b"\x41" + TINY_BYTES[3:])
     with pytest.raises(TypeError):
         unpack("8ddd")
     for cls in (ForeignFileError, UnsupportedVersionError, CorruptFileError, TruncatedFileError):
@@ -509,3 +510,92 @@ def test_version_2_must_be_lossless_one_stream():
         pack(replace(TINY_V2, x0=b"\x11"))
     with pytest.raises(ValueError, match="pixel_crc"):
         pack(replace(TINY_V2, pixel_crc=None))
+
+
+# ---------------------------------------------------------------------------------------
+# Version 3: compact framing (docs/FORMAT.md, issue 28)
+# ---------------------------------------------------------------------------------------
+
+PIXELS = bytes(range(18))  # the 2x3 image's raw RGB bytes (any bytes: only their CRC-32 is framed)
+TINY_V3 = DdpmFile(
+    header=Header(fingerprint=b"\x01\x02\x03", height=2, width=3, seed=300, profile=1, lossless=True,
+                  one_stream=True, x0_in_stream=True, compact=True),
+    segments=[Segment(1, b"\xaa"), Segment(200, b"\xbb\xcc")],
+    pixel_crc=zlib.crc32(PIXELS),
+)
+TINY_V3_HEADER = bytes.fromhex(
+    "8ddd"  # magic
+    "39"  # version 3 (0x30) + lossless (0x01) + a seed follows (0x08)
+    "010203"  # 3-byte fingerprint
+    "02" "03"  # dimensions ((2 - 1) << 1 | not square) = 2, then width 3
+    "01"  # profile 1
+    "ac02"  # seed 300
+    "02" "0101" "c80102"  # 2 segments: (1 step, 1 byte), (200 steps, 2 bytes)
+)
+
+
+def test_pinned_bytes_version_3_lossless():
+    body = TINY_V3_HEADER + bytes([ref_crc8(TINY_V3_HEADER)]) + bytes.fromhex("aa" "bbcc")
+    want = body + zlib.crc32(PIXELS + body).to_bytes(4, "little")  # ONE CRC-32: pixels, then every byte
+    assert pack(TINY_V3) == want
+    v2 = pack(replace(TINY_V3, header=replace(TINY_V3.header, fingerprint=b"\x01\x02\x03\x04", compact=False)))
+    assert len(want) == len(v2) - 3  # fingerprint byte, and the CRC-16 beside the pixel CRC-32
+    parsed = unpack(want)
+    assert parsed.version == 3 and not parsed.truncated and not parsed.verified
+    assert parsed.file.header == TINY_V3.header and parsed.file.segments == TINY_V3.segments
+    assert parsed.pixels_present and parsed.pixels_match(PIXELS) and not parsed.pixels_match(PIXELS[::-1])
+    # every single changed byte after the magic and version is caught: by the parser or by the pixel check
+    for i in range(3, len(want)):
+        bad = bytearray(want)
+        bad[i] ^= 0x5A
+        try:
+            got = unpack(bytes(bad))
+        except DdpmFormatError:
+            continue
+        assert not (got.pixels_present and got.pixels_match(PIXELS)), i
+    # a cut inside the CRC: both segments, no pixel check; inside segment 1: segment 0 only
+    part = unpack(want[:-1])
+    assert part.truncated and part.complete_segments == 2 and not part.pixels_present
+    assert unpack(want[: len(TINY_V3_HEADER) + 2]).complete_segments == 1
+
+
+def test_pinned_bytes_version_3_lossy_one_segment():
+    f = DdpmFile(header=Header(fingerprint=b"\xab\xcd\xef", height=32, width=32, seed=0, profile=12,
+                               one_stream=True, compact=True), segments=[Segment(40, b"\x55" * 60)])
+    head = bytes.fromhex("8ddd" "30" "abcdef" "3f" "0c" "01" "283c")  # 32x32: (31 << 1 | square) = 0x3f
+    body = head + b"\x55" * 60  # no seed (0), one segment: no header CRC-8
+    want = body + ref_crc16(body).to_bytes(2, "little")
+    assert pack(f) == want and len(want) - 60 == 13  # against 17 bytes in versions 1 and 2
+    parsed = unpack(want)
+    assert parsed.file == f and parsed.verified and parsed.framing_bytes() == 13
+    assert [n for n, _ in parsed.fields] == ["magic", "version and flags", "fingerprint", "dimensions", "profile",
+                                            "segment count", "segment table", "file crc16"]
+    bad = bytearray(want)
+    bad[4] ^= 1
+    with pytest.raises(CorruptFileError, match="checksum mismatch"):
+        unpack(bytes(bad))
+
+
+def test_version_3_round_trips_and_field_sizes():
+    rng = random.Random(3)
+    for _ in range(200):
+        h, w = rng.choice([(32, 32), (1, 1), (7, 300), (512, 768), (65535, 1)])
+        lossless = rng.random() < 0.5
+        segs = [Segment(rng.randint(1, 300), rng.randbytes(rng.randint(0, 200))) for _ in range(rng.randint(0, 4))]
+        f = DdpmFile(header=Header(fingerprint=rng.randbytes(3), height=h, width=w, seed=rng.choice([0, 1, 2**64 - 1]),
+                                   profile=rng.randint(0, 255), lossless=lossless, one_stream=True,
+                                   x0_in_stream=lossless, compact=True),
+                     segments=segs, pixel_crc=rng.getrandbits(32) if lossless else None)
+        data = pack(f)
+        parsed = unpack(data)
+        assert parsed.file.header == f.header and parsed.file.segments == segs
+        assert parsed.framing_bytes() + sum(len(s.payload) for s in segs) == len(data)
+        assert dict(parsed.fields)["dimensions"] == len(varint_encode((h - 1) << 1 | (h == w))) + (
+            0 if h == w else len(varint_encode(w)))
+
+
+def test_version_3_refuses_what_it_cannot_hold():
+    with pytest.raises(ValueError, match="3 bytes"):
+        pack(replace(TINY_V3, header=replace(TINY_V3.header, fingerprint=b"\x01\x02\x03\x04")))
+    with pytest.raises(ValueError, match="version 3"):
+        pack(replace(TINY_V3, header=replace(TINY_V3.header, x0_in_stream=False)))

@@ -93,6 +93,41 @@ class DecodeResult:
     progressive: list[tuple[int, np.ndarray]] = field(default_factory=list)   # (reverse time, image)
     seconds: float = 0.0
     network_seconds: float = 0.0
+    accounting: "BitAccounting | None" = None   # with decode(..., account=True)
+
+
+@dataclass
+class StepBits:
+    """What one coding step's code costs, by the models it is coded with (bits)."""
+
+    reverse_time: int
+    t: int
+    chunks: int          # all tiles
+    count_bits: float    # -log2 P(chunk counts) under the count model
+    index_bits: float    # the trellis path bits (PFR: buckets and offsets)
+
+
+@dataclass
+class BitAccounting:
+    """Where a file's bits go (``decode(..., account=True)``; ``ddpm-codec info --bits``): the framing
+    fields, each step's counts and indices, x_0, and what is left of the payload: the range coder's
+    rounding and the bytes up to each cut ("coder overhead and padding")."""
+
+    framing: list[tuple[str, int]]   # (field, bytes), in file order (no payloads)
+    steps: list[StepBits]
+    x0_bits: float | None            # -log2 p(x_0 | x_tau) under the file's x_0 model; None if not decoded
+    payload_bytes: int
+    num_dims: int
+
+    @property
+    def framing_bits(self) -> int:
+        return 8 * sum(n for _, n in self.framing)
+
+    @property
+    def padding_bits(self) -> float:
+        """Payload bits beyond the counts', indices' and x_0's model code lengths."""
+        used = sum(s.count_bits + s.index_bits for s in self.steps) + (self.x0_bits or 0.0)
+        return 8.0 * self.payload_bytes - used
 
 
 def check_size(parsed: container.ParsedFile, max_pixels: int | None = None) -> None:
@@ -142,7 +177,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
            lossless: bool | None = None,
            seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
            metrics: bool = True, x0_in_stream: bool = True, max_pixels: int | None = None,
-           threads: int | None = None) -> EncodeResult:
+           threads: int | None = None, format_version: int | None = None) -> EncodeResult:
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
@@ -159,7 +194,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     version 2). ``max_pixels``: refuse larger images (default ``tiles.MAX_CODEC_PIXELS``; memory
     grows with the size), before anything is allocated for them. ``threads``: for an exact file's
     network (default: torch's count, all cores) and the search (default 1); a float file's network
-    always runs on one thread. Any count gives the same file.
+    always runs on one thread. Any count gives the same file. ``format_version``: 3 writes the compact
+    framing (4-5 bytes less: ``docs/FORMAT.md``; x_0 in the stream); None or 2 as ``x0_in_stream`` says.
     """
     settings = settings or default_settings(model)
     image = check_image(image, max_pixels)
@@ -181,6 +217,13 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         raise InputError("per-tile x_0 side information, the context model or exact arithmetic needs format "
                          "version 2 (x0_in_stream=True)")
     fingerprint = coding_fingerprint(model, settings)
+    if format_version not in (None, 1, 2, container.COMPACT_VERSION):
+        raise InputError(f"unknown format version {format_version}; expected 1, 2 or 3")
+    if format_version is not None and format_version != container.COMPACT_VERSION:
+        x0_in_stream = format_version == 2
+    compact = format_version == container.COMPACT_VERSION
+    x0_in_stream = x0_in_stream or compact
+    fp_bytes = container.COMPACT_FINGERPRINT_BYTES if compact else 4
     chain = Chain(model, settings, tuple(x0.shape), threads)
     search_cfg = replace(chain.cfg, search_threads=threads or 1)   # encoder policy: any path decodes
     T, B = chain.T, x0.shape[0]
@@ -188,9 +231,10 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     start = time.perf_counter()
 
     profile = profile_of(settings)
-    header = container.Header(fingerprint=bytes.fromhex(fingerprint[:8]), height=height, width=width, seed=seed,
-                              schedule=None if profile is not None else settings.to_schedule(), profile=profile,
-                              lossless=lossless, one_stream=True, x0_in_stream=lossless and x0_in_stream)
+    header = container.Header(fingerprint=bytes.fromhex(fingerprint[:2 * fp_bytes]), height=height, width=width,
+                              seed=seed, schedule=None if profile is not None else settings.to_schedule(),
+                              profile=profile, lossless=lossless, one_stream=True,
+                              x0_in_stream=lossless and x0_in_stream, compact=compact)
     header_bytes = len(container.pack(container.DdpmFile(header=replace(header, lossless=False, x0_in_stream=False))))
 
     stream = StepStream(B, chain.dims_tile, chain.cfg, min_segment_bytes)
@@ -273,13 +317,14 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
 def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconstruct: Reconstruct = "denoise",
            progressive: bool = False, reconstruct_steps: int = 50, seed: int = 0,
            on_step: Callable[[int, int], None] | None = None, max_pixels: int | None = None,
-           threads: int | None = None) -> DecodeResult:
+           threads: int | None = None, account: bool = False) -> DecodeResult:
     """Decode ``.ddpm`` bytes. ``steps=N`` uses only the coding steps with T - t + 1 <= N and
     reconstructs from the last one with ``reconstruct``; without ``steps`` a lossless file decodes
     exactly (checksum verified) and a lossy or truncated one from its last complete step.
     ``max_pixels``: refuse a file whose header declares a larger image (default
     ``tiles.MAX_CODEC_PIXELS``), before anything is allocated for it. ``threads``: for an exact
-    file's network (default: torch's count, all cores; the same image for any count)."""
+    file's network (default: torch's count, all cores; the same image for any count). ``account``:
+    also measure where the file's bits go (:class:`BitAccounting` in ``accounting``)."""
     if reconstruct not in RECONSTRUCT_MODES:
         raise InputError(f"unknown reconstruction {reconstruct!r}; expected one of {', '.join(RECONSTRUCT_MODES)}")
     parsed, settings = read_header(data)
@@ -316,6 +361,8 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         return from_tiles(to_uint8(est), height, width)
 
     shots: list[tuple[int, np.ndarray]] = []
+    step_bits: list[StepBits] = []
+    x0_bits: list[float] = []
     with deterministic_settings(settings.arithmetic):
         for dec in step_decoders():
             if steps is not None and chain.reverse_time(chain.done) > steps:
@@ -327,6 +374,8 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
                 except (ValueError, RuntimeError) as e:
                     raise container.CorruptFileError(f"coding step {link.index} cannot be read: {e}") from None
                 e_ = rcc.decode_step(code, dim=chain.dims_tile, seed=h.seed, step=link.s, cfg=chain.cfg)
+                if account:
+                    step_bits.append(_step_bits(code, link, chain))
                 return chain.x_from_eps(link, e_), code.num_chunks
 
             chain.step(send)
@@ -338,18 +387,37 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
             raise DecodeError("the file holds no complete coding step (truncated inside its first segment?)")
         exact = None
         full_chain = chain.done == len(chain) and steps is None
-        x0_present = parsed.file.x0 is not None or (h.x0_in_stream and parsed.file.pixel_crc is not None)
+        x0_present = parsed.file.x0 is not None or (h.x0_in_stream and parsed.pixels_present)
         if full_chain and x0_present:
-            exact = _decode_x0(parsed, settings, chain, one_dec, height, width, size)
+            exact = _decode_x0(parsed, settings, chain, one_dec, height, width, size,
+                               x0_bits if account else None)
         image = exact if exact is not None else recon(reconstruct)
+    accounting = None
+    if account:
+        accounting = BitAccounting(
+            framing=[(n, b) for n, b in parsed.fields], steps=step_bits, x0_bits=x0_bits[0] if x0_bits else None,
+            payload_bytes=len(data) - parsed.framing_bytes(), num_dims=height * width * 3)
     return DecodeResult(image=image, lossless=exact is not None, reverse_time=T - chain.last_t + 1,
                         truncated=parsed.truncated, steps_decoded=chain.done, progressive=shots,
-                        seconds=time.perf_counter() - start, network_seconds=chain.net.seconds)
+                        seconds=time.perf_counter() - start, network_seconds=chain.net.seconds,
+                        accounting=accounting)
+
+
+def _step_bits(code, link: Link, chain: Chain) -> StepBits:
+    """One step's model code lengths: its counts under the count model, its indices."""
+    from ..coding.rcc.bitstream import count_code_bits, index_code_bits
+
+    cfg = chain.cfg
+    return StepBits(reverse_time=chain.T - link.s + 1, t=link.s, chunks=int(np.sum(code.num_chunks)),
+                    count_bits=count_code_bits(code.num_chunks, chain.dims_tile, cfg, link.centres),
+                    index_bits=sum(index_code_bits(idx, cfg) for idx in code.indices))
 
 
 def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, chain: Chain, one_dec,
-               height: int, width: int, size: int) -> np.ndarray:
-    """The exact image from the end of a complete chain (checksum verified)."""
+               height: int, width: int, size: int, x0_bits: list | None = None) -> np.ndarray:
+    """The exact image from the end of a complete chain (checksum verified). ``x0_bits``: a list to
+    append x_0's model code length to (the context model's or Eq. 13's as adapted, with the side
+    information's raw bits)."""
     h = parsed.file.header
     means, scales = x0_model(chain.diffusion, chain.x, chain.ts[-1], chain.eps, settings.variance)
     mask = inside_mask(height, width, size)
@@ -371,10 +439,27 @@ def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, chain: Cha
         tiles = np.zeros(chain.shape, dtype=np.uint8)
         tiles[mask] = pix
         exact = from_tiles(tiles.transpose(0, 2, 3, 1), height, width)
-    if exact is None or zlib.crc32(exact.tobytes()) != parsed.file.pixel_crc:
+        if x0_bits is not None:
+            x0_bits.append(_x0_code_bits(settings, chain, tiles, means, scales, mask))
+    if exact is None or not parsed.pixels_match(exact.tobytes()):
         raise DecodeError("decoded pixels fail the file's checksum: this machine's network outputs differ "
                           "from the encoder's (other hardware or library version?), or the file is damaged")
     return exact
+
+
+def _x0_code_bits(settings: CodecSettings, chain: Chain, tiles_pix: np.ndarray, means, scales, mask) -> float:
+    """x_0's model code length for decoded pixels, as the encoder measures it (``EncodeResult``)."""
+    if settings.x0_context:
+        import constriction
+
+        code = ContextX0Code(chain.net.context(), tiles_pix, chain.x, torch.from_numpy(means), mask)
+        code.write(constriction.stream.queue.RangeEncoder())   # the passes' parameters, as the encoder's
+        return code.ideal_bits()
+    if not (settings.x0_scale_bits or settings.x0_channel_bits):
+        return float(entropy.ideal_bits(tiles_pix[mask], means[mask], scales[mask]))
+    side = X0Side.choose(settings, tiles_pix, means, scales, mask)
+    eff_means, eff_scales = side.apply(means, scales, tiles_pix, mask)
+    return float(entropy.ideal_bits(tiles_pix[mask], eff_means[mask], eff_scales[mask])) + float(side.num_bits())
 
 
 # ----------------------------------------------------------------------------- KL-only trace

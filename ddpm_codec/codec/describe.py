@@ -53,6 +53,36 @@ def describe_file(data: bytes, name: str) -> list[str]:
     return lines
 
 
+def bit_lines(acc) -> list[str]:
+    """Where a file's bits go (a :class:`~ddpm_codec.codec.api.BitAccounting`, from
+    ``decode(..., account=True)``): framing field by field, the steps' counts and indices (one row per
+    step that sends bits), x_0, and the payload left over (the range coder's rounding and cuts)."""
+    dims = acc.num_dims
+    total = acc.framing_bits + 8 * acc.payload_bytes
+
+    def row(name: str, bits: float) -> str:
+        return f"  {name:<32} {bits:10.1f} bits  {bits / dims:.4f} bits/dim  {100 * bits / total:5.1f} %"
+
+    lines = [f"{total} bits in all ({total / dims:.4f} bits/dim over {dims} dims):", "framing:"]
+    lines += [row(name, 8 * n) for name, n in acc.framing]
+    lines.append(row("framing total", acc.framing_bits))
+    counts = sum(s.count_bits for s in acc.steps)
+    index = sum(s.index_bits for s in acc.steps)
+    lines.append(f"coding steps (count bits: -log2 P under the count model; index bits: the path sent):")
+    lines.append(f"  {'T-t+1':>6} {'t':>5} {'chunks':>7} {'count bits':>11} {'index bits':>11}")
+    for s in acc.steps:
+        if s.chunks or s.count_bits >= 0.05:
+            lines.append(f"  {s.reverse_time:>6} {s.t:>5} {s.chunks:>7} {s.count_bits:>11.2f} {s.index_bits:>11.0f}")
+    free = sum(1 for s in acc.steps if not s.chunks)
+    lines.append(f"  ({len(acc.steps)} steps, {free} of them free: no chunks)")
+    lines.append(row("chunk counts", counts))
+    lines.append(row("indices", index))
+    if acc.x0_bits is not None:
+        lines.append(row("x0 (model code length)", acc.x0_bits))
+    lines.append(row("coder overhead and padding", acc.padding_bits))
+    return lines
+
+
 _STEP_COLUMNS = ("T-t+1", "t", "KL bits", "actual", "bits/dim", "RMSE", "PSNR", "chunks")
 _STEP_WIDTHS = (8, 6, 10, 10, 10, 8, 7, 6)
 

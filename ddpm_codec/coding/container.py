@@ -22,6 +22,12 @@ Full specification with a worked byte-by-byte example: ``docs/FORMAT.md``. Summa
     pixel_crc32    u32       only if lossless
     file_crc16     u16       CRC-16/CCITT-FALSE of every byte before it
 
+Version 3 (compact framing, issue 28) codes the same content in fewer bytes: a 3-byte fingerprint,
+the seed only when not 0 (flag bit 3), one varint for a square image's size, the header CRC-8 only
+when there are two or more segments (with one, a truncated file has nothing to decode), and in a
+lossless file ONE CRC-32 over the pixels and every byte before it instead of the pixel CRC-32 and
+the file CRC-16 (checked once the pixels are decoded: :meth:`ParsedFile.pixels_match`).
+
 The lengths sit in the header, under their own checksum, so that a reader knows the exact
 size of the complete file before it reads any payload: a file shorter than that was
 truncated (a progressive prefix: the complete segments are returned, ``truncated=True``),
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import binascii
 import operator
+import zlib
 from dataclasses import dataclass, field
 
 from ..errors import Error
@@ -62,19 +69,25 @@ __all__ = [
     "varint_decode",
     "crc8",
     "crc16",
+    "COMPACT_VERSION",
 ]
 
 MAGIC = b"\x8d\xdd"
 """0x8D is not printable in Latin-1/cp1252 and cannot start a UTF-8 character; "DD" for DDPM."""
 FORMAT_VERSION = 2
-"""The newest version written. Version 2 differs from 1 only in lossless files: x_0 is coded at
-the end of the one segment stream (no ``x0_length``, no x0 payload of its own). Both are read."""
-_VERSIONS = (1, 2)
+"""The version the codec writes by default. Version 2 differs from 1 only in lossless files: x_0 is
+coded at the end of the one segment stream (no ``x0_length``, no x0 payload of its own). All are read."""
+COMPACT_VERSION = 3
+"""Compact framing (issue 28): the same content as version 2 (lossless) or a one-stream version 1 file
+(lossy) in 4-5 bytes less; see the module docstring and docs/FORMAT.md."""
+_VERSIONS = (1, 2, 3)
 
 FLAG_LOSSLESS = 0x1
 FLAG_EXPLICIT_SCHEDULE = 0x2
 FLAG_CODER_FIELDS = 0x4  # an explicit schedule carries `selection` and `rate_percent`
 FLAG_ONE_STREAM = 0x8  # the segment payloads are consecutive pieces of one coded stream
+FLAG_SEED = 0x8  # version 3 (always one stream): a seed follows the schedule (else the seed is 0)
+COMPACT_FINGERPRINT_BYTES = 3
 _RESERVED_FLAGS = 0x0  # (all four flag bits of version 1 are assigned)
 
 MAX_DIM = 65535
@@ -88,6 +101,7 @@ MAX_SEED = (1 << 64) - 1
 _MAX_VARINT_BYTES = 10
 _TRAILER_BYTES = 2  # file_crc16
 _PIXEL_CRC_BYTES = 4
+_MERGED_CRC_BYTES = 4  # version 3, lossless: CRC-32 of the pixels and every byte before it
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,7 +233,7 @@ class Schedule:
 
 @dataclass
 class Header:
-    fingerprint: bytes  # 4 bytes
+    fingerprint: bytes  # 4 bytes (version 3: 3 bytes)
     height: int
     width: int
     seed: int  # 0..2**64-1
@@ -228,6 +242,11 @@ class Header:
     lossless: bool = False  # an x0 segment follows the steps
     one_stream: bool = False  # segments split one stream (else each is a stream of its own)
     x0_in_stream: bool = False  # version 2: x0 is coded at the end of the one stream (lossless only)
+    compact: bool = False  # version 3: compact framing (one stream; x0 in the stream if lossless)
+
+    @property
+    def version(self) -> int:
+        return COMPACT_VERSION if self.compact else 2 if self.x0_in_stream else 1
 
 
 @dataclass
@@ -250,6 +269,27 @@ class ParsedFile:
     truncated: bool  # the file ended before its declared end (no checksum verified)
     complete_segments: int  # == len(file.segments)
     declared_segments: int  # what the header announces
+    version: int = 2
+    fields: list[tuple[str, int]] = field(default_factory=list)  # framing: (field, bytes) in file order
+    verified: bool = False  # a checksum over the whole file was verified (never for a truncated file, nor
+                            # for a version-3 lossless file before its pixels are decoded)
+    merged_crc: tuple[bytes, int] | None = None  # version 3, lossless, complete: (the bytes it covers, its value)
+
+    @property
+    def pixels_present(self) -> bool:
+        """A complete lossless file (its x_0 and its pixel check are all there)."""
+        return self.file.pixel_crc is not None or self.merged_crc is not None
+
+    def pixels_match(self, pixels: bytes) -> bool:
+        """Whether decoded raw RGB pixels (uint8, row-major HWC) pass the file's pixel check: the
+        pixel CRC-32, or in version 3 the CRC-32 of the pixels and then every byte before it."""
+        if self.merged_crc is not None:
+            covered, value = self.merged_crc
+            return zlib.crc32(covered, zlib.crc32(pixels)) == value
+        return self.file.pixel_crc is not None and zlib.crc32(pixels) == self.file.pixel_crc
+
+    def framing_bytes(self) -> int:
+        return sum(n for _, n in self.fields)
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,10 +311,17 @@ def _int(name: str, value, lo: int, hi: int) -> int:
 
 def pack(f: DdpmFile) -> bytes:
     """Serializes a :class:`DdpmFile`; raises ``ValueError`` on any field out of range."""
+    return b"".join(piece for _, piece in pack_fields(f))
+
+
+def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
+    """:func:`pack`'s bytes as ``(field, bytes)`` pieces in file order (the payloads named
+    ``"segment payloads"`` and ``"x0 payload"``): what each framing field costs."""
     h = f.header
     fingerprint = bytes(h.fingerprint)
-    if len(fingerprint) != 4:
-        raise ValueError(f"fingerprint must be 4 bytes, got {len(fingerprint)}")
+    fp_len = COMPACT_FINGERPRINT_BYTES if h.compact else 4
+    if len(fingerprint) != fp_len:
+        raise ValueError(f"fingerprint must be {fp_len} bytes, got {len(fingerprint)}")
     height = _int("height", h.height, 1, MAX_DIM)
     width = _int("width", h.width, 1, MAX_DIM)
     if height * width > MAX_PIXELS:
@@ -282,7 +329,10 @@ def pack(f: DdpmFile) -> bytes:
     seed = _int("seed", h.seed, 0, MAX_SEED)
     if (h.schedule is None) == (h.profile is None):
         raise ValueError("exactly one of header.schedule and header.profile must be given")
-    if h.x0_in_stream:
+    if h.compact:
+        if not h.one_stream or h.x0_in_stream != bool(h.lossless) or f.x0 is not None:
+            raise ValueError("version 3 files are one stream, with x0 in the stream exactly when lossless")
+    elif h.x0_in_stream:
         if not (h.lossless and h.one_stream):
             raise ValueError("x0_in_stream needs a lossless one-stream file")
         if f.x0 is not None:
@@ -296,29 +346,38 @@ def pack(f: DdpmFile) -> bytes:
 
     flags = (FLAG_LOSSLESS if h.lossless else 0) | (
         FLAG_EXPLICIT_SCHEDULE if h.schedule is not None else 0
-    ) | (FLAG_CODER_FIELDS if h.schedule is not None and h.schedule.has_coder_fields else 0) | (
-        FLAG_ONE_STREAM if h.one_stream else 0
-    )
-    out = bytearray(MAGIC)
-    out.append(((2 if h.x0_in_stream else 1) << 4) | flags)
-    out += fingerprint
-    out += varint_encode(height) + varint_encode(width)
+    ) | (FLAG_CODER_FIELDS if h.schedule is not None and h.schedule.has_coder_fields else 0)
+    if h.compact:
+        flags |= FLAG_SEED if seed else 0
+    else:
+        flags |= FLAG_ONE_STREAM if h.one_stream else 0
+    out: list[tuple[str, bytes]] = [("magic", MAGIC), ("version and flags", bytes([(h.version << 4) | flags])),
+                                    ("fingerprint", fingerprint)]
+    if h.compact:
+        square = height == width
+        out.append(("dimensions", varint_encode(((height - 1) << 1) | square)
+                    + (b"" if square else varint_encode(width))))
+    else:
+        out.append(("dimensions", varint_encode(height) + varint_encode(width)))
     if h.schedule is not None:
         s = h.schedule
         num_steps = _int("schedule.num_steps", s.num_steps, 1, MAX_STEPS)
-        out.append(_int("schedule.kind", s.kind, 0, 255))
-        out += varint_encode(num_steps)
-        out += varint_encode(_int("schedule.t_end", s.t_end, 0, MAX_STEPS))
-        out.append(_int("schedule.chunk_bits", s.chunk_bits, 0, 255))
-        out.append(_int("schedule.log2_candidates", s.log2_candidates, 0, 255))
-        out.append(_int("schedule.variance_kind", s.variance_kind, 0, 255))
+        sched = bytearray([_int("schedule.kind", s.kind, 0, 255)])
+        sched += varint_encode(num_steps)
+        sched += varint_encode(_int("schedule.t_end", s.t_end, 0, MAX_STEPS))
+        sched.append(_int("schedule.chunk_bits", s.chunk_bits, 0, 255))
+        sched.append(_int("schedule.log2_candidates", s.log2_candidates, 0, 255))
+        sched.append(_int("schedule.variance_kind", s.variance_kind, 0, 255))
         if s.has_coder_fields:
-            out.append(_int("schedule.selection", s.selection, 0, 255))
-            out.append(_int("schedule.rate_percent", s.rate_percent, 1, 255))
+            sched.append(_int("schedule.selection", s.selection, 0, 255))
+            sched.append(_int("schedule.rate_percent", s.rate_percent, 1, 255))
+        out.append(("schedule", bytes(sched)))
     else:
-        out.append(_int("profile", h.profile, 0, 255))
-    out += varint_encode(seed)
-    out += varint_encode(len(f.segments))
+        out.append(("profile", bytes([_int("profile", h.profile, 0, 255)])))
+    if seed or not h.compact:
+        out.append(("seed", varint_encode(seed)))
+    out.append(("segment count", varint_encode(len(f.segments))))
+    table = bytearray()
     total_steps = 0
     for i, seg in enumerate(f.segments):
         steps = _int(f"segments[{i}].num_steps", seg.num_steps, 1, MAX_STEPS)
@@ -326,20 +385,25 @@ def pack(f: DdpmFile) -> bytes:
         if total_steps > MAX_STEPS:
             raise ValueError(f"segments hold more than {MAX_STEPS} steps in total")
         _int(f"len(segments[{i}].payload)", len(seg.payload), 0, MAX_PAYLOAD)
-        out += varint_encode(steps) + varint_encode(len(seg.payload))
+        table += varint_encode(steps) + varint_encode(len(seg.payload))
+    out.append(("segment table", bytes(table)))
     if f.x0 is not None:
-        out += varint_encode(_int("len(x0)", len(f.x0), 0, MAX_PAYLOAD))
+        out.append(("x0 length", varint_encode(_int("len(x0)", len(f.x0), 0, MAX_PAYLOAD))))
     if h.lossless:
         pixel_crc = _int("pixel_crc", f.pixel_crc, 0, 0xFFFFFFFF)
-    out.append(crc8(out))
-    for seg in f.segments:
-        out += seg.payload
+    if not h.compact or len(f.segments) >= 2:
+        out.append(("header crc8", bytes([crc8(b"".join(p for _, p in out))])))
+    out.append(("segment payloads", b"".join(seg.payload for seg in f.segments)))
     if f.x0 is not None:
-        out += f.x0
+        out.append(("x0 payload", bytes(f.x0)))
+    if h.compact and h.lossless:
+        body = b"".join(p for _, p in out)
+        out.append(("pixel and file crc32", zlib.crc32(body, pixel_crc).to_bytes(4, "little")))
+        return out
     if h.lossless:
-        out += pixel_crc.to_bytes(4, "little")
-    out += crc16(out).to_bytes(2, "little")
-    return bytes(out)
+        out.append(("pixel crc32", pixel_crc.to_bytes(4, "little")))
+    out.append(("file crc16", crc16(b"".join(p for _, p in out)).to_bytes(2, "little")))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,6 +415,15 @@ class _HeaderReader:
     def __init__(self, data: bytes, pos: int):
         self.data = data
         self.pos = pos
+        self.fields: list[tuple[str, int]] = [("magic", pos)]
+
+    def field(self, name: str, start: int) -> None:
+        """Counts the bytes from ``start`` to here as framing field ``name`` (merged with the last
+        one of the same name)."""
+        if self.fields and self.fields[-1][0] == name:
+            self.fields[-1] = (name, self.fields[-1][1] + self.pos - start)
+        else:
+            self.fields.append((name, self.pos - start))
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
@@ -383,7 +456,9 @@ def unpack(data: bytes) -> ParsedFile:
 
     A file cut anywhere after its header returns the segments whose payloads are
     complete, ``truncated=True`` (no checksum can be verified then; the x0 payload is
-    returned if it and its pixel CRC are complete). A complete file must pass its CRC-16.
+    returned if it and its pixel CRC are complete). A complete file must pass its CRC-16
+    (version 3, lossless: its one CRC-32 covers the pixels too and is checked by
+    :meth:`ParsedFile.pixels_match` once they are decoded).
 
     Raises:
         ForeignFileError: wrong magic.
@@ -405,7 +480,9 @@ def unpack(data: bytes) -> ParsedFile:
         raise ForeignFileError("not a .ddpm file (wrong magic number)")
 
     r = _HeaderReader(data, len(MAGIC))
+    at = r.pos
     ver_flags = r.u8("version")
+    r.field("version and flags", at)
     version, flags = ver_flags >> 4, ver_flags & 0x0F
     if version not in _VERSIONS:
         raise UnsupportedVersionError(
@@ -416,18 +493,30 @@ def unpack(data: bytes) -> ParsedFile:
         raise UnsupportedVersionError(
             f"reserved flag bits set (0x{flags:x}): written by a newer format revision"
         )
+    compact = version == COMPACT_VERSION
     lossless = bool(flags & FLAG_LOSSLESS)
-    x0_in_stream = version == 2
-    if x0_in_stream and not (lossless and flags & FLAG_ONE_STREAM):
+    one_stream = compact or bool(flags & FLAG_ONE_STREAM)
+    x0_in_stream = version == 2 or (compact and lossless)
+    if version == 2 and not (lossless and flags & FLAG_ONE_STREAM):
         raise CorruptFileError("a version-2 file must be lossless and one-stream: the file is corrupted")
-    fingerprint = r.take(4, "fingerprint")
-    height = r.uv("height", 1, MAX_DIM)
-    width = r.uv("width", 1, MAX_DIM)
+    at = r.pos
+    fingerprint = r.take(COMPACT_FINGERPRINT_BYTES if compact else 4, "fingerprint")
+    r.field("fingerprint", at)
+    at = r.pos
+    if compact:
+        dims = r.uv("dimensions", 0, (MAX_DIM - 1) << 1 | 1)
+        height = (dims >> 1) + 1
+        width = height if dims & 1 else r.uv("width", 1, MAX_DIM)
+    else:
+        height = r.uv("height", 1, MAX_DIM)
+        width = r.uv("width", 1, MAX_DIM)
+    r.field("dimensions", at)
     if height * width > MAX_PIXELS:
         raise CorruptFileError(
             f"image size {height}x{width} exceeds {MAX_PIXELS} pixels: the file is corrupted"
         )
     schedule = profile = None
+    at = r.pos
     if flags & FLAG_EXPLICIT_SCHEDULE:
         kind = r.u8("schedule.kind")
         num_steps = r.uv("schedule.num_steps", 1, MAX_STEPS)
@@ -445,12 +534,20 @@ def unpack(data: bytes) -> ParsedFile:
             schedule.rate_percent = r.u8("schedule.rate_percent")
             if schedule.rate_percent == 0:
                 raise CorruptFileError("schedule.rate_percent is 0: the file is corrupted")
+        r.field("schedule", at)
     else:
         if flags & FLAG_CODER_FIELDS:
             raise CorruptFileError("coder fields flagged without an explicit schedule: the file is corrupted")
         profile = r.u8("profile")
-    seed = r.uv("seed", 0, MAX_SEED)
+        r.field("profile", at)
+    seed = 0
+    if not compact or flags & FLAG_SEED:
+        at = r.pos
+        seed = r.uv("seed", 0, MAX_SEED)
+        r.field("seed", at)
+    at = r.pos
     num_segments = r.uv("num_segments", 0, MAX_SEGMENTS)
+    r.field("segment count", at)
     # Each table entry takes >= 2 bytes: refuse an impossible count before looping.
     if 2 * num_segments > r.remaining():
         raise TruncatedFileError(
@@ -459,6 +556,7 @@ def unpack(data: bytes) -> ParsedFile:
         )
     table = []
     total_steps = 0
+    at = r.pos
     for i in range(num_segments):
         steps = r.uv(f"segments[{i}].num_steps", 1, MAX_STEPS)
         total_steps += steps
@@ -467,21 +565,32 @@ def unpack(data: bytes) -> ParsedFile:
                 f"segments declare more than {MAX_STEPS} steps in total: the file is corrupted"
             )
         table.append((steps, r.uv(f"segments[{i}].length", 0, MAX_PAYLOAD)))
-    x0_length = r.uv("x0_length", 0, MAX_PAYLOAD) if lossless and not x0_in_stream else None
+    r.field("segment table", at)
+    x0_length = None
+    if lossless and not x0_in_stream:
+        at = r.pos
+        x0_length = r.uv("x0_length", 0, MAX_PAYLOAD)
+        r.field("x0 length", at)
     header_end = r.pos
-    if r.u8("header checksum") != crc8(data[:header_end]):
-        raise CorruptFileError("header checksum mismatch: the file is corrupted")
+    if not compact or num_segments >= 2:
+        if r.u8("header checksum") != crc8(data[:header_end]):
+            raise CorruptFileError("header checksum mismatch: the file is corrupted")
+        r.field("header crc8", header_end)
 
     body = r.pos
-    expected = body + sum(length for _, length in table) + _TRAILER_BYTES
-    if lossless:
-        expected += (x0_length or 0) + _PIXEL_CRC_BYTES
+    merged = compact and lossless
+    trailer = [("pixel and file crc32", _MERGED_CRC_BYTES)] if merged else \
+        [("pixel crc32", _PIXEL_CRC_BYTES)] * lossless + [("file crc16", _TRAILER_BYTES)]
+    expected = body + sum(length for _, length in table) + (x0_length or 0) + sum(n for _, n in trailer)
     if len(data) > expected:
         raise CorruptFileError(
             f"the file is {len(data)} bytes, its header declares {expected}: it is corrupted"
         )
     truncated = len(data) < expected
-    if not truncated:
+    merged_crc = None
+    if not truncated and merged:
+        merged_crc = (data[:-_MERGED_CRC_BYTES], int.from_bytes(data[-_MERGED_CRC_BYTES:], "little"))
+    elif not truncated:
         stored = int.from_bytes(data[-_TRAILER_BYTES:], "little")
         if stored != crc16(data[:-_TRAILER_BYTES]):
             raise CorruptFileError("checksum mismatch: the file is corrupted")
@@ -494,7 +603,7 @@ def unpack(data: bytes) -> ParsedFile:
         segments.append(Segment(num_steps=steps, payload=data[pos : pos + length]))
         pos += length
     x0 = pixel_crc = None
-    if lossless and len(segments) == num_segments:
+    if lossless and not merged and len(segments) == num_segments:
         n = x0_length or 0
         end = pos + n + _PIXEL_CRC_BYTES
         if end <= len(data):
@@ -509,12 +618,17 @@ def unpack(data: bytes) -> ParsedFile:
         schedule=schedule,
         profile=profile,
         lossless=lossless,
-        one_stream=bool(flags & FLAG_ONE_STREAM),
+        one_stream=one_stream,
         x0_in_stream=x0_in_stream,
+        compact=compact,
     )
     return ParsedFile(
         file=DdpmFile(header=header, segments=segments, x0=x0, pixel_crc=pixel_crc),
         truncated=truncated,
         complete_segments=len(segments),
         declared_segments=num_segments,
+        version=version,
+        fields=r.fields + trailer,
+        verified=not truncated and not merged,
+        merged_crc=merged_crc,
     )

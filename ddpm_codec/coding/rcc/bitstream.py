@@ -206,6 +206,20 @@ def count_groups(pred, batch: int) -> list[tuple[float, np.ndarray]]:
     return [(c, np.array(m, np.int64)) for c, m in groups.items()]
 
 
+def count_code_bits(nc: np.ndarray, dim: int, cfg: RCCConfig, pred: float | None) -> float:
+    """Model code length (bits, -log2 of the probabilities :func:`write_counts` codes with) of one
+    step's chunk counts: what the counts cost apart from the range coder's rounding."""
+    nc = np.asarray(nc, dtype=np.int64)
+    if len(nc) == 0:
+        return 0.0
+    if pred is not None:
+        return float(sum(-np.log2(chunk_count_probs(centre, dim, cfg)[nc[members]]).sum()
+                         for centre, members in count_groups(pred, len(nc))))
+    gmax = int(dim).bit_length()
+    g = np.array([int(c).bit_length() for c in nc], dtype=np.int64)
+    return float(len(nc) * math.log2(gmax + 1) + np.maximum(g - 1, 0).sum())
+
+
 def write_counts(encoder, nc: np.ndarray, dim: int, cfg: RCCConfig, pred: float | None) -> None:
     cn = _coders()
     if len(nc) == 0:
