@@ -94,3 +94,30 @@ def test_example_writes_a_shipped_test_image(tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "e.png")), example_image(42))
     r = CliRunner().invoke(main, ["example", "-o", str(tmp_path / "f.png"), "--index", "100"])
     assert r.exit_code == 1 and "0-99" in r.output and not (tmp_path / "f.png").exists()
+
+
+def test_info_bits_prints_the_library_accounting(tmp_path, monkeypatch):
+    """``info --bits`` decodes with the model it is given and prints describe.bit_lines of the result."""
+    from ddpm_codec import codec
+    from ddpm_codec.codec.api import BitAccounting, DecodeResult, StepBits
+    from ddpm_codec.codec.describe import bit_lines
+    from ddpm_codec.models import registry
+
+    path, data = _file(tmp_path)
+    acc = BitAccounting(framing=[("magic", 2), ("rest", 25)], steps=[StepBits(1000, 1, 7, 0.32, 28.0)],
+                        x0_bits=700.0, payload_bytes=100, num_dims=3072)
+    seen = {}
+
+    def fake_decode(d, model, **kw):
+        seen.update(data=d, model=model, **kw)
+        return DecodeResult(image=np.zeros((32, 32, 3), np.uint8), lossless=True, reverse_time=1000,
+                            truncated=False, steps_decoded=48, accounting=acc)
+
+    monkeypatch.setattr(codec, "decode", fake_decode)
+    monkeypatch.setattr(registry, "find_by_fingerprint", lambda prefix, device="cpu": f"model {prefix}")
+    r = CliRunner().invoke(main, ["info", str(path), "--bits", "--threads", "2"])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == describe_file(data, str(path)) + bit_lines(acc)
+    assert seen == {"data": data, "model": "model 12345678", "threads": 2, "account": True}
+    # 27 framing bytes + 100 payload bytes; 800 - 0.32 - 28 - 700 bits of the payload are padding
+    assert "1016 bits in all" in r.output and "71.7 bits" in r.output.splitlines()[-1]

@@ -540,3 +540,48 @@ def test_network_runs_on_the_codec_thread_count_whatever_ran_before(model, monke
         assert seen == [chain.CODEC_THREADS]
     finally:
         torch.set_num_threads(old)
+
+
+def test_compact_format_round_trips_and_is_smaller(model):
+    """Format version 3 (compact framing) holds the same payloads in fewer framing bytes: lossless
+    files decode exactly (their one CRC-32 checked against the decoded pixels), lossy ones to the
+    same step, and a damaged payload byte is an error, never a wrong image."""
+    img = smooth_images(1, seed=31)[0]
+    for kw in ({}, {"max_reverse_time": 900}):
+        v2 = codec.encode(img, model, settings=SETTINGS, **kw)
+        v3 = codec.encode(img, model, settings=SETTINGS, format_version=3, **kw)
+        p2, p3 = container.unpack(v2.data), container.unpack(v3.data)
+        assert p3.version == 3 and [s.payload for s in p3.file.segments] == [s.payload for s in p2.file.segments]
+        # seed 0 (1 byte), square size (1), fingerprint (1); lossless: CRC-16 (2); one-segment lossy: CRC-8 (1)
+        saved = 5 if v2.lossless else 3 + (len(p2.file.segments) == 1)
+        assert len(v2.data) - len(v3.data) == saved
+        d2, d3 = codec.decode(v2.data, model), codec.decode(v3.data, model)
+        assert np.array_equal(d2.image, d3.image) and d3.lossless == v3.lossless
+    assert d3.reverse_time == v3.steps[-1].reverse_time
+    lossless = codec.encode(img, model, settings=SETTINGS, format_version=3)
+    assert codec.decode(lossless.data, model).lossless
+    bad = bytearray(lossless.data)
+    bad[-20] ^= 0x10   # inside x_0's part of the stream: decodes, but fails the merged CRC-32
+    with pytest.raises(codec.DecodeError, match="checksum"):
+        codec.decode(bytes(bad), model)
+
+
+def test_bit_accounting_adds_up_to_the_file(model):
+    """decode(account=True): the framing fields and the payload make the file; the index bits are
+    the path bits sent (chunk_bits per chunk); the counts and x_0 are their model code lengths,
+    as the encoder measured x_0; what is left (the coder's rounding and cuts) is small."""
+    img = smooth_images(1, seed=32)[0]
+    settings = codec.settings_with(12, num_steps=12, t_end=2, log2_candidates=8, reuse_bits=0, x0_context=0)
+    res = codec.encode(img, model, settings=settings)
+    acc = codec.decode(res.data, model, account=True).accounting
+    assert acc.framing_bits + 8 * acc.payload_bytes == 8 * len(res.data)
+    assert [s.t for s in acc.steps] == [r.t for r in res.steps]
+    assert [s.chunks for s in acc.steps] == [r.chunks for r in res.steps]
+    assert all(s.index_bits == settings.chunk_bits * s.chunks for s in acc.steps)
+    assert all(s.count_bits > 0 for s in acc.steps)
+    assert acc.x0_bits == pytest.approx(res.x0_ideal_bits, rel=1e-9)   # (this untrained model's: huge)
+    assert acc == res.accounting   # the decoder finds from the file what the encoder wrote
+    lossy = codec.encode(img, model, settings=settings, max_reverse_time=990, format_version=3)
+    acc = codec.decode(lossy.data, model, account=True).accounting
+    assert acc.x0_bits is None and acc.framing_bits + 8 * acc.payload_bytes == 8 * len(lossy.data)
+    assert -8 < acc.padding_bits < 40   # the stream's last byte, the coder's rounding

@@ -26,6 +26,7 @@ from ddpm_codec.coding.container import (
     pack,
     unpack,
     varint_decode,
+    to_compact,
     varint_encode,
 )
 
@@ -599,3 +600,10 @@ def test_version_3_refuses_what_it_cannot_hold():
         pack(replace(TINY_V3, header=replace(TINY_V3.header, fingerprint=b"\x01\x02\x03\x04")))
     with pytest.raises(ValueError, match="version 3"):
         pack(replace(TINY_V3, header=replace(TINY_V3.header, x0_in_stream=False)))
+
+
+def test_to_compact_rewrites_a_version_2_file():
+    v2 = replace(TINY_V3, header=replace(TINY_V3.header, fingerprint=b"\x01\x02\x03\x04", compact=False))
+    assert to_compact(pack(v2)) == pack(TINY_V3)
+    with pytest.raises(CorruptFileError, match="version 3"):
+        to_compact(TINY_BYTES)   # version 1 with an x0 payload of its own

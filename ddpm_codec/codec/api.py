@@ -61,6 +61,7 @@ class EncodeResult:
     seconds: float = 0.0
     network_seconds: float = 0.0
     num_dims: int = 0
+    accounting: "BitAccounting | None" = None   # where the file's bits go (as decode(..., account=True) finds)
 
     @property
     def bits_per_dim(self) -> float:
@@ -239,6 +240,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
 
     stream = StepStream(B, chain.dims_tile, chain.cfg, min_segment_bytes)
     records: list[StepRecord] = []
+    step_bits: list[StepBits] = []
     cum_kl = 0.0
 
     def send(link: Link):   # reverse channel coding of x_s ~ q(x_s | x_t, x_0) against p_theta(x_s | x_t)
@@ -247,6 +249,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         code, e, rep = rcc.encode_step(mu_q.reshape(B, -1), link.mu_p.reshape(B, -1), var_q, link.var_p, seed=seed,
                                        step=link.s, cfg=search_cfg, generator=gen, predicted_chunks=link.centres)
         stream.write(code, link.centres)
+        step_bits.append(_step_bits(code, link, chain))
         sent = code, rep
         return chain.x_from_eps(link, e), code.num_chunks
 
@@ -308,9 +311,13 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             crc = zlib.crc32(image.tobytes())
         segments = stream.segments()
     data = container.pack(container.DdpmFile(header=header, segments=segments, x0=x0_payload, pixel_crc=crc))
+    parsed = container.unpack(data)
+    accounting = BitAccounting(framing=parsed.fields, steps=step_bits,
+                               x0_bits=x0_ideal + x0_side if lossless else None,
+                               payload_bytes=len(data) - parsed.framing_bytes(), num_dims=num_dims)
     return EncodeResult(data=data, steps=records, lossless=lossless, x0_bits=x0_bits, x0_ideal_bits=x0_ideal,
                         x0_model_bits=x0_own, x0_side_bits=x0_side, seconds=time.perf_counter() - start,
-                        network_seconds=chain.net.seconds, num_dims=num_dims)
+                        network_seconds=chain.net.seconds, num_dims=num_dims, accounting=accounting)
 
 
 # ----------------------------------------------------------------------------- decode

@@ -70,6 +70,8 @@ __all__ = [
     "crc8",
     "crc16",
     "COMPACT_VERSION",
+    "pack_fields",
+    "to_compact",
 ]
 
 MAGIC = b"\x8d\xdd"
@@ -632,3 +634,18 @@ def unpack(data: bytes) -> ParsedFile:
         verified=not truncated and not merged,
         merged_crc=merged_crc,
     )
+
+
+def to_compact(data: bytes) -> bytes:
+    """A complete one-stream file (version 2, or a lossy one-stream version 1) rewritten in version 3:
+    the same payloads, the compact framing. Raises :class:`DdpmFormatError` on anything else."""
+    parsed = unpack(data)
+    f, h = parsed.file, parsed.file.header
+    if parsed.truncated or not h.one_stream or f.x0 is not None:
+        raise CorruptFileError("only a complete one-stream file with x0 in the stream can be rewritten in version 3")
+    header = Header(fingerprint=h.fingerprint[:COMPACT_FINGERPRINT_BYTES], height=h.height, width=h.width,
+                    seed=h.seed, schedule=h.schedule, profile=h.profile, lossless=h.lossless, one_stream=True,
+                    x0_in_stream=h.lossless, compact=True)
+    if h.compact:
+        return bytes(data)
+    return pack(DdpmFile(header=header, segments=f.segments, pixel_crc=f.pixel_crc))
