@@ -585,3 +585,20 @@ def test_bit_accounting_adds_up_to_the_file(model):
     acc = codec.decode(lossy.data, model, account=True).accounting
     assert acc.x0_bits is None and acc.framing_bits + 8 * acc.payload_bytes == 8 * len(lossy.data)
     assert -8 < acc.padding_bits < 40   # the stream's last byte, the coder's rounding
+
+
+def test_the_report_says_what_a_cut_file_costs(model):
+    """A step's cum_bpd (what rd-curve plots) is the size of the lossy file that stops there, within a
+    few bytes (estimated from the steps' code lengths; the file's own cut is found by reading back),
+    and a step's actual bits are its count and path bits."""
+    img = smooth_images(1, seed=33)[0]
+    for fmt in (2, 3):
+        full = codec.encode(img, model, settings=TRELLIS, format_version=fmt, min_segment_bytes=8)
+        for k in (2, 5, len(full.steps) - 2):
+            rt = full.steps[k].reverse_time
+            lossy = codec.encode(img, model, settings=TRELLIS, format_version=fmt, min_segment_bytes=8,
+                                 max_reverse_time=rt)
+            assert lossy.steps[-1].reverse_time == rt
+            assert abs(full.steps[k].cum_bpd * img.size / 8 - len(lossy.data)) <= 3
+    acc = full.accounting
+    assert [r.actual_bits for r in full.steps] == [s.count_bits + s.index_bits for s in acc.steps]

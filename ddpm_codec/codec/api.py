@@ -41,9 +41,11 @@ class StepRecord:
     reverse_time: int        # T - t + 1 for the x_t reached
     t: int
     kl_bits: float           # KL(q || p) of this step, summed over tiles
-    actual_bits: float       # bits this step added to the file (coder's count)
+    actual_bits: float       # bits this step adds to the stream: its code length under the coder's models (count
+                             # model and path bits; the range coder's rounding, ~10-20 bits a file, comes on top)
     cum_kl_bpd: float        # cumulative KL bound (incl. L_T), bits/dim
-    cum_bpd: float           # cumulative actual bits/dim (header + segments so far)
+    cum_bpd: float           # a file cut after this step (encode's max_reverse_time), bits/dim: its framing and
+                             # the steps' code lengths + 1 byte per segment (StepStream.prefix_table)
     rmse: float              # of x_hat_0 from x_t, 0-255
     psnr: float
     chunks: int
@@ -236,7 +238,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
                               seed=seed, schedule=None if profile is not None else settings.to_schedule(),
                               profile=profile, lossless=lossless, one_stream=True,
                               x0_in_stream=lossless and x0_in_stream, compact=compact)
-    header_bytes = len(container.pack(container.DdpmFile(header=replace(header, lossless=False, x0_in_stream=False))))
+    lossy_header = replace(header, lossless=False, x0_in_stream=False)
 
     stream = StepStream(B, chain.dims_tile, chain.cfg, min_segment_bytes)
     records: list[StepRecord] = []
@@ -248,15 +250,14 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         mu_q, var_q = chain.target(link, x0)
         code, e, rep = rcc.encode_step(mu_q.reshape(B, -1), link.mu_p.reshape(B, -1), var_q, link.var_p, seed=seed,
                                        step=link.s, cfg=search_cfg, generator=gen, predicted_chunks=link.centres)
-        stream.write(code, link.centres)
         step_bits.append(_step_bits(code, link, chain))
+        stream.write(code, link.centres, step_bits[-1].count_bits + step_bits[-1].index_bits)
         sent = code, rep
         return chain.x_from_eps(link, e), code.num_chunks
 
     with deterministic_settings(settings.arithmetic):
         while chain.done < len(chain):
             sent = None
-            before = stream.num_bits()
             link = chain.step(send)
             code, rep = sent
             kl = float(rep.kl_bits.sum())
@@ -264,9 +265,11 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             rmse = psnr = float("nan")
             if metrics:
                 rmse, psnr = tile_metrics(diffusion.denoise(chain.x, link.s, chain.eps), image, height, width)
+            table = stream.prefix_table()
+            cut_bytes = container.framing_size(lossy_header, table) + sum(n for _, n in table)
             rec = StepRecord(reverse_time=T - link.s + 1, t=link.s, kl_bits=kl,
-                             actual_bits=float(stream.num_bits() - before), cum_kl_bpd=cum_kl / num_dims,
-                             cum_bpd=(8.0 * header_bytes + stream.num_bits() + stream.table_bits()) / num_dims,
+                             actual_bits=step_bits[-1].count_bits + step_bits[-1].index_bits,
+                             cum_kl_bpd=cum_kl / num_dims, cum_bpd=8.0 * cut_bytes / num_dims,
                              rmse=rmse, psnr=psnr, chunks=int(np.sum(code.num_chunks)))
             records.append(rec)
             if progress:

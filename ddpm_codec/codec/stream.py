@@ -2,6 +2,8 @@
 cut into segments at step boundaries so that a file cut at a segment boundary still decodes."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..coding import container, rcc
@@ -33,16 +35,31 @@ class StepStream:
         self.last_cut_bits = 0
         self.last_size = 0
         self.x0: SideX0Code | ContextX0Code | None = None   # coded after the last step (format version 2)
+        self.code_bits = 0.0        # the steps' model code lengths so far (counts and indices)
+        self.cut_code: list[float] = []   # code_bits at each cut
 
     def num_bits(self) -> int:
         return int(self.enc.num_bits())
 
-    def table_bits(self) -> float:
-        return 8.0 * 3 * (len(self.cuts) + 1)   # ~3 bytes per segment table entry
+    def prefix_table(self) -> list[tuple[int, int]]:
+        """The segment table ``(steps, bytes)`` of a file cut after the last step written, estimated from
+        the steps' model code lengths: a cut after ``c`` bits of code at byte ``ceil(c / 8) + 1`` (the
+        range coder's rounding and the cut's last byte; ``benchmarks/overhead.py`` compares the
+        estimate with the files)."""
+        ends = [(steps, c) for (steps, _), c in zip(self.cuts, self.cut_code) if steps < len(self.written)]
+        ends.append((len(self.written), self.code_bits))
+        table, prev_steps, prev_pos = [], 0, 0
+        for steps, c in ends:
+            pos = max(prev_pos, math.ceil(c / 8) + 1)
+            table.append((steps - prev_steps, pos - prev_pos))
+            prev_steps, prev_pos = steps, pos
+        return table
 
-    def write(self, code: "rcc.StepCode", centres) -> None:
+    def write(self, code: "rcc.StepCode", centres, code_bits: float = 0.0) -> None:
+        """Appends one step's code; ``code_bits``: its model code length (for :meth:`prefix_table`)."""
         rcc.write_step(self.enc, code, self.cfg, centres)
         self.written.append((code, centres))
+        self.code_bits += code_bits
 
     def write_x0(self, code: "SideX0Code | ContextX0Code") -> None:
         """x_0 after the last step (format version 2): ``code`` writes itself and checks read-backs."""
@@ -53,6 +70,7 @@ class StepStream:
         size = self.num_bits() - self.last_cut_bits
         if size >= max(self.min_bits, SEGMENT_GROWTH * self.last_size):
             self.cuts.append((len(self.written), self.num_bits()))
+            self.cut_code.append(self.code_bits)
             self.last_cut_bits, self.last_size = self.num_bits(), size
 
     def segments(self) -> list[container.Segment]:

@@ -72,6 +72,7 @@ __all__ = [
     "COMPACT_VERSION",
     "pack_fields",
     "to_compact",
+    "framing_size",
 ]
 
 MAGIC = b"\x8d\xdd"
@@ -406,6 +407,15 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
         out.append(("pixel crc32", pixel_crc.to_bytes(4, "little")))
     out.append(("file crc16", crc16(b"".join(p for _, p in out)).to_bytes(2, "little")))
     return out
+
+
+def framing_size(header: Header, table: list[tuple[int, int]]) -> int:
+    """Bytes of everything but the payloads in a file with this header (``x0_in_stream`` if lossless)
+    and segment table of ``(num_steps, payload length)`` entries."""
+    f = DdpmFile(header=header, segments=[Segment(steps, b"") for steps, _ in table],
+                 pixel_crc=0 if header.lossless else None)
+    n = sum(len(p) for name, p in pack_fields(f) if name not in ("segment payloads", "x0 payload"))
+    return n - len(table) + sum(len(varint_encode(length)) for _, length in table)
 
 
 # ---------------------------------------------------------------------------------------
