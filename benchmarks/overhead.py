@@ -1,11 +1,11 @@
 """Where a per-image file's bits go, and what the compact framing and encoder policies save (issue 28).
 
     python benchmarks/overhead.py -n 32                       # profile 12, today's encoder policy
-    python benchmarks/overhead.py -n 32 --snap 0,0,4          # snap counts only within +-4 segments
-    python benchmarks/overhead.py -n 32 --snap 0.12,0.04,2,0,0,4 --out o.json   # both, paired per image
+    python benchmarks/overhead.py -n 32 --snap 0,0,4,0        # snap counts only within +-4 segments
+    python benchmarks/overhead.py -n 32 --snap 0.12,0.04,2,0,0.12,0.04,2,1 --out o.json   # paired per image
 
-For each of the first N shared CIFAR-10 test images and each encoder policy (``--snap up,down,abs``
-triples, :func:`ddpm_codec.coding.rcc.search.snap_chunks`; encoder policy only, every file decodes with
+For each of the first N shared CIFAR-10 test images and each encoder policy (``--snap up,down,abs,free``
+quadruples, :func:`ddpm_codec.coding.rcc.search.snap_chunks`; encoder policy only, every file decodes with
 any release): the lossless file of the default profile (format version 2 as written, and the same
 file rewritten in version 3, ``container.to_compact``) and the lossy ``--steps ROW`` file, split by
 ``EncodeResult.accounting``: framing field by field, chunk counts, indices, x_0, the coder's rounding
@@ -32,12 +32,13 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LARGE = 100.0   # bits of KL: a "large" step (issue 28)
 
 
-def with_policy(up: float, down: float, abs_: float):
+def with_policy(up: float, down: float, abs_: float, free: float = 0):
     """Runs ``encode`` with another snap window (encoder policy, not format)."""
     orig = search.snap_chunks
 
     def snap(nchunks, predicted, cfg, dim):
-        return orig(nchunks, predicted, dataclasses.replace(cfg, snap_up=up, snap_down=down, snap_abs=abs_), dim)
+        cfg = dataclasses.replace(cfg, snap_up=up, snap_down=down, snap_abs=abs_, snap_free=int(free))
+        return orig(nchunks, predicted, cfg, dim)
     return orig, snap
 
 
@@ -110,14 +111,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("--offset", type=int, default=0, help="first image index")
-    ap.add_argument("--snap", default="0.12,0.04,2", help="up,down,abs triples (several: paired comparison)")
+    ap.add_argument("--snap", default="0.12,0.04,2,0",
+                    help="up,down,abs,free quadruples (several: paired comparison; rcc.search.snap_chunks)")
     ap.add_argument("--row", type=int, default=900, help="the lossy file's --steps")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--out", default=None, help="JSON of every image's numbers (written after each image)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     vals = [float(v) for v in a.snap.split(",")]
-    policies = [tuple(vals[i:i + 3]) for i in range(0, len(vals), 3)]
+    policies = [tuple(vals[i:i + 4]) for i in range(0, len(vals), 4)]
     model = resolve_model(None)
     imgs = np.load(Path(a.data) / "cifar10-subset.npz")["test_images"][a.offset:a.offset + a.n]
     results = {p: [] for p in policies}
@@ -136,7 +138,8 @@ def main():
             Path(a.out).write_text(json.dumps({",".join(map(str, p)): v for p, v in results.items()}))
     dims = imgs[0].size
     for p in policies:
-        print(f"\n## snap window up {p[0]}, down {p[1]}, abs {p[2]}: {len(imgs)} images (from {a.offset})")
+        print(f"\n## snap window up {p[0]}, down {p[1]}, abs {p[2]}, free {p[3]:g}: {len(imgs)} images "
+              f"(from {a.offset})")
         print("\n".join(table(results[p], dims)))
     base = results[policies[0]]
     for p in policies[1:]:

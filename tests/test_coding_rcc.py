@@ -1,6 +1,7 @@
 """Reverse channel coding: exact ε on both sides, samples that follow q, real code lengths."""
 
 import math
+from dataclasses import replace
 import time
 
 import constriction
@@ -558,6 +559,13 @@ def test_snap_chunks_window():
     # a centre beyond D never replaces a count
     got = rcc.snap_chunks(nc, pred, cfg, dim=3072)
     assert got.tolist() == [110, 100, 95, 95, 100, 5, 3, 0, 5, 50]
+    # snap_free 1: a free step moves to a centre of 1 (and only 1: 2 segments would be 8 path bits)
+    free = np.array([0, 0, 0, 0])
+    free_pred = np.array([0.4, 0.6, 1.4, 1.6])
+    assert rcc.snap_chunks(free, free_pred, cfg, dim=3072).tolist() == [0, 0, 0, 0]
+    cfg1 = replace(cfg, snap_free=1)
+    assert rcc.snap_chunks(free, free_pred, cfg1, dim=3072).tolist() == [0, 1, 1, 0]
+    assert rcc.snap_chunks(nc, pred, cfg1, dim=3072).tolist() == [110, 100, 95, 95, 100, 5, 3, 0, 5, 50]
 
 
 def test_spike_counts_round_trip_through_encode_step():

@@ -43,7 +43,8 @@ class RCCConfig:
         of ``C`` around ``c0 = round(predicted_chunks)`` is ``chunks_abs_scale + chunks_rel_scale·c0``.
     count_spike: extra probability mass of ``C = c0`` in that model (0: none). With it, the encoder
         moves its ``C`` to ``c0`` when within the window ``snap_up``, ``snap_down`` (relative) /
-        ``snap_abs`` (segments) of :func:`snap_chunks`; those three are encoder policy, not format.
+        ``snap_abs`` (segments) of :func:`snap_chunks`, and a free step (``C = 0``) to ``c0`` when
+        ``c0 <= snap_free``; those four are encoder policy, not format.
     arithmetic: the file's :class:`~ddpm_codec.arithmetic.Arithmetic`; the count model's normalising
         sums are its :meth:`~ddpm_codec.arithmetic.Arithmetic.sum` (exact: correctly rounded, the same
         on any machine and numpy; float: numpy's pairwise ``sum``).
@@ -64,6 +65,7 @@ class RCCConfig:
     snap_up: float = 0.12
     snap_down: float = 0.04
     snap_abs: float = 2.0
+    snap_free: int = 0
     reuse_bits: int = 0
     arithmetic: Arithmetic = FLOAT
     search_threads: int = 1
@@ -99,6 +101,8 @@ class RCCConfig:
             raise ValueError(f"count_spike must be in [0, 1), got {self.count_spike}")
         if not (isinstance(self.search_threads, int) and self.search_threads >= 1):
             raise ValueError(f"search_threads must be an integer >= 1, got {self.search_threads!r}")
+        if not (isinstance(self.snap_free, int) and self.snap_free >= 0):
+            raise ValueError(f"snap_free must be an integer >= 0, got {self.snap_free!r}")
         for name in ("snap_up", "snap_down", "snap_abs"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
