@@ -602,3 +602,20 @@ def test_the_report_says_what_a_cut_file_costs(model):
             assert abs(full.steps[k].cum_bpd * img.size / 8 - len(lossy.data)) <= 3
     acc = full.accounting
     assert [r.actual_bits for r in full.steps] == [s.count_bits + s.index_bits for s in acc.steps]
+
+
+def test_stream_end_rounded_up_is_never_longer_and_decodes(model, monkeypatch):
+    """The stream's last byte rounded up (StepStream._round_up_end) where that still reads back: the
+    files decode to the same steps as the plain shortest prefix's, and are never longer."""
+    imgs = smooth_images(6, seed=34)
+    sizes = {}
+    for rounded in (True, False):
+        if not rounded:
+            monkeypatch.setattr(stream.StepStream, "_round_up_end", lambda self, data: data)
+        sizes[rounded] = []
+        for img in imgs:
+            res = codec.encode(img, model, settings=TRELLIS, max_reverse_time=990)
+            dec = codec.decode(res.data, model)
+            assert dec.steps_decoded == len(res.steps) and not dec.truncated
+            sizes[rounded].append(len(res.data))
+    assert all(a <= b for a, b in zip(sizes[True], sizes[False])) and sum(sizes[True]) < sum(sizes[False])

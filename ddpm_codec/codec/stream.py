@@ -79,6 +79,7 @@ class StepStream:
         # big-endian words: a cut inside a word zeroes its least significant bytes (byte-exact cuts)
         data = stream_bytes(self.enc.get_compressed())
         data = data[: self._prefix_len(data, len(self.written), len(data) - 4, x0=self.x0 is not None)]  # unread tail
+        data = self._round_up_end(data)
         out, start, steps_before = [], 0, 0
         for steps, bits in self.cuts:
             if steps >= len(self.written):
@@ -109,6 +110,19 @@ class StepStream:
         while n - 1 >= lo and self._reads_back(data[:n - 1], steps, x0):
             n -= 1
         return n
+
+    def _round_up_end(self, data: bytes) -> bytes:
+        """The stream's end one byte shorter where that still reads back: the shortest prefix of the
+        coder's output is its value rounded DOWN to whole bytes, and needs a byte boundary between the
+        final interval's low end and that value; rounded UP (the last kept byte + 1) it needs one
+        anywhere in the interval. Tried while it reads back (every step and x_0, as the cut does), only
+        where the +1 carries into no earlier byte (those may belong to earlier segments)."""
+        while len(data) >= 2 and data[-2] != 0xFF:
+            shorter = data[:-2] + bytes([data[-2] + 1])
+            if not self._reads_back(shorter, len(self.written), self.x0 is not None):
+                break
+            data = shorter
+        return data
 
     def _reads_back(self, data: bytes, steps: int, x0: bool = False) -> bool:
         import constriction
