@@ -66,3 +66,14 @@ def test_golden_file_decodes_to_its_pixels(pid, shipped):
     assert res.lossless and not res.truncated
     assert hashlib.sha256(res.image.tobytes()).hexdigest() == TABLE["pixels_sha256"]
     assert np.array_equal(res.image, make_golden.golden_image())
+
+
+def test_format_3_golden_file_decodes_to_its_pixels(shipped):
+    """Format version 3 (compact framing): the default profile's golden file (1757 bytes; p12.ddpm 1763)."""
+    data = (GOLDEN / "p12-format3.ddpm").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == TABLE["p12-format3"]
+    parsed, settings = codec.read_header(data)
+    assert parsed.version == 3 and parsed.file.header.profile == 12 and settings == codec.PROFILES[12]
+    assert parsed.file.header.fingerprint.hex() == shipped.context_fingerprint[:6]
+    res = codec.decode(data, shipped)
+    assert res.lossless and np.array_equal(res.image, make_golden.golden_image())

@@ -1,6 +1,7 @@
 """Writes the golden files of tests/test_golden.py (run once per new profile; never to 'fix' a failure).
 
     python tests/golden/make_golden.py            # every profile, shipped default model
+    python tests/golden/make_golden.py format3    # profile 12 in format version 3 (p12-format3.ddpm)
 
 Each profile gets ``p<ID>.ddpm``: the synthetic image of :func:`golden_image` coded losslessly with
 the shipped model; ``golden.json`` records the file's sha256 and the sha256 of the pixels it must
@@ -46,5 +47,23 @@ def main(profiles=None) -> None:
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
 
 
+def main_format3() -> None:
+    """``p12-format3.ddpm``: the default profile's file in format version 3 (compact framing)."""
+    from ddpm_codec import codec
+    from ddpm_codec.models.registry import resolve_model
+
+    model = resolve_model()
+    path = HERE / "golden.json"
+    table = json.loads(path.read_text())
+    data = codec.encode(golden_image(), model, settings=codec.PROFILES[12], metrics=False, format_version=3).data
+    (HERE / "p12-format3.ddpm").write_bytes(data)
+    table["p12-format3"] = hashlib.sha256(data).hexdigest()
+    print(f"profile 12, format 3: {len(data)} bytes")
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
 if __name__ == "__main__":
-    main([int(v) for v in sys.argv[1:]] or None)
+    if sys.argv[1:] == ["format3"]:
+        main_format3()
+    else:
+        main([int(v) for v in sys.argv[1:]] or None)
