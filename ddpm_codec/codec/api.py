@@ -45,7 +45,7 @@ class StepRecord:
                              # model and path bits; the range coder's rounding, ~10-20 bits a file, comes on top)
     cum_kl_bpd: float        # cumulative KL bound (incl. L_T), bits/dim
     cum_bpd: float           # a file cut after this step (encode's max_reverse_time), bits/dim: its framing and
-                             # the steps' code lengths + 1 byte per segment (StepStream.prefix_table)
+                             # the steps' code lengths in whole bytes (StepStream.prefix_table)
     rmse: float              # of x_hat_0 from x_t, 0-255
     psnr: float
     chunks: int

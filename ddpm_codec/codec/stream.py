@@ -43,14 +43,14 @@ class StepStream:
 
     def prefix_table(self) -> list[tuple[int, int]]:
         """The segment table ``(steps, bytes)`` of a file cut after the last step written, estimated from
-        the steps' model code lengths: a cut after ``c`` bits of code at byte ``ceil(c / 8) + 1`` (the
-        range coder's rounding and the cut's last byte; ``benchmarks/overhead.py`` compares the
-        estimate with the files)."""
+        the steps' model code lengths: a cut after ``c`` bits of code at byte ``ceil(c / 8)`` (the range
+        coder's rounding takes about what the rounded-up last byte saves; ``benchmarks/overhead.py``
+        compares the estimate with the files: 0 to +1 byte)."""
         ends = [(steps, c) for (steps, _), c in zip(self.cuts, self.cut_code) if steps < len(self.written)]
         ends.append((len(self.written), self.code_bits))
         table, prev_steps, prev_pos = [], 0, 0
         for steps, c in ends:
-            pos = max(prev_pos, math.ceil(c / 8) + 1)
+            pos = max(prev_pos, math.ceil(c / 8))
             table.append((steps - prev_steps, pos - prev_pos))
             prev_steps, prev_pos = steps, pos
         return table
