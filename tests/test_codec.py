@@ -560,6 +560,12 @@ def test_compact_format_round_trips_and_is_smaller(model):
     assert d3.reverse_time == v3.steps[-1].reverse_time
     lossless = codec.encode(img, model, settings=SETTINGS, format_version=3)
     assert codec.decode(lossless.data, model).lossless
+    assert codec.encode(img, model, settings=SETTINGS, format_version=1).data[2] >> 4 == 1
+    from ddpm_codec.errors import InputError
+    with pytest.raises(InputError, match="version 2"):   # exact arithmetic codes x_0 in the stream
+        codec.encode(img, model, settings=replace(SETTINGS, exact=1), format_version=1)
+    with pytest.raises(InputError, match="format version 4"):
+        codec.encode(img, model, settings=SETTINGS, format_version=4)
     bad = bytearray(lossless.data)
     bad[-20] ^= 0x10   # inside x_0's part of the stream: decodes, but fails the merged CRC-32
     with pytest.raises(codec.DecodeError, match="checksum"):

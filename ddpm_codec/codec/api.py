@@ -215,11 +215,6 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         raise InputError("min_psnr needs the per-step metrics (metrics=True)")
     if settings.variance == "fitted" and diffusion.x0_mse is None:
         raise InputError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
-    needs_v2 = settings.x0_scale_bits or settings.x0_channel_bits or settings.arithmetic.exact or settings.x0_context
-    if lossless and needs_v2 and not x0_in_stream:
-        raise InputError("per-tile x_0 side information, the context model or exact arithmetic needs format "
-                         "version 2 (x0_in_stream=True)")
-    fingerprint = coding_fingerprint(model, settings)
     if format_version not in (None, 1, 2, container.COMPACT_VERSION):
         raise InputError(f"unknown format version {format_version}; expected 1, 2 or 3")
     if format_version is not None and format_version != container.COMPACT_VERSION:
@@ -227,6 +222,11 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     compact = format_version == container.COMPACT_VERSION
     x0_in_stream = x0_in_stream or compact
     fp_bytes = container.COMPACT_FINGERPRINT_BYTES if compact else 4
+    needs_v2 = settings.x0_scale_bits or settings.x0_channel_bits or settings.arithmetic.exact or settings.x0_context
+    if lossless and needs_v2 and not x0_in_stream:
+        raise InputError("per-tile x_0 side information, the context model or exact arithmetic needs format "
+                         "version 2 (x0_in_stream=True)")
+    fingerprint = coding_fingerprint(model, settings)
     chain = Chain(model, settings, tuple(x0.shape), threads)
     search_cfg = replace(chain.cfg, search_threads=threads or 1)   # encoder policy: any path decodes
     T, B = chain.T, x0.shape[0]
