@@ -36,6 +36,22 @@ def test_sizes_dimensions_and_segments_of_a_version_2_file():
                             "pixel crc32 0badf00d")
 
 
+def test_a_version_3_file():
+    """The compact framing: 3-byte fingerprint, no seed field, one CRC-32 over the pixels and the file."""
+    import zlib
+    from dataclasses import replace
+
+    f = v2_file()
+    f = replace(f, header=replace(f.header, fingerprint=FP[:3], compact=True), pixel_crc=zlib.crc32(b"px"))
+    data = pack(f)
+    lines = describe_file(data, "c.ddpm")
+    assert lines[1] == "model fingerprint deadbe, seed 7, lossless"
+    assert f"header and framing: {len(data) - (64 + 170 + 900)} bytes" in lines
+    want = zlib.crc32(data[:-4], zlib.crc32(b"px"))
+    assert lines[-1] == (f"  x0 (lossless): coded at the end of the last segment (format version 3), one crc32 "
+                         f"{want:08x} over the pixels and the file: checked when decoded")
+
+
 def test_version_1_file_with_its_own_x0_payload_and_an_explicit_schedule():
     f = DdpmFile(header=Header(fingerprint=FP, height=2, width=3, seed=0, lossless=True,
                                schedule=Schedule(kind=1, num_steps=64, t_end=4, chunk_bits=10, log2_candidates=14,

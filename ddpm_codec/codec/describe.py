@@ -48,6 +48,9 @@ def describe_file(data: bytes, name: str) -> list[str]:
     elif h.x0_in_stream and f.pixel_crc is not None:
         lines.append(f"  x0 (lossless): coded at the end of the last segment (format version 2), "
                      f"pixel crc32 {f.pixel_crc:08x}")
+    elif parsed.merged_crc is not None:
+        lines.append(f"  x0 (lossless): coded at the end of the last segment (format version 3), one crc32 "
+                     f"{parsed.merged_crc[1]:08x} over the pixels and the file: checked when decoded")
     if parsed.truncated:
         lines.append(f"  (truncated: {parsed.complete_segments} of {parsed.declared_segments} segments complete)")
     return lines
