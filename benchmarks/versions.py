@@ -6,7 +6,8 @@ numpy and numba that pyproject.toml allows, and do files move between those vers
     python benchmarks/versions.py --venvs ~/venvs --torch-index https://download.pytorch.org/whl/cpu
 
 Not CI: it installs packages. Each combination gets a virtual environment ``<venvs>/<name>`` (made once and kept;
-remade when its pins change) with this repository installed editable and torch, numpy and numba pinned:
+remade when its pins change; one with the same torch requirement as another starts as hard links to that one's
+files, saving GBs) with this repository installed editable and torch, numpy and numba pinned:
 
 - ``oldest``: torch, numpy and numba at pyproject.toml's lower bounds (read from the file), the rest as pip resolves;
 - ``floor``: every dependency at its lower bound;
@@ -69,6 +70,12 @@ def combinations() -> dict[str, dict[str, str]]:
             "this-python": {}}
 
 
+def donor_fits(stamp: dict, pins: dict[str, str], torch_index: str | None) -> bool:
+    """Whether an environment with that stamp was made with the same torch requirement (an unpinned one is brought
+    up to date by ``--upgrade``)."""
+    return "torch" in pins and stamp["pins"].get("torch") == pins["torch"] and stamp["torch_index"] == torch_index
+
+
 def ensure_venv(where: Path, pins: dict[str, str], torch_index: str | None, log) -> Path:
     """The environment's python, made and installed unless its recorded pins already match."""
     py = where / "bin" / "python"
@@ -78,10 +85,17 @@ def ensure_venv(where: Path, pins: dict[str, str], torch_index: str | None, log)
         return py
     if where.exists():
         shutil.rmtree(where)
-    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
+    donor = next((d for d in where.parent.glob("*/ddpm-codec-pins.json") if donor_fits(json.loads(d.read_text()),
+                                                                                      pins, torch_index)), None)
+    if donor:   # torch (GBs) is already unpacked there: hard links (pip replaces files, never writes into them)
+        subprocess.run(["cp", "-al", str(donor.parent), str(where)], check=True)
+        (where / stamp.name).unlink()
+    else:
+        subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
     pip = [str(py), "-m", "pip", "install", "--upgrade"]
     if torch_index:   # torch (and what it needs) from that index, alone
-        subprocess.run(pip + [pins.get("torch", "torch"), "--index-url", torch_index], check=True, stdout=log, stderr=log)
+        subprocess.run(pip + [pins.get("torch", "torch"), "--index-url", torch_index], check=True, stdout=log,
+                       stderr=log)
     subprocess.run(pip + ["-e", str(ROOT), *pins.values()], check=True, stdout=log, stderr=log)
     stamp.write_text(want)
     return py
@@ -89,6 +103,8 @@ def ensure_venv(where: Path, pins: dict[str, str], torch_index: str | None, log)
 
 # ----------------------------------------------------------------------------- the child: runs in an environment
 def child(mode: str, args: list[str]) -> dict:
+    """``golden OUT FIRST N``: decode the golden exact files, then encode CIFAR-10 test images FIRST.. FIRST+N-1 into
+    OUT; ``decode DIR...``: decode every file each DIR holds. Returns the versions and the outcomes."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("VERSIONS_THREADS", "1")))
@@ -110,39 +126,39 @@ def child(mode: str, args: list[str]) -> dict:
 
     if mode == "golden":
         table = json.loads((GOLDEN / "golden.json").read_text())
-        pids = [p for p in sorted(codec.PROFILES) if codec.PROFILES[p].arithmetic.exact]
-        got = {}
-        for pid in pids:
+        golden = {}
+        for pid in (p for p in sorted(codec.PROFILES) if codec.PROFILES[p].arithmetic.exact):
             data = (GOLDEN / f"p{pid}.ddpm").read_bytes()
             assert hashlib.sha256(data).hexdigest() == table[f"p{pid}"], f"tests/golden/p{pid}.ddpm changed"
-            got[str(pid)] = outcome(data, table["pixels_sha256"])
-        return {**info, "results": got}
-    if mode == "encode":   # args: out dir, first index, count
+            golden[str(pid)] = outcome(data, table["pixels_sha256"])
         out, first, n = Path(args[0]), int(args[1]), int(args[2])
-        images = np.load(DATA)["test_images"][first:first + n]
         want = {}
-        for i, image in enumerate(images, first):
-            (out / f"{i}.ddpm").write_bytes(dc.encode(image).data)   # the default profile, as a user would
-            want[f"{i}.ddpm"] = hashlib.sha256(image.tobytes()).hexdigest()
+        for i, image in enumerate(np.load(DATA)["test_images"][first:first + n], first):
+            data = dc.encode(image).data   # the default profile, as a user would
+            (out / f"{i}.ddpm").write_bytes(data)
+            profile = codec.read_header(data)[0].file.header.profile
+            want[f"{i}.ddpm"] = [hashlib.sha256(image.tobytes()).hexdigest(), profile]
         (out / "want.json").write_text(json.dumps(want))
-        return {**info, "results": {"profile": codec.read_header((out / f"{first}.ddpm").read_bytes())[0].file.header.profile}}
-    if mode == "decode":   # args: a dir that encode wrote
-        d = Path(args[0])
-        want = json.loads((d / "want.json").read_text())
-        return {**info, "results": {name: outcome((d / name).read_bytes(), sha) for name, sha in want.items()}}
+        return {**info, "golden": golden, "profiles": sorted({p for _, p in want.values()})}
+    if mode == "decode":
+        got = {}
+        for d in map(Path, args):
+            want = json.loads((d / "want.json").read_text())
+            got[d.name] = {name: outcome((d / name).read_bytes(), sha) for name, (sha, _) in want.items()}
+        return {**info, "decoded": got}
     raise SystemExit(f"unknown mode {mode}")
 
 
-def run_child(py: Path, env_dir: Path, mode: str, *args: str, threads: int = 1) -> dict:
+def run_child(py: Path, cache: Path, mode: str, *args: str, threads: int = 1) -> dict:
     """One fresh process in that environment; its JSON, or {"error": ...} when it failed to import or crashed."""
-    env = {**os.environ, "VERSIONS_THREADS": str(threads), "NUMBA_CACHE_DIR": str(env_dir / "numba-cache")}
+    env = {**os.environ, "VERSIONS_THREADS": str(threads), "NUMBA_CACHE_DIR": str(cache)}
     r = subprocess.run([str(py), str(Path(__file__).resolve()), "--child", mode, *args], capture_output=True,
                        text=True, env=env, cwd=tempfile.gettempdir())
     for line in reversed(r.stdout.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
     last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-    return {"error": last[:200]}
+    return {"error": f"failed: {last[:200]}"}
 
 
 def tally(results: dict[str, str]) -> str:
@@ -153,15 +169,18 @@ def tally(results: dict[str, str]) -> str:
 
 
 def versions(info: dict) -> str:
-    return ", ".join(f"{k} {info[k]}" for k in VERSIONED) if "torch" in info else "-"
+    return ", ".join(f"{k} {info[k]}" for k in VERSIONED) if "torch" in info else ""
 
 
 def main():
+    from concurrent.futures import ThreadPoolExecutor
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--venvs", type=Path, help="the directory for the environments (made if missing)")
     ap.add_argument("--only", nargs="+", help="these combinations only (default: all)")
     ap.add_argument("-n", type=int, default=3, help="CIFAR-10 test images each environment encodes (default 3)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each decode and encode (default 1)")
+    ap.add_argument("--jobs", type=int, default=1, help="environments run at once (default 1)")
     ap.add_argument("--torch-index", help="a pip index for torch alone, e.g. PyTorch's CPU wheels")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -187,38 +206,51 @@ def main():
                 continue
             try:
                 pys[name] = ensure_venv(a.venvs / name, combos[name], a.torch_index, log)
+                print(f"[{name}] ready in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
             except subprocess.CalledProcessError:
                 print(f"[{name}] pip failed (see {a.venvs / 'pip.log'})", file=sys.stderr)
-                pys[name] = None
-            print(f"[{name}] ready in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    home = {name: (a.venvs / name if name != "this-python" else a.venvs / "this-python") for name in names}
-
-    print("## Golden exact files (tests/golden), one fresh process per environment\n")
-    print("| environment | versions | profile | result |\n|---|---|---|---|")
-    for name in names:
-        got = run_child(pys[name], home[name], "golden", threads=a.threads) if pys[name] else {"error": "pip failed"}
-        for pid, res in got.get("results", {"": got.get("error")}).items():
-            print(f"| {name} | {versions(got)} | {pid} | {res} |", flush=True)
-
+    names = [n for n in names if n in pys]
+    cache = {name: a.venvs / "numba-cache" / name for name in names}   # each environment's own numba cache
     files = Path(tempfile.mkdtemp(prefix="versions-"))
-    made = {}
-    for k, name in enumerate(n for n in names if pys[n]):
+    for name in names:
         (files / name).mkdir()
-        got = run_child(pys[name], home[name], "encode", str(files / name), str(k * a.n), str(a.n), threads=a.threads)
-        made[name] = got
-        print(f"[{name}] encoded CIFAR-10 test {k * a.n}..{(k + 1) * a.n - 1}: {got.get('results', got.get('error'))}",
-              file=sys.stderr, flush=True)
-    print(f"\n## Fresh files ({a.n} CIFAR-10 test images each, the default profile), decoded in every environment\n")
-    print("| encoded in | decoded in | bit-exact | wrong pixels | checksum error | other error |\n|---|---|---|---|---|---|")
-    for enc, got in made.items():
-        if "results" not in got:
-            print(f"| {enc} | (encode failed: {got.get('error')}) | | | | |")
-            continue
-        for dec in (n for n in names if pys[n]):
-            res = run_child(pys[dec], home[dec], "decode", str(files / enc), threads=a.threads)
-            row = tally(res["results"]) if "results" in res else f"| | | {res.get('error')}"
-            print(f"| {enc} | {dec} | {row} |", flush=True)
+
+    def golden(k_name):
+        k, name = k_name
+        got = run_child(pys[name], cache[name], "golden", str(files / name), str(k * a.n), str(a.n), threads=a.threads)
+        print(f"[{name}] golden decoded, CIFAR-10 test {k * a.n}..{(k + 1) * a.n - 1} encoded", file=sys.stderr,
+              flush=True)
+        return got
+
+    with ThreadPoolExecutor(a.jobs) as pool:
+        first = dict(zip(names, pool.map(golden, enumerate(names))))
+        made = [n for n in names if "golden" in first[n]]
+        second = dict(zip(names, pool.map(lambda n: run_child(pys[n], cache[n], "decode",
+                                                              *(str(files / e) for e in made), threads=a.threads),
+                                          names)))
     shutil.rmtree(files)
+
+    print("## Golden exact files (tests/golden), decoded in each environment\n")
+    pids = list(next((first[n]["golden"] for n in made), {"": ""}))
+    print("| environment | versions | " + " | ".join(f"profile {p}" for p in pids) + " |\n|---|---|"
+          + "---|" * len(pids))
+    for name in names:
+        got = first[name]
+        cells = list(got["golden"].values()) if "golden" in got else [got["error"]] + [""] * (len(pids) - 1)
+        print(f"| {name} | {versions(got) or ' '.join(combos[name].values())} | " + " | ".join(cells) + " |")
+    print(f"\n## Fresh files ({a.n} CIFAR-10 test images per encoding environment, the default profile "
+          f"{', '.join(str(p) for p in sorted({p for n in made for p in first[n]['profiles']}))}), decoded in every "
+          f"environment\n")
+    print("| encoded in | decoded in | bit-exact | wrong pixels | checksum error | other error |\n"
+          "|---|---|---|---|---|---|")
+    for enc in made:
+        for dec in names:
+            res = second[dec]
+            row = tally(res["decoded"][enc]) if "decoded" in res else f"| | | {res['error']}"
+            print(f"| {enc} | {dec} | {row} |")
+    for name in names:
+        if "golden" not in first[name]:
+            print(f"\n{name}: encode failed ({first[name]['error']})")
 
 
 if __name__ == "__main__":
