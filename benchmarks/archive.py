@@ -51,6 +51,7 @@ def main() -> None:
                         "per-image files at each chunk's bottom), its size against the images' bounds")
     p.add_argument("--chunk", type=int, default=100)
     p.add_argument("--seed-images", type=int, default=3)
+    p.add_argument("--save", default=None, help="--archive: also write the archive to this file")
     a = p.parse_args()
     torch.set_num_threads(1)
     model = resolve_model()
@@ -111,6 +112,9 @@ def whole_archive(a, model, imgs, names) -> None:
     settings = ar.ArchiveSettings(num_steps=a.steps, grid_bits=a.grid_bits, chunk_images=a.chunk,
                                   seed_images=a.seed_images)
     res = ar.archive(list(zip(names, imgs)), model, settings=settings, measure=True)
+    if a.save:
+        with open(a.save, "wb") as f:
+            f.write(res.data)
     seeds = [s for i, s in enumerate(res.stats) if i % a.chunk < a.seed_images]
     rest = [s for i, s in enumerate(res.stats) if i % a.chunk >= a.seed_images]
     dims = res.num_dims

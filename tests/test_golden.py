@@ -77,3 +77,26 @@ def test_format_3_golden_file_decodes_to_its_pixels(shipped):
     assert parsed.file.header.fingerprint.hex() == shipped.context_fingerprint[:6]
     res = codec.decode(data, shipped)
     assert res.lossless and np.array_equal(res.image, make_golden.golden_image())
+
+
+ARCHIVES = sorted(k for k in TABLE if k.endswith(".ddpma"))
+
+
+def test_there_is_a_golden_archive_of_the_current_version():
+    from ddpm_codec.codec import archive as ar
+
+    assert f"a{ar.VERSION}.ddpma" in ARCHIVES
+
+
+@pytest.mark.parametrize("name", ARCHIVES)
+def test_golden_archive_extracts_to_its_images(name, shipped):
+    """Archives of every format version ever written (make_golden.py archive) keep extracting, exactly."""
+    from ddpm_codec.codec import archive as ar
+
+    data = (GOLDEN / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == TABLE[name]
+    out = ar.extract(data, shipped)
+    want = make_golden.archive_images()
+    assert not out.damaged and [n for n, _ in out.images] == [n for n, _ in want]
+    for (_, got), (_, img) in zip(out.images, want):
+        assert np.array_equal(got, img)
