@@ -240,9 +240,9 @@ def _recrc_chunk(data: bytes, idx: ar.ArchiveIndex, c: int, payload: bytes) -> b
     ch = idx.chunks[c]
     data = data[:ch.offset] + payload + data[ch.offset + ch.length:]
     entries = [dataclasses.replace(e) for e in idx.images]
-    chunks = [(x.seed_files, data[x.offset:x.offset + x.length]) for x in idx.chunks]
+    chunks = [ar.PackedChunk(x.seed_files, data[x.offset:x.offset + x.length], x.pixels_crc) for x in idx.chunks]
     index = ar._pack_index(idx.fingerprint, idx.settings, idx.t_end, entries, chunks)
-    return index + b"".join(p for _, p in chunks)
+    return index + b"".join(x.payload for x in chunks)
 
 
 def test_damaged_and_truncated_archives_lose_only_their_chunks(made, model):
@@ -273,6 +273,58 @@ def test_fuzzed_chunks_reach_the_decoder_and_never_give_wrong_pixels(made, model
         data = _recrc_chunk(res.data, idx, 1, bytes(payload))
         out = ar.extract(data, model, only=["c"])
         assert [d.chunk for d in out.damaged] == [1] and out.images == []
+
+
+def _crc16_ccitt_false(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE bit by bit (poly 0x1021, init 0xFFFF): the textbook definition."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def test_version_2_index_front_codes_names_and_stores_short_checks(made):
+    """Names as (shared prefix, rest) by hand; the per-image check is the CRC-16 of the pixels, the
+    chunk's the CRC-32 of its images' pixels in order; all of it reads back, and an index of 500
+    dataset names costs about its 2-byte checks."""
+    items, res = made
+    assert ar._front_code(["set/0001", "set/0002", "set/01", "é/x", "é/y"]) == (
+        b"\x00\x08set/0001" + b"\x07\x012" + b"\x05\x011" + b"\x00\x04\xc3\xa9/x" + b"\x03\x01y")
+    idx = ar.read_index(res.data)
+    assert idx.version == ar.VERSION == 2
+    for e, (_, img) in zip(idx.images, items):
+        assert e.check == _crc16_ccitt_false(img.tobytes()) == ar.image_check(img)
+    assert idx.chunks[0].pixels_crc == zlib.crc32(items[0][1].tobytes() + items[1][1].tobytes())
+    names = ["x", "xy", "x", "é", "éa/b", "z" * 4096, "z" * 4095 + "y"]
+    entries = [ar.ImageEntry(n, 1 + i, 2 + i, 0xBEEF - i) for i, n in enumerate(names)]
+    packed = ar.PackedChunk([], b"\0" * 8, 7)
+    got = ar.read_index(ar._pack_index(b"abcd", SETTINGS, 1, entries, [packed] * 4))
+    assert [(e.name, e.height, e.width, e.check) for e in got.images] == [
+        (e.name, e.height, e.width, e.check) for e in entries]
+    many = [ar.ImageEntry(f"test/{i:05d}", 32, 32, (i * 40503) & 0xFFFF) for i in range(500)]
+    settings = ar.ArchiveSettings()
+    index = ar._pack_index(b"abcd", settings, 1, many, [ar.PackedChunk([9] * 3, b"\0" * 8, i) for i in range(5)])
+    assert len(index) < 2 * 500 + 250            # version 1: 3,601 bytes for the 500 test images
+
+
+def test_a_whole_chunk_is_checked_by_its_pixel_crc(made, model):
+    """A chunk whose pixel CRC-32 does not match loses its images when extracted whole; extracting
+    only its last image (a part of the chunk) checks that image's CRC-16 instead."""
+    import dataclasses
+
+    items, res = made
+    idx = ar.read_index(res.data)
+    chunks = [ar.PackedChunk(x.seed_files, res.data[x.offset:x.offset + x.length],
+                             x.pixels_crc ^ (1 if c == 0 else 0)) for c, x in enumerate(idx.chunks)]
+    data = ar._pack_index(idx.fingerprint, idx.settings, idx.t_end, [dataclasses.replace(e) for e in idx.images],
+                          chunks) + b"".join(x.payload for x in chunks)
+    out = ar.extract(data, model)
+    assert [d.chunk for d in out.damaged] == [0] and "chunk's checksum" in out.damaged[0].reason
+    assert [n for n, _ in out.images] == ["c"]
+    part = ar.extract(data, model, only=["odd/b.png"])
+    assert not part.damaged and np.array_equal(part.images[0][1], items[1][1])
 
 
 def test_bad_archives_and_inputs_are_refused_with_one_line(made, model, tmp_path):

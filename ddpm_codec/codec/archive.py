@@ -55,7 +55,8 @@ from .tiles import check_dimensions, check_image, from_tiles, inside_mask, to_ti
 from .x0 import read_pixels_context, write_pixels_context, x0_model
 
 MAGIC = b"\x8dDPA"
-VERSION = 1
+VERSION = 2                  # written; 1 and 2 are read (docs/FORMAT.md, "Archives")
+_VERSIONS = (1, 2)
 LATENT_RANGE = 8.0          # every latent's grid covers [-8, 8] (x_T ~ N(0, I); data in [-1, 1])
 PIXEL_PRECISION = exact_entropy.PRECISION
 X0_KEY = 1 << 20             # whitening keys: latent k under q 2k, under p 2k + 1; x_0's coder calls X0_KEY + i
@@ -97,7 +98,23 @@ class ImageEntry:
     name: str
     height: int
     width: int
-    crc: int            # CRC-32 of the pixels (uint8 [H, W, 3], C order)
+    check: int          # of the pixels (uint8 [H, W, 3], C order): version 1 CRC-32, 2 CRC-16 (image_check)
+
+
+def image_check(img: np.ndarray, version: int = VERSION) -> int:
+    """An image's check in the index: version 1 the CRC-32 (zlib) of its pixels' bytes, version 2
+    their CRC-16/CCITT-FALSE (:func:`.container.crc16`; the chunk's CRC-32 over all its pixels
+    backs it up whenever a whole chunk is extracted)."""
+    b = np.ascontiguousarray(img).tobytes()
+    return zlib.crc32(b) if version == 1 else container.crc16(b)
+
+
+def pixels_crc(images: Iterable[np.ndarray]) -> int:
+    """CRC-32 (zlib) of the images' pixel bytes one after the other: a version-2 chunk's pixel check."""
+    crc = 0
+    for img in images:
+        crc = zlib.crc32(np.ascontiguousarray(img).tobytes(), crc)
+    return crc
 
 
 @dataclass
@@ -105,8 +122,9 @@ class ChunkEntry:
     num_images: int
     offset: int         # of the payload, from the start of the archive
     length: int
-    crc: int
+    crc: int            # CRC-32 of the payload
     seed_files: list[int] = field(default_factory=list)   # byte lengths of the .ddpm files at the stack's bottom
+    pixels_crc: int | None = None                          # version 2: CRC-32 of its images' pixels (pixels_crc)
 
 
 @dataclass
@@ -119,6 +137,7 @@ class ArchiveIndex:
     images: list[ImageEntry]
     chunks: list[ChunkEntry]
     index_bytes: int    # magic to the index's CRC, inclusive
+    version: int = VERSION
 
     def chunk_of(self, i: int) -> int:
         return i // self.settings.chunk_images
@@ -357,20 +376,44 @@ def _check_name(name: str) -> str:
     return name
 
 
+@dataclass
+class PackedChunk:
+    """What the index records of a chunk as it is written: its seed files' lengths, its payload
+    (the stack) and the CRC-32 of its images' pixels (:func:`pixels_crc`)."""
+
+    seed_files: list[int]
+    payload: bytes
+    pixels_crc: int
+
+
+def _front_code(names: list[str]) -> bytes:
+    """Names as version 2 stores them: each the length of the prefix (UTF-8 bytes) it shares with the
+    previous name, the length of the rest, the rest (``set/0001``, ``set/0002``: 3 bytes, then zlib)."""
+    v, out, prev = container.varint_encode, bytearray(), b""
+    for name in names:
+        nb = name.encode("utf-8")
+        k = 0
+        while k < min(len(nb), len(prev)) and nb[k] == prev[k]:
+            k += 1
+        out += v(k) + v(len(nb) - k) + nb[k:]
+        prev = nb
+    return bytes(out)
+
+
 def _pack_index(fingerprint: bytes, settings: ArchiveSettings, t_end: int, images: list[ImageEntry],
-                chunks: list[tuple[list[int], bytes]]) -> bytes:
-    """The index; ``chunks``: each chunk's seed file lengths and payload."""
+                chunks: list[PackedChunk]) -> bytes:
+    """The index (version :data:`VERSION`); ``images``' checks are :func:`image_check`'s."""
     v = container.varint_encode
     body = bytearray(fingerprint)
     body += v(settings.num_steps) + bytes([SCHEDULE_KINDS.index(settings.spacing), settings.grid_bits,
                                            settings.seed_images])
     body += v(t_end) + v(settings.chunk_images) + v(len(images)) + v(len(chunks))
-    for seeds, payload in chunks:
-        body += v(len(payload)) + zlib.crc32(payload).to_bytes(4, "little") + v(len(seeds))
-        body += b"".join(v(n) for n in seeds)
-    for e in images:
-        nb = e.name.encode("utf-8")
-        body += v(e.height) + v(e.width) + e.crc.to_bytes(4, "little") + v(len(nb)) + nb
+    for ch in chunks:
+        body += v(len(ch.payload)) + zlib.crc32(ch.payload).to_bytes(4, "little")
+        body += ch.pixels_crc.to_bytes(4, "little") + v(len(ch.seed_files)) + b"".join(v(n) for n in ch.seed_files)
+    body += b"".join(v(e.height) + v(e.width) for e in images)      # the columns apart: zlib finds the repeats
+    body += _front_code([e.name for e in images])
+    body += b"".join(e.check.to_bytes(2, "little") for e in images)
     packed = zlib.compress(bytes(body), 9)
     head = MAGIC + bytes([VERSION]) + len(packed).to_bytes(4, "little") + packed
     return head + zlib.crc32(head).to_bytes(4, "little")
@@ -383,8 +426,10 @@ def read_index(data: bytes) -> ArchiveIndex:
         raise ArchiveError("not a ddpm-codec archive (wrong magic number)")
     if len(data) < _FIXED:
         raise ArchiveError("the archive ends inside its index: truncated")
-    if data[len(MAGIC)] != VERSION:
-        raise ArchiveError(f"archive format version {data[len(MAGIC)]} is not supported (this reader: {VERSION})")
+    version = data[len(MAGIC)]
+    if version not in _VERSIONS:
+        raise ArchiveError(f"archive format version {version} is not supported (this reader: "
+                           f"{', '.join(map(str, _VERSIONS))})")
     n = int.from_bytes(data[len(MAGIC) + 1:_FIXED], "little")
     end = _FIXED + n
     if len(data) < end + _CRC:
@@ -393,12 +438,12 @@ def read_index(data: bytes) -> ArchiveIndex:
         raise ArchiveError("the archive's index fails its checksum: damaged (no image can be located)")
     try:
         body = zlib.decompress(data[_FIXED:end])
-        return _parse_index(body, end + _CRC)
+        return _parse_index(body, end + _CRC, version)
     except (zlib.error, container.DdpmFormatError, IndexError, ValueError, UnicodeDecodeError) as e:
         raise ArchiveError(f"the archive's index is inconsistent: {e}") from None
 
 
-def _parse_index(body: bytes, start: int) -> ArchiveIndex:
+def _parse_index(body: bytes, start: int, version: int) -> ArchiveIndex:
     pos = 4
     fingerprint = body[:4]
 
@@ -409,9 +454,15 @@ def _parse_index(body: bytes, start: int) -> ArchiveIndex:
             raise ValueError(f"{name} {val} is outside {lo}..{hi}")
         return val
 
+    def fixed(nbytes: int) -> int:
+        nonlocal pos
+        if pos + nbytes > len(body):
+            raise ValueError("the index ends early")
+        pos += nbytes
+        return int.from_bytes(body[pos - nbytes:pos], "little")
+
     num_steps = uv("num_steps", 1, 1 << 16)
-    spacing, grid_bits, seed_images = body[pos], body[pos + 1], body[pos + 2]
-    pos += 3
+    spacing, grid_bits, seed_images = fixed(1), fixed(1), fixed(1)
     if spacing >= len(SCHEDULE_KINDS):
         raise ValueError(f"unknown spacing id {spacing}")
     t_end = uv("t_end", 1, 1 << 16)
@@ -424,24 +475,35 @@ def _parse_index(body: bytes, start: int) -> ArchiveIndex:
     chunks, offset = [], start
     for c in range(num_chunks):
         length = uv("chunk length", 8, 1 << 48)
-        crc = int.from_bytes(body[pos:pos + 4], "little")
-        pos += 4
+        crc = fixed(4)
+        pix = fixed(4) if version >= 2 else None
         size = min(chunk_images, num_images - c * chunk_images)
         seeds = [uv("seed file length", 1, length) for _ in range(uv("seed files", 0, min(size, seed_images)))]
-        chunks.append(ChunkEntry(size, offset, length, crc, seeds))
+        chunks.append(ChunkEntry(size, offset, length, crc, seeds, pix))
         offset += length
     images = []
-    for _ in range(num_images):
-        h, w = uv("height", 1, container.MAX_DIM), uv("width", 1, container.MAX_DIM)
-        crc = int.from_bytes(body[pos:pos + 4], "little")
-        pos += 4
-        ln = uv("name length", 1, 4096)
-        name = body[pos:pos + ln].decode("utf-8")
-        pos += ln
-        images.append(ImageEntry(_check_name(name), h, w, crc))
+    if version == 1:            # each image's height, width, CRC-32, name length, name
+        for _ in range(num_images):
+            h, w = uv("height", 1, container.MAX_DIM), uv("width", 1, container.MAX_DIM)
+            crc = fixed(4)
+            ln = uv("name length", 1, 4096)
+            name = body[pos:pos + ln].decode("utf-8")
+            pos += ln
+            images.append(ImageEntry(_check_name(name), h, w, crc))
+    else:                       # all sizes, all names (front-coded), all CRC-16s
+        sizes = [(uv("height", 1, container.MAX_DIM), uv("width", 1, container.MAX_DIM)) for _ in range(num_images)]
+        prev = b""
+        for h, w in sizes:
+            keep = uv("shared name prefix", 0, len(prev))
+            ln = uv("name length", 1 if keep == 0 else 0, 4096 - keep)
+            prev = prev[:keep] + body[pos:pos + ln]
+            pos += ln
+            images.append(ImageEntry(_check_name(prev.decode("utf-8")), h, w, 0))
+        for e in images:
+            e.check = fixed(2)
     if pos != len(body):
         raise ValueError("trailing bytes in the index")
-    return ArchiveIndex(fingerprint, settings, t_end, images, chunks, start)
+    return ArchiveIndex(fingerprint, settings, t_end, images, chunks, start, version)
 
 
 # ----------------------------------------------------------------------------- archive / extract
@@ -468,11 +530,7 @@ def archive(images: Iterable[tuple[str, np.ndarray]], model: LoadedModel, *,
     (default: profile 12, exact arithmetic; the files name their settings) and put at the bottom of
     the chunk's stack, where the next images' pops read them as their initial bits."""
     settings = settings or ArchiveSettings()
-    seed_profile = seed_profile or PROFILES[12]
-    if settings.seed_images and not seed_profile.exact:
-        raise InputError("the seed images' profile must be exact (portable), as the archive is")
-    fingerprint = _fingerprint(model)
-    chain = BitsBackChain(model, settings, model.x0_context.config.tau)
+    coder = ChunkCoder(model, settings, seed_profile)
     items = []
     for name, img in images:
         items.append((_check_name(name), check_image(img, max_pixels)))
@@ -480,33 +538,58 @@ def archive(images: Iterable[tuple[str, np.ndarray]], model: LoadedModel, *,
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise InputError(f"two images are named {dup!r}: names must be unique")
-    net = Net(model, EXACT)
-    ctx = _context(model, net)
     start = time.perf_counter()
-    stats, chunks, entries = [], [], []
+    stats, chunks = [], []
     k = settings.chunk_images
-    for c in range(0, len(items), k):
-        files = []
-        for i, (name, img) in enumerate(items[c:c + k]):
-            if i < settings.seed_images:
-                s, data = _seed_file(img, model, seed_profile, name)
+    for c in range(0, -(-len(items) // k)):
+        chunk, s = coder.encode(c, items[c * k:(c + 1) * k], measure=measure, progress=progress)
+        chunks.append(chunk)
+        stats += s
+    entries = [ImageEntry(name, img.shape[0], img.shape[1], image_check(img)) for name, img in items]
+    index = coder.index(entries, chunks)
+    data = index + b"".join(ch.payload for ch in chunks)
+    return ArchiveResult(data=data, stats=stats, seconds=time.perf_counter() - start,
+                         network_seconds=coder.net.seconds, index_bytes=len(index))
+
+
+class ChunkCoder:
+    """Codes the chunks of an archive one by one (independent stacks: any subset, in any order or
+    process, gives the same payloads as :func:`archive`), and their index."""
+
+    def __init__(self, model: LoadedModel, settings: ArchiveSettings, seed_profile: CodecSettings | None = None):
+        self.model, self.settings = model, settings
+        self.seed_profile = seed_profile or PROFILES[12]
+        if settings.seed_images and not self.seed_profile.exact:
+            raise InputError("the seed images' profile must be exact (portable), as the archive is")
+        self.fingerprint = _fingerprint(model)
+        self.chain = BitsBackChain(model, settings, model.x0_context.config.tau)
+        self.net = Net(model, EXACT)
+        self.ctx = _context(model, self.net)
+
+    def encode(self, c: int, items: list[tuple[str, np.ndarray]], *, measure: bool = False,
+               progress: Callable[[ImageStats], None] | None = None) -> tuple[PackedChunk, list[ImageStats]]:
+        """Chunk ``c`` of checked, named images: its first ``seed_images`` as per-image files at the
+        bottom of stack ``c``, the others bits-back on top."""
+        files, stats = [], []
+        stack = None
+        for i, (name, img) in enumerate(items):
+            if i < self.settings.seed_images:
+                s, data = _seed_file(img, self.model, self.seed_profile, name)
                 files.append(data)
-                net.seconds += s.network_seconds      # the per-image codec's network time counts too
+                self.net.seconds += s.network_seconds      # the per-image codec's network time counts too
             else:
-                if i == len(files):
-                    stack = AnsStack(seed=c // k, bottom=b"".join(files))
-                s = encode_image(stack, chain, net, ctx, img, name, measure=measure)
+                if stack is None:
+                    stack = AnsStack(seed=c, bottom=b"".join(files))
+                s = encode_image(stack, self.chain, self.net, self.ctx, img, name, measure=measure)
             stats.append(s)
-            entries.append(ImageEntry(name, img.shape[0], img.shape[1], zlib.crc32(img.tobytes())))
             if progress:
                 progress(s)
-        if len(files) == len(items[c:c + k]):
-            stack = AnsStack(seed=c // k, bottom=b"".join(files))
-        chunks.append(([len(f) for f in files], stack.to_bytes()))
-    index = _pack_index(fingerprint, settings, chain.tau, entries, chunks)
-    data = index + b"".join(p for _, p in chunks)
-    return ArchiveResult(data=data, stats=stats, seconds=time.perf_counter() - start,
-                         network_seconds=net.seconds, index_bytes=len(index))
+        if stack is None:
+            stack = AnsStack(seed=c, bottom=b"".join(files))
+        return PackedChunk([len(f) for f in files], stack.to_bytes(), pixels_crc(img for _, img in items)), stats
+
+    def index(self, entries: list[ImageEntry], chunks: list[PackedChunk]) -> bytes:
+        return _pack_index(self.fingerprint, self.settings, self.chain.tau, entries, chunks)
 
 
 def check_model(index: ArchiveIndex, model: LoadedModel) -> None:
@@ -564,21 +647,24 @@ def extract(data: bytes, model: LoadedModel, *, only: Iterable[str] | None = Non
 
 def _extract_chunk(payload, c, members, first, index, chain, net, ctx, progress):
     """Chunk ``c``'s images from its last down to ``first``; the seed files (the stack's bottom) once every
-    bits-back image above them is undone. Returns ({image index: pixels}, None) or ({}, why it failed)."""
+    bits-back image above them is undone. Each image must match its check; a whole chunk must also end
+    on the encoder's initial stack and (version 2) match the chunk's pixel CRC-32. Returns ({image index:
+    pixels}, None) or ({}, why it failed)."""
     from .api import decode
 
     seeds = index.chunks[c].seed_files
+    whole = first == members[0]
     try:
         stack = AnsStack.from_bytes(payload, seed=c)
         got = {}
         for i in reversed(members[len(seeds):]):
             if i < first:
                 break
-            got[i] = _checked(decode_image(stack, chain, net, ctx, index.images[i].height, index.images[i].width),
-                              index.images[i])
+            e = index.images[i]
+            got[i] = _checked(decode_image(stack, chain, net, ctx, e.height, e.width), e, index.version)
             if progress:
-                progress(index.images[i].name)
-        if first >= members[0] + len(seeds):
+                progress(e.name)
+        if not whole and first >= members[0] + len(seeds):
             return got, None
         bottom = stack.release_bottom(sum(seeds))
         if bottom is None:
@@ -588,10 +674,13 @@ def _extract_chunk(payload, c, members, first, index, chain, net, ctx, progress)
             if i >= first:
                 res = decode(bottom[pos:pos + n], chain.model)
                 net.seconds += res.network_seconds
-                got[i] = _checked(res.image, index.images[i])
+                got[i] = _checked(res.image, index.images[i], index.version)
                 if progress:
                     progress(index.images[i].name)
             pos += n
+        want = index.chunks[c].pixels_crc
+        if whole and want is not None and pixels_crc(got[i] for i in members) != want:
+            return {}, "its images fail the chunk's checksum"
         return got, None
     except _ChecksumError as exc:
         return {}, str(exc)
@@ -603,8 +692,8 @@ class _ChecksumError(Exception):
     pass
 
 
-def _checked(img: np.ndarray, e: ImageEntry) -> np.ndarray:
-    if img.shape[:2] != (e.height, e.width) or zlib.crc32(img.tobytes()) != e.crc:
+def _checked(img: np.ndarray, e: ImageEntry, version: int) -> np.ndarray:
+    if img.shape[:2] != (e.height, e.width) or image_check(img, version) != e.check:
         raise _ChecksumError(f"image {e.name!r} fails its checksum")
     return img
 
