@@ -806,7 +806,7 @@ def extract(file, output, list_only, only, model_spec, max_pixels):
         s = index.settings
         click.echo(f"{len(index.images)} images in {len(index.chunks)} chunks of up to {s.chunk_images}; "
                    f"{s.num_steps} {s.spacing} steps to tau {index.t_end}, grid bits {s.grid_bits}; "
-                   f"model {index.fingerprint.hex()}")
+                   f"model {index.fingerprint.hex()}; format version {index.version}")
         for i, e in enumerate(index.images):
             click.echo(f"{e.name}\t{e.width}x{e.height}\tchunk {index.chunk_of(i)}")
         return
