@@ -397,7 +397,7 @@ def test_cli_archive_list_extract(model_path, tmp_path):
                              "--grid-bits", "2", "--seed-images", "0"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["extract", str(out), "--list"])
-    assert r.exit_code == 0 and "p0.png\t20x12\tchunk 0" in r.output
+    assert r.exit_code == 0 and "p0.png\t20x12\tchunk 0" in r.output and "format version 2" in r.output
     r = runner.invoke(main, ["extract", str(out), "-o", str(tmp_path / "x"), "--model", str(model_path),
                              "--only", "p1.png"])
     assert r.exit_code == 0, r.output
