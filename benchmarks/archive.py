@@ -3,6 +3,9 @@
     python benchmarks/archive.py -n 100 --steps 48 --decode          # one chunk of test images 0-99
     python benchmarks/archive.py -n 10 --steps 250 --grid-bits 4      # a row of the steps sweep
     python benchmarks/archive.py -n 500 --archive --decode            # `ddpm-codec archive` as it runs (chunks, seed files)
+    python benchmarks/archive.py -n 500 --archive --parts DIR --chunks 0,1,2   # some chunks in this process, the
+    python benchmarks/archive.py -n 500 --archive --parts DIR --chunks 3,4     # others in another; the last to
+                                                                               # finish puts the archive together
 
 Codes test images ``--start`` .. ``--start + n - 1`` of the shared CIFAR-10 subset on ONE stack (one chunk,
 as ``ddpm-codec archive`` with ``--chunk >= n``) with the shipped model on one thread, and prints:
