@@ -50,13 +50,80 @@ def latency(args) -> None:
             print(f"| all | {mode} | {w:.2f} | {rep:.2f} | {n:.2f} | {w / n:.2f} | {rep / n:.2f} |")
 
 
+def ranks(args) -> None:
+    """``rd-curve`` on the first N shipped test images (default profile, no baselines), whole commands
+    timed: one process, then ``--workers 2``, each with ``--batch 1`` and ``--batch B``; the stores'
+    numbers compared."""
+    import h5py
+    import numpy as np
+
+    runs = [("1 process", ["--batch", "1"]), ("--workers 2", ["--workers", "2", "--batch", "1"]),
+            (f"1 process, --batch {args.batch}", ["--batch", str(args.batch)]),
+            (f"--workers 2, --batch {args.batch // 2}", ["--workers", "2", "--batch", str(args.batch // 2)])]
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"| run | wall s | images/s | vs 1 process |\n|---|---|---|---|")
+        base, ref = None, None
+        for r, (name, extra) in enumerate(runs):
+            out = Path(tmp) / f"rd{r}.h5"
+            t0 = time.perf_counter()
+            subprocess.run(CLI + ["rd-curve", "cifar10", "-n", str(args.num), "-o", str(out), "--no-baselines",
+                                  *extra], check=True, capture_output=True)
+            wall = time.perf_counter() - t0
+            base = base or wall
+            print(f"| {name} | {wall:.1f} | {args.num / wall:.3f} | {base / wall:.2f}x |", flush=True)
+            with h5py.File(out) as f:
+                got = {k: f["ddpm"][k][()] for k in f["ddpm"] if k != "seconds"}
+            ref = ref or got
+            assert all(np.array_equal(ref[k], got[k]) for k in ref), f"{name}: other numbers than one process"
+
+
+def batching(args) -> None:
+    """In one process, pool and network built first: N images one at a time, then batched
+    (:func:`ddpm_codec.codec.encode_many`), then both again in the other order; the same files."""
+    import numpy as np
+
+    from ddpm_codec import codec
+    from ddpm_codec.data import example_image
+    from ddpm_codec.models.registry import resolve_model
+
+    model = resolve_model(None)
+    images = [example_image(i) for i in range(args.num)]
+    codec.encode(images[-1], model)   # warm: exact network, candidate pool, compiled kernels
+
+    def one():
+        return [codec.encode(im, model).data for im in images]
+
+    def batched():
+        return [r.data for r in codec.encode_many(images, model, batch=args.batch)]
+    times: dict[str, list[float]] = {"one at a time": [], f"batched ({args.batch})": []}
+    files = []
+    for order in ((one, batched), (batched, one))[:args.repeats]:
+        for fn in order:
+            t0 = time.perf_counter()
+            files.append(fn())
+            times["one at a time" if fn is one else f"batched ({args.batch})"].append(time.perf_counter() - t0)
+    assert all(f == files[0] for f in files), "batching changed a file"
+    print("| mode | seconds per pass | images/s |\n|---|---|---|")
+    for name, ts in times.items():
+        print(f"| {name} | {' / '.join(f'{t:.1f}' for t in ts)} | {args.num * len(ts) / sum(ts):.3f} |")
+    a, b = times.values()
+    print(f"batched / one at a time, images/s: {sum(a) / sum(b):.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     p = sub.add_parser("latency")
     p.add_argument("-r", "--repeats", type=int, default=3)
+    p = sub.add_parser("ranks")
+    p.add_argument("-n", "--num", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16)
+    p = sub.add_parser("batch")
+    p.add_argument("-n", "--num", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("-r", "--repeats", type=int, default=2, choices=(1, 2))
     args = ap.parse_args()
-    {"latency": latency}[args.what](args)
+    {"latency": latency, "ranks": ranks, "batch": batching}[args.what](args)
 
 
 if __name__ == "__main__":
