@@ -125,8 +125,8 @@ def _workers_option(fn):
 
 def _batch_option(fn):
     return click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True,
-                        help="Images coded at a time in each process, their network calls batched (in pieces "
-                             "of this many tiles): faster, the same files. 1: one at a time.")(fn)
+                        help="Tiles coded at a time in each process (32x32 images: this many images), their "
+                             "network calls batched: faster on one process, the same files. 1: one at a time.")(fn)
 
 
 def _launch(workers: int) -> bool:

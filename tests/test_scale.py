@@ -87,13 +87,20 @@ def test_batched_encode_equals_one_at_a_time_and_decodes(model, settings, monkey
     _CountingNet.sizes = []
     many = codec.encode_many(images, model, settings=settings, batch=2)
     assert [r.data for r in many] == one
-    # lock-step: every step's network call holds the 3 images' tiles (in pieces of 2)
-    assert _CountingNet.sizes == [2, 1] * settings.num_steps
+    # lock-step: images 0 and 1 together (2 tiles), one call a step; then image 2 alone
+    assert _CountingNet.sizes == [2] * settings.num_steps + [1] * settings.num_steps
     _CountingNet.sizes = []
     dec = codec.decode_many(one, model, batch=16)
     assert _CountingNet.sizes == [3] * settings.num_steps
     for d, im in zip(dec, images):
         assert d.lossless and np.array_equal(d.image, im)
+
+
+def test_groups_hold_at_most_batch_tiles():
+    assert batch_mod.groups([1] * 5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert batch_mod.groups([1, 384, 1, 1], 16) == [range(0, 1), range(1, 2), range(2, 4)]
+    assert batch_mod.groups([6, 6, 6], 16) == [range(0, 2), range(2, 3)]
+    assert batch_mod.groups([], 16) == []
 
 
 def test_batched_encode_with_images_stopping_early(model):

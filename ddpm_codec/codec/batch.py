@@ -1,5 +1,5 @@
 """Several images coded in one process with their network calls batched: at each step the tiles of
-all images go through the network together, in pieces of ``batch`` tiles.
+the images coded together (up to ``batch`` tiles in all) go through the network as one call.
 
 Each image runs the ordinary per-image :func:`.api.encode` / :func:`.api.decode` (the same chain
 step, the same bytes), in a thread of its own; the images' chains advance in lock-step because a
@@ -42,7 +42,8 @@ class SharedNet:
         self.results: dict[int, torch.Tensor] = {}
         self.error: BaseException | None = None
         self.round = 0
-        self.calls = 0            # batched network calls made (rounds)
+        self.calls = 0                       # batched network calls made (rounds)
+        self.spent = [0.0] * members         # each member's share of the network's seconds (by tiles)
 
     def member(self, i: int) -> "_Member":
         return _Member(self, i)
@@ -83,16 +84,13 @@ class SharedNet:
                 for i in ids:
                     m = len(reqs[i][0])
                     self.results[i] = out[k:k + m]
-                    _SPENT[(id(self), i)] = _SPENT.get((id(self), i), 0.0) + spent * m / n
+                    self.spent[i] += spent * m / n
                     k += m
             self.calls += 1
         except BaseException as e:   # every waiter wakes up and raises
             self.error = e
         self.round += 1
         self.cond.notify_all()
-
-
-_SPENT: dict[tuple[int, int], float] = {}   # (shared net, member) -> its share of the batched network's seconds
 
 
 class _Member:
@@ -109,7 +107,7 @@ class _Member:
     @property
     def seconds(self) -> float:
         """This image's share of the batched calls (by tiles) plus its own x_0 context model's time."""
-        return _SPENT.get((id(self.shared), self.i), 0.0) + self.context_seconds
+        return self.shared.spent[self.i] + self.context_seconds
 
     def context(self):
         own = Net(self.model, self.arithmetic, self.threads)   # the x_0 context model: per image, not batched
@@ -136,13 +134,9 @@ def run_batched(jobs: Sequence[Callable[[_Member], object]], model: LoadedModel,
             return jobs[i](shared.member(i))
         finally:
             shared.leave()
-    try:
-        with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="ddpm-image") as ex:
-            futures = [ex.submit(go, i) for i in range(len(jobs))]
-            return [f.result() for f in futures]
-    finally:
-        for i in range(len(jobs)):
-            _SPENT.pop((id(shared), i), None)
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="ddpm-image") as ex:
+        futures = [ex.submit(go, i) for i in range(len(jobs))]
+        return [f.result() for f in futures]
 
 
 def _warm(model: LoadedModel, settings, encoder: bool) -> None:
@@ -155,9 +149,35 @@ def _warm(model: LoadedModel, settings, encoder: bool) -> None:
         prepare(3 * model.image_size ** 2, settings.rcc_config(), str(model.device))
 
 
+def groups(tiles: Sequence[int], batch: int) -> list[range]:
+    """Consecutive items whose tiles add up to at most ``batch`` (an item with more, alone): what is
+    coded together, so that memory stays that of ``batch`` tiles (or of one large image)."""
+    out, start, total = [], 0, 0
+    for i, n in enumerate(tiles):
+        if i > start and total + n > batch:
+            out.append(range(start, i))
+            start, total = i, 0
+        total += n
+    if len(tiles):
+        out.append(range(start, len(tiles)))
+    return out
+
+
+def _num_tiles(height: int, width: int, size: int) -> int:
+    return (-(-height // size)) * (-(-width // size))
+
+
+def _in_groups(jobs: list, tiles: list[int], model, arith, threads, batch) -> list:
+    out: list = []
+    for g in groups(tiles, batch):
+        out += run_batched(jobs[g.start:g.stop], model, arith, threads, batch)
+    return out
+
+
 def encode_many(images: Sequence, model: LoadedModel, *, settings=None, batch: int = DEFAULT_BATCH,
                 threads: int | None = None, **kw) -> list:
-    """:func:`.api.encode` of each image (same keywords), their network calls batched; the results
+    """:func:`.api.encode` of each image (same keywords), their network calls batched: consecutive
+    images of at most ``batch`` tiles in all at a time (a larger image alone); the results
     (:class:`.api.EncodeResult`) in order, each file byte-identical to a one-image encode."""
     from .api import encode
     from .profiles import default_settings
@@ -166,13 +186,14 @@ def encode_many(images: Sequence, model: LoadedModel, *, settings=None, batch: i
     _warm(model, settings, encoder=True)
     jobs = [lambda net, img=img: encode(img, model, settings=settings, threads=threads, net=net, **kw)
             for img in images]
-    return run_batched(jobs, model, settings.arithmetic, threads, batch)
+    tiles = [_num_tiles(*img.shape[:2], model.image_size) for img in images]
+    return _in_groups(jobs, tiles, model, settings.arithmetic, threads, batch)
 
 
 def decode_many(files: Sequence[bytes], model: LoadedModel, *, batch: int = DEFAULT_BATCH,
                 threads: int | None = None, **kw) -> list:
-    """:func:`.api.decode` of each file (same keywords), their network calls batched (files of one
-    profile; the results in order)."""
+    """:func:`.api.decode` of each file (same keywords), their network calls batched as
+    :func:`encode_many`'s (files of one arithmetic; the results in order)."""
     from .api import decode
     from .profiles import read_header
 
@@ -184,4 +205,6 @@ def decode_many(files: Sequence[bytes], model: LoadedModel, *, batch: int = DEFA
             raise ValueError("decode_many: the files use different arithmetic; decode them in groups")
     _warm(model, settings, encoder=False)
     jobs = [lambda net, f=f: decode(f, model, threads=threads, net=net, **kw) for f in files]
-    return run_batched(jobs, model, settings.arithmetic, threads, batch)
+    heads = [read_header(f)[0].file.header for f in files]
+    tiles = [_num_tiles(h.height, h.width, model.image_size) for h in heads]
+    return _in_groups(jobs, tiles, model, settings.arithmetic, threads, batch)
