@@ -52,12 +52,13 @@ def latency(args) -> None:
 
 def ranks(args) -> None:
     """``rd-curve`` on the first N shipped test images (default profile, no baselines), whole commands
-    timed: one process, then ``--workers 2``, each with ``--batch 1`` and ``--batch B``; the stores'
-    numbers compared."""
+    timed: one process, then ``--workers 2``, each with ``--batch 1`` and ``--batch B``, and one process on
+    one thread (what each of 2 ranks has); the stores' numbers compared."""
     import h5py
     import numpy as np
 
     runs = [("1 process", ["--batch", "1"]), ("--workers 2", ["--workers", "2", "--batch", "1"]),
+            ("1 process, 1 thread (one rank's share of the machine)", ["--batch", "1"]),
             (f"1 process, --batch {args.batch}", ["--batch", str(args.batch)]),
             (f"--workers 2, --batch {args.batch // 2}", ["--workers", "2", "--batch", str(args.batch // 2)])]
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,8 +67,9 @@ def ranks(args) -> None:
         for r, (name, extra) in enumerate(runs):
             out = Path(tmp) / f"rd{r}.h5"
             t0 = time.perf_counter()
+            env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if "1 thread" in name else {})}
             subprocess.run(CLI + ["rd-curve", "cifar10", "-n", str(args.num), "-o", str(out), "--no-baselines",
-                                  *extra], check=True, capture_output=True)
+                                  *extra], check=True, capture_output=True, env=env)
             wall = time.perf_counter() - t0
             base = base or wall
             print(f"| {name} | {wall:.1f} | {args.num / wall:.3f} | {base / wall:.2f}x |", flush=True)

@@ -22,6 +22,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 
+ROUND_ITEMS = 4   # items per rank a round at least: ranks wait for each other at every round's end, and
+                  # images' times differ (one image a round lost ~10 % to that wait on 2 ranks)
+
+
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) outside a process group."""
     import torch.distributed as dist

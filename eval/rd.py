@@ -96,7 +96,7 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
         for rec in records:
             _append(store, rec, settings)
 
-    distributed.map_rounds(len(images), done, work, max(1, batch), write, bar.update)
+    distributed.map_rounds(len(images), done, work, max(batch, distributed.ROUND_ITEMS), write, bar.update)
     bar.close()
     return len(images)
 
