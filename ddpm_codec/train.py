@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import distributed
 from .diffusion import GaussianDiffusion
 from .errors import InputError
 from .models.checkpoint import DEFAULT_DIFFUSION, save_model
@@ -58,24 +59,6 @@ def select_device(name: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def _dist_info():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> bool:
-    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return dist.is_available() and dist.is_initialized()
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return True
 
 
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -125,8 +108,8 @@ class Trainer:
                  *, device: torch.device | str | None = None, eval_images: np.ndarray | None = None,
                  diffusion_config: dict | None = None, progress: bool = True, card: dict | None = None):
         self.device = select_device(device) if not isinstance(device, torch.device) else device
-        self.distributed = init_distributed(self.device)
-        self.rank, self.world = _dist_info()
+        self.distributed = distributed.init(device=self.device)   # NCCL on GPU, gloo on CPU
+        self.rank, self.world = distributed.rank_world()
         if cfg.batch_size % self.world:
             raise InputError(f"batch size {cfg.batch_size} is not divisible by {self.world} processes")
         self.cfg, self.unet_config, self.run_dir = cfg, unet_config, Path(run_dir)

@@ -50,21 +50,68 @@ def row_index(reverse_times: np.ndarray, row: int) -> int | None:
 
 def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, theoretical: bool = False,
         reconstruct: tuple[str, ...] = (), indices: np.ndarray | None = None, dataset: str = "",
-        progress: bool = True, seed: int = 0) -> int:
-    """Encode each image (resuming after the rows already in ``store_path``); returns rows done."""
-    import torch
+        progress: bool = True, seed: int = 0, batch: int = 1) -> int:
+    """Encode each image (resuming after the rows already in ``store_path``); returns rows done.
+
+    Under torchrun (:mod:`ddpm_codec.distributed`) every rank runs this with the same arguments: the
+    images are shared out in rounds, and rank 0 alone opens the store and appends every round's rows
+    in image order, so the store holds what a one-process run writes (the ``seconds`` column aside)
+    and resumes the same way. ``batch > 1``: each rank codes its images ``batch`` at a time, their
+    network calls batched (:func:`ddpm_codec.codec.encode_many`; the same files)."""
     from tqdm.auto import tqdm
 
-    from .. import codec
-    from .store import ResultStore
+    from .. import codec, distributed
 
     settings = settings or codec.default_settings(model)
-    store = ResultStore(store_path)
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+    mode = "theoretical" if theoretical else "actual"
+    rank, _ = distributed.rank_world()
+    done, error = None, None
+    if rank == 0:
+        try:
+            done = _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed)
+        except ResultsError as e:
+            error = str(e)
+    done, error = distributed.broadcast((done, error))
+    if error:
+        raise ResultsError(error)
+    store = None
+    if rank == 0:
+        from .store import ResultStore
+        store = ResultStore(store_path)
+    bar = tqdm(total=len(images), initial=done, disable=not progress or rank != 0, unit="img",
+               desc=f"rd-curve ({mode})")
+
+    def work(ids):
+        if theoretical:
+            results = [codec.trace_theoretical(images[i], model, settings=settings, seed=seed + i) for i in ids]
+        elif batch > 1 and len(ids) > 1:
+            results = codec.encode_many([images[i] for i in ids], model, settings=settings, seed=seed, batch=batch)
+        else:
+            results = [codec.encode(images[i], model, settings=settings, seed=seed) for i in ids]
+        return [_record(images[i], int(indices[i]), res, model, settings, reconstruct, seed, theoretical)
+                for i, res in zip(ids, results)]
+
+    def write(records):
+        for rec in records:
+            _append(store, rec, settings)
+
+    distributed.map_rounds(len(images), done, work, max(batch, distributed.ROUND_ITEMS), write, bar.update)
+    bar.close()
+    return len(images)
+
+
+def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed) -> int:
+    """Check (or start) the store for this run; the number of complete rows it holds (a record a crash
+    left half-written is cut off)."""
+    import torch
+
+    from .store import ResultStore
+
+    store = ResultStore(store_path)
     if store.has(GROUP, LEGACY_BOUND):
         raise ResultsError(f"{store_path} was written by an older version ({LEGACY_BOUND}): use a new -o file")
     attrs = store.get_attrs(GROUP)
-    mode = "theoretical" if theoretical else "actual"
     if attrs:
         if attrs.get("fingerprint") != model.fingerprint or attrs.get("mode") != mode \
                 or attrs.get("settings") != repr(settings):
@@ -83,33 +130,36 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
             store.truncate_rows(GROUP, key, done)
     if done and not np.array_equal(store.read(GROUP, "image_index"), indices[:done]):
         raise ResultsError(f"{store_path} holds other images (image_index differs): use a new -o file")
-    bar = tqdm(total=len(images), initial=done, disable=not progress, unit="img", desc=f"rd-curve ({mode})")
-    for i in range(done, len(images)):
-        img = images[i]
-        if theoretical:
-            res = codec.trace_theoretical(img, model, settings=settings, seed=seed + i)
-        else:
-            res = codec.encode(img, model, settings=settings, seed=seed)
-        steps = res.steps
-        rt = np.array([r.reverse_time for r in steps], dtype=np.int32)
-        if not store.has(GROUP, "reverse_time"):
-            store.write_array(GROUP, "reverse_time", rt)
-            store.write_array(GROUP, "t", np.array([r.t for r in steps], dtype=np.int32))
-        cols = {k: np.array([[getattr(r, k) for r in steps]], dtype=np.float64) for k in PER_STEP}
-        for k, v in cols.items():
-            store.append_rows(GROUP, k, v)
-        for mode_name in reconstruct:
-            store.append_rows(GROUP, f"rmse_{mode_name}", _reconstruction_rmse(img, model, settings, res, mode_name,
-                                                                               rt, seed)[None])
-        store.append_rows(GROUP, "lossless_bpd", np.array([res.bits_per_dim if not theoretical else np.nan]))
-        store.append_rows(GROUP, "lossless_model_bound_bpd", np.array([res.model_bound_bpd]))
-        key = "lossless_context_bpd" if settings.x0_context else "lossless_adapted_bpd"
-        store.append_rows(GROUP, key, np.array([res.adapted_code_length_bpd]))
-        store.append_rows(GROUP, "seconds", np.array([res.seconds]))
-        store.append_rows(GROUP, "image_index", np.array([indices[i]], dtype=np.int64))
-        bar.update(1)
-    bar.close()
-    return len(images)
+    return done
+
+
+def _record(img, index, res, model, settings, reconstruct, seed, theoretical) -> dict:
+    """One image's row of the store (what a rank sends to rank 0): per-step arrays and per-image values."""
+    steps = res.steps
+    rt = np.array([r.reverse_time for r in steps], dtype=np.int32)
+    rec = {"reverse_time": rt, "t": np.array([r.t for r in steps], dtype=np.int32), "image_index": index,
+           "per_step": {k: np.array([[getattr(r, k) for r in steps]], dtype=np.float64) for k in PER_STEP},
+           "modes": {m: _reconstruction_rmse(img, model, settings, res, m, rt, seed)[None] for m in reconstruct},
+           "lossless_bpd": res.bits_per_dim if not theoretical else np.nan,
+           "model_bound": res.model_bound_bpd, "adapted": res.adapted_code_length_bpd, "seconds": res.seconds}
+    return rec
+
+
+def _append(store, rec: dict, settings) -> None:
+    """Append one image's row (``image_index`` last: it marks the record complete)."""
+    if not store.has(GROUP, "reverse_time"):
+        store.write_array(GROUP, "reverse_time", rec["reverse_time"])
+        store.write_array(GROUP, "t", rec["t"])
+    for k, v in rec["per_step"].items():
+        store.append_rows(GROUP, k, v)
+    for m, v in rec["modes"].items():
+        store.append_rows(GROUP, f"rmse_{m}", v)
+    store.append_rows(GROUP, "lossless_bpd", np.array([rec["lossless_bpd"]]))
+    store.append_rows(GROUP, "lossless_model_bound_bpd", np.array([rec["model_bound"]]))
+    key = "lossless_context_bpd" if settings.x0_context else "lossless_adapted_bpd"
+    store.append_rows(GROUP, key, np.array([rec["adapted"]]))
+    store.append_rows(GROUP, "seconds", np.array([rec["seconds"]]))
+    store.append_rows(GROUP, "image_index", np.array([rec["image_index"]], dtype=np.int64))
 
 
 def _reconstruction_rmse(img, model, settings, res, mode, rt, seed) -> np.ndarray:

@@ -17,6 +17,7 @@ Modules, one concern each:
 - :mod:`.stream` — all steps in one range-coded stream, cut into segments.
 - :mod:`.x0` — the lossless x_0 stage and its per-tile side information.
 - :mod:`.api` — :func:`encode`, :func:`decode`, :func:`trace_theoretical` and their results.
+- :mod:`.batch` — :func:`encode_many`, :func:`decode_many`: several images, their network calls batched.
 - :mod:`.describe` — a file's header and framing in words (what `ddpm-codec info` prints).
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ _LAZY = {
                      "X0_CHANNEL_COEFS", "X0_MODELS", "X0_SCALE_FACTORS", "CodecSettings", "x0_model_fields"),
                     "settings"),
     **dict.fromkeys(("check_image", "from_tiles", "to_tiles"), "tiles"),
+    **dict.fromkeys(("DEFAULT_BATCH", "decode_many", "encode_many"), "batch"),
 }
 __all__ = list(_LAZY)
 

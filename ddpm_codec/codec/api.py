@@ -19,7 +19,7 @@ from ..data import to_uint8
 from ..errors import Error, InputError
 from ..models.checkpoint import LoadedModel
 from ..sample import reconstruct as _reconstruct_from
-from .chain import Chain, Link, deterministic_settings, warn_if_accelerated
+from .chain import Chain, Link, Net, deterministic_settings, warn_if_accelerated
 from .profiles import default_settings, profile_of, read_header
 from .settings import CodecSettings
 from .stream import StepStream, pad4, stream_words
@@ -180,7 +180,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
            lossless: bool | None = None,
            seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
            metrics: bool = True, x0_in_stream: bool = True, max_pixels: int | None = None,
-           threads: int | None = None, format_version: int | None = None) -> EncodeResult:
+           threads: int | None = None, format_version: int | None = None,
+           net: Net | None = None) -> EncodeResult:
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
@@ -199,6 +200,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     network (default: torch's count, all cores) and the search (default 1); a float file's network
     always runs on one thread. Any count gives the same file. ``format_version``: 3 writes the compact
     framing (4-5 bytes less: ``docs/FORMAT.md``; x_0 in the stream); None or 2 as ``x0_in_stream`` says.
+    ``net``: the network to call (default the model's own; :func:`.batch.encode_many` passes one
+    shared by several images).
     """
     settings = settings or default_settings(model)
     image = check_image(image, max_pixels)
@@ -227,7 +230,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         raise InputError("per-tile x_0 side information, the context model or exact arithmetic needs format "
                          "version 2 (x0_in_stream=True)")
     fingerprint = coding_fingerprint(model, settings)
-    chain = Chain(model, settings, tuple(x0.shape), threads)
+    chain = Chain(model, settings, tuple(x0.shape), threads, net)
     search_cfg = replace(chain.cfg, search_threads=threads or 1)   # encoder policy: any path decodes
     T, B = chain.T, x0.shape[0]
     gen = torch.Generator().manual_seed(seed ^ 0x5EED)   # the encoder's private randomness
@@ -327,14 +330,15 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
 def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconstruct: Reconstruct = "denoise",
            progressive: bool = False, reconstruct_steps: int = 50, seed: int = 0,
            on_step: Callable[[int, int], None] | None = None, max_pixels: int | None = None,
-           threads: int | None = None, account: bool = False) -> DecodeResult:
+           threads: int | None = None, account: bool = False, net: Net | None = None) -> DecodeResult:
     """Decode ``.ddpm`` bytes. ``steps=N`` uses only the coding steps with T - t + 1 <= N and
     reconstructs from the last one with ``reconstruct``; without ``steps`` a lossless file decodes
     exactly (checksum verified) and a lossy or truncated one from its last complete step.
     ``max_pixels``: refuse a file whose header declares a larger image (default
     ``tiles.MAX_CODEC_PIXELS``), before anything is allocated for it. ``threads``: for an exact
     file's network (default: torch's count, all cores; the same image for any count). ``account``:
-    also measure where the file's bits go (:class:`BitAccounting` in ``accounting``)."""
+    also measure where the file's bits go (:class:`BitAccounting` in ``accounting``). ``net``: as
+    :func:`encode`'s (:func:`.batch.decode_many`)."""
     if reconstruct not in RECONSTRUCT_MODES:
         raise InputError(f"unknown reconstruction {reconstruct!r}; expected one of {', '.join(RECONSTRUCT_MODES)}")
     parsed, settings = read_header(data)
@@ -346,7 +350,7 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
     height, width = h.height, h.width
     B = (-(-height // size)) * (-(-width // size))
     shape = (B, 3, size, size)
-    chain = Chain(model, settings, shape, threads)
+    chain = Chain(model, settings, shape, threads, net)
     T = chain.T
     start = time.perf_counter()
     import constriction

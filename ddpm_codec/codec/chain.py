@@ -142,10 +142,11 @@ class Link:
 
 
 class Chain:
-    """The chain of a file's settings over ``shape = [B, C, H, W]`` tiles, walked by both sides."""
+    """The chain of a file's settings over ``shape = [B, C, H, W]`` tiles, walked by both sides (``net``:
+    the network to call, default a :class:`Net` of its own; :mod:`.batch` passes a shared one)."""
 
     def __init__(self, model: LoadedModel, settings: CodecSettings, shape: tuple[int, ...],
-                 threads: int | None = None):
+                 threads: int | None = None, net: Net | None = None):
         self.arithmetic = arith = settings.arithmetic
         if arith.exact and model.config.get("diffusion", {}).get("schedule", "linear") != "linear":
             raise ValueError("exact arithmetic needs a linear beta schedule (the cosine one is built with libm's cos)")
@@ -157,7 +158,7 @@ class Chain:
         self.dims_tile = int(np.prod(shape[1:]))
         self.cfg = settings.rcc_config()
         self.counts = CountPredictor(shape[0], self.cfg)
-        self.net = Net(model, arith, threads)
+        self.net = net or Net(model, arith, threads)   # net: a shared one (batched images, .batch)
         self.x: torch.Tensor | None = None     # x_s of the last step taken (float32 values, float64)
         self.eps: torch.Tensor | None = None   # the network's ε̂ at it
         self.done = 0                          # steps taken

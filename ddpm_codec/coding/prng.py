@@ -322,13 +322,18 @@ def normal_block(key: int, rows: int, cols: int, row_start: int = 0, row_stop: i
 def candidate_pool_t(cols: int, rows: int) -> "torch.Tensor":
     """The candidate pool stored column-major: ``[cols, rows]`` contiguous float32 (CPU).
 
-    Element ``[c, r]`` is ``normals_at(POOL_KEY, r*cols + c)``. Cached per shape.
+    Element ``[c, r]`` is ``normals_at(POOL_KEY, r*cols + c)``. Cached per shape, and on disk for
+    large pools (:mod:`.pool_cache`: verified on every read, rebuilt when a check fails).
     """
     if rows <= 0 or cols <= 0:
         raise ValueError("pool shape must be positive")
     import torch
 
-    return torch.from_numpy(normal_block(POOL_KEY, rows, cols, transposed=True))
+    from .pool_cache import cached_pool   # verified on every read, rebuilt when it fails
+
+    pool = cached_pool(POOL_KEY, cols, rows, lambda: normal_block(POOL_KEY, rows, cols, transposed=True),
+                       lambda counters: normals_at(POOL_KEY, counters))
+    return torch.from_numpy(pool)
 
 
 def candidate_pool(rows: int, cols: int) -> "torch.Tensor":

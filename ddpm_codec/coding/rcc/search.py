@@ -91,6 +91,13 @@ def _sqnorm_prefix(dim: int, m: int, device: str) -> torch.Tensor:
     return out.to(device)
 
 
+def prepare(dim: int, cfg: RCCConfig, device: str = "cpu") -> None:
+    """Build what every encoder step of ``dim``-dim items shares (the candidate pool and its squared-norm
+    prefix), once: before several threads would each start building it."""
+    _pool_on(dim, cfg.num_candidates, str(device))
+    _sqnorm_prefix(dim, cfg.num_candidates, str(device))
+
+
 def selection_rng(generator: torch.Generator) -> np.random.Generator:
     """The encoder's private numpy generator for one step, seeded from ``generator``."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
