@@ -27,6 +27,7 @@ from ddpm_codec.errors import InputError
 from ddpm_codec.models.checkpoint import add_x0_context, fresh_model, load_model, save_model, with_stats
 from ddpm_codec.models.presets import get_preset
 from ddpm_codec.models.x0_context import ContextConfig, ContextX0Net
+from test_coding_container import ref_crc16   # CRC-16/CCITT-FALSE bit by bit: the textbook definition
 
 MSE = np.concatenate([[0.0], np.geomspace(3e-4, 0.3, 1000)])
 SETTINGS = ar.ArchiveSettings(num_steps=4, grid_bits=3, chunk_images=2, seed_images=0)
@@ -275,16 +276,6 @@ def test_fuzzed_chunks_reach_the_decoder_and_never_give_wrong_pixels(made, model
         assert [d.chunk for d in out.damaged] == [1] and out.images == []
 
 
-def _crc16_ccitt_false(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE bit by bit (poly 0x1021, init 0xFFFF): the textbook definition."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
-
-
 def test_version_2_index_front_codes_names_and_stores_short_checks(made):
     """Names as (shared prefix, rest) by hand; the per-image check is the CRC-16 of the pixels, the
     chunk's the CRC-32 of its images' pixels in order; all of it reads back, and an index of 500
@@ -295,7 +286,7 @@ def test_version_2_index_front_codes_names_and_stores_short_checks(made):
     idx = ar.read_index(res.data)
     assert idx.version == ar.VERSION == 2
     for e, (_, img) in zip(idx.images, items):
-        assert e.check == _crc16_ccitt_false(img.tobytes()) == ar.image_check(img)
+        assert e.check == ref_crc16(img.tobytes()) == ar.image_check(img)
     assert idx.chunks[0].pixels_crc == zlib.crc32(items[0][1].tobytes() + items[1][1].tobytes())
     names = ["x", "xy", "x", "é", "éa/b", "z" * 4096, "z" * 4095 + "y"]
     entries = [ar.ImageEntry(n, 1 + i, 2 + i, 0xBEEF - i) for i, n in enumerate(names)]
