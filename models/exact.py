@@ -393,21 +393,34 @@ class _QConv(_QLinearBase):
         if (self.k, self.stride, self.padding) == (3, 1, 1) and cin >= SHIFTED_MIN_CIN:
             self.wk = self.w_int.permute(2, 3, 0, 1).reshape(9, cout, cin).contiguous()
 
-    def raw(self, a: torch.Tensor) -> torch.Tensor:
-        """Σ W_int·A: exact integers (any algorithm that sums exact products)."""
+    def takes_padded(self, a: torch.Tensor) -> bool:
+        """Whether this layer runs on ``a`` (its unpadded input) as shifted GEMMs, which read a
+        zero-bordered copy: the layer before may then write its output straight into one."""
+        return (not self.ctx.gemm_conv and self.wk is not None
+                and a.shape[-1] * a.shape[-2] >= SHIFTED_MIN_PIXELS)
+
+    def raw(self, a: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        """Σ W_int·A: exact integers (any algorithm that sums exact products). ``padded``: ``a`` already
+        has the 3x3 layer's zero border. As shifted GEMMs the rows come back W + 2 wide (the last two
+        columns are not outputs: :meth:`__call__` drops them)."""
         if not self.ctx.gemm_conv:   # one sample per call: float64 conv2d (im2col + GEMM) of 16 samples
             # at once ran 7x slower than 16 single-sample calls (65 vs 9 ms, 32 channels at 32x32)
-            if (self.k, self.stride, self.padding) == (1, 1, 0):   # a 1x1 conv is one GEMM, no im2col
+            if padded:
+                conv = self._wide
+            elif (self.k, self.stride, self.padding) == (1, 1, 0):   # a 1x1 conv is one GEMM, no im2col
                 def conv(x):
                     return torch.mm(self.w2, x.reshape(x.shape[1], -1)).reshape(1, -1, *x.shape[2:])
-            elif self.wk is not None and a.shape[-1] * a.shape[-2] >= SHIFTED_MIN_PIXELS:
-                conv = self._shifted
+            elif self.takes_padded(a):
+                def conv(x):
+                    return self._wide(F.pad(x, (1, 1, 1, 1)))
             else:
                 def conv(x):
                     return F.conv2d(x, self.w_int, None, self.stride, self.padding)
             if a.shape[0] == 1:
                 return conv(a)
             return torch.cat([conv(a[i:i + 1]) for i in range(a.shape[0])])
+        if padded:
+            a = a[..., 1:-1, 1:-1]
         n, _, h, w = a.shape
         ho = (h + 2 * self.padding - self.k) // self.stride + 1
         wo = (w + 2 * self.padding - self.k) // self.stride + 1
@@ -415,33 +428,49 @@ class _QConv(_QLinearBase):
         return torch.matmul(self.w2, cols).reshape(n, -1, ho, wo)
 
     def _shifted(self, a: torch.Tensor) -> torch.Tensor:
-        """A 3x3, stride-1, pad-1 conv of one sample as 9 GEMMs on shifted views of the padded input
-        (no im2col copy): row y of the output, read on the padded width W + 2, is Σ_(dy,dx)
-        W[:, :, dy, dx] · A_pad[:, y + dy, dx : dx + W], and each (dy, dx) term over all rows is one
-        GEMM on the flat padded input at offset dy·(W+2) + dx (the 2 extra columns a row are
-        dropped). Every partial sum is a sub-sum of the layer's exact integer sum: the same bits."""
-        _, c, h, w = a.shape
-        wp = w + 2
-        flat = F.pad(a, (1, 1, 1, 1)).reshape(c, (h + 2) * wp)
+        """The 3x3 convolution of one unpadded sample by :meth:`_wide`, its extra columns dropped."""
+        return self._wide(F.pad(a, (1, 1, 1, 1)))[..., :a.shape[-1]].contiguous()
+
+    def _wide(self, ap: torch.Tensor) -> torch.Tensor:
+        """A 3x3, stride-1, pad-1 conv of one zero-bordered sample ``ap [1, C, H + 2, W + 2]`` as 9 GEMMs
+        on shifted views (no im2col copy): row y of the output, read on the padded width W + 2, is
+        Σ_(dy,dx) W[:, :, dy, dx] · A_pad[:, y + dy, dx : dx + W], and each (dy, dx) term over all rows
+        is one GEMM on the flat padded input at offset dy·(W+2) + dx. Returns ``[1, cout, H, W + 2]``
+        whose last two columns are not outputs (the last row's are not even written). Every partial
+        sum is a sub-sum of the layer's exact integer sum: the same bits."""
+        _, c, hp, wp = ap.shape
+        h = hp - 2
+        flat = ap.reshape(c, hp * wp)
         m = h * wp - 2                                   # the last row's 2 extra columns would run off the end
-        out = torch.zeros(self.wk.shape[1], h * wp, dtype=a.dtype, device=a.device)
+        out = torch.empty(self.wk.shape[1], h * wp, dtype=ap.dtype, device=ap.device)
         acc = out[:, :m]
-        for j in range(9):
+        acc.addmm_(self.wk[0], flat[:, :m], beta=0)      # beta 0: out's garbage is ignored, not added
+        for j in range(1, 9):
             off = (j // 3) * wp + j % 3
             acc.addmm_(self.wk[j], flat[:, off:off + m])
-        return out.reshape(1, -1, h, wp)[..., :w].contiguous()
+        return out.reshape(1, -1, h, wp)
 
-    def __call__(self, a: torch.Tensor, tp: torch.Tensor | None = None, res: torch.Tensor | None = None) -> torch.Tensor:
-        """``q(Σ W·A · 2^-e + b)``; then, given, ``clamp(· + tp[n, c])`` or ``clamp(· + res)``."""
+    def __call__(self, a: torch.Tensor, tp: torch.Tensor | None = None, res: torch.Tensor | None = None,
+                 padded: bool = False) -> torch.Tensor:
+        """``q(Σ W·A · 2^-e + b)``; then, given, ``clamp(· + tp[n, c])`` or ``clamp(· + res)``.
+        ``padded``: ``a`` holds the zero border already (from :meth:`of_norm`)."""
         ctx = self.ctx
-        s = self.raw(a)
+        s = self.raw(a, padded)
+        n, c, h = s.shape[:3]
+        w = a.shape[-1] - 2 if padded else (a.shape[-1] + 2 * self.padding - self.k) // self.stride + 1
         if ctx.kernels is not None:
-            n, c = s.shape[:2]
             mode = 0 if tp is None and res is None else 1 if res is None else 2
             tpn = _NONE2 if tp is None else tp.contiguous().numpy()
-            rn = _NONE3 if res is None else res.contiguous().view(n, c, -1).numpy()
-            ctx.kernels.epilogue(s.view(n, c, -1).numpy(), self.inv.numpy(), self.bias.numpy(), ctx.amax, tpn, rn, mode)
-            return s
+            if s.shape[-1] == w:
+                rn = _NONE3 if res is None else res.contiguous().view(n, c, -1).numpy()
+                ctx.kernels.epilogue(s.view(n, c, -1).numpy(), self.inv.numpy(), self.bias.numpy(), ctx.amax, tpn, rn, mode)
+                return s
+            out = torch.empty(n, c, h, w, dtype=s.dtype)      # the shifted GEMMs' rows: drop 2 columns a row
+            rn = _NONE4 if res is None else res.contiguous().numpy()
+            ctx.kernels.epilogue_wide(s.numpy(), self.inv.numpy(), self.bias.numpy(), ctx.amax, tpn, rn, mode, out.numpy())
+            return out
+        if s.shape[-1] != w:
+            s = s[..., :w].contiguous()
         out = ctx.q(s.mul_(self.inv4).add_(self.bias4))
         if tp is not None:
             out.add_(tp[:, :, None, None]).clamp_(-ctx.amax, ctx.amax)
@@ -449,13 +478,19 @@ class _QConv(_QLinearBase):
             out.add_(res).clamp_(-ctx.amax, ctx.amax)
         return out
 
+    def of_norm(self, norm: "_QGroupNorm", a: torch.Tensor, **kw) -> torch.Tensor:
+        """``self(norm(a, silu=True), **kw)``, the norm writing straight into this layer's padded input
+        where it runs as shifted GEMMs (no copy to pad)."""
+        pad = self.takes_padded(a)
+        return self(norm(a, silu=True, pad=pad), padded=pad, **kw)
+
 
 # _QConv._shifted where it was faster than conv2d's im2col on one thread here (float64, one sample):
 # 0.72-0.85x at 32x32 with 32-96 input channels, 1.0x at 16x16, 1.4x slower at 8x8 (its GEMMs too small).
 SHIFTED_MIN_PIXELS = 1024
 SHIFTED_MIN_CIN = 32
 
-_NONE2, _NONE3 = np.zeros((1, 1)), np.zeros((1, 1, 1))
+_NONE2, _NONE3, _NONE4 = np.zeros((1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1, 1))
 _EXP_ARGS = (np.array(detmath._EXP_COEF), detmath._INV_LN2, detmath._LN2_HI, detmath._LN2_LO)
 
 
@@ -481,8 +516,9 @@ class _QGroupNorm:
         self.beta2 = (gn.bias.detach().to(ctx.device, _F64) * 2.0**ctx.cfg.act_bits).reshape(1, self.g, c // self.g, 1)
         self.gamma_n, self.beta2_n = self.gamma.reshape(-1).numpy(), self.beta2.reshape(-1).numpy()
 
-    def __call__(self, a: torch.Tensor, *, silu: bool = False) -> torch.Tensor:
-        """GroupNorm on the grid; with ``silu`` SiLU of the unrounded normalised value (one rounding)."""
+    def __call__(self, a: torch.Tensor, *, silu: bool = False, pad: bool = False) -> torch.Tensor:
+        """GroupNorm on the grid; with ``silu`` SiLU of the unrounded normalised value (one rounding);
+        with ``pad`` inside a zero border one pixel wide (a 3x3 convolution's padded input)."""
         ctx = self.ctx
         n, c, h, w = a.shape
         cnt = float(c // self.g * h * w)
@@ -494,8 +530,13 @@ class _QGroupNorm:
             k.gn_sums(a3, self.g, s1, s2)
             scale, shift = np.empty((n, c)), np.empty((n, c))
             k.gn_params(s1, s2, cnt, self.gamma_n, self.beta2_n, self.eps, 2.0 ** (-2 * ctx.cfg.act_bits), scale, shift)
-            out = torch.empty_like(a)
-            k.gn_apply(a3, scale, shift, out.view(n, c, -1).numpy(), silu, *ctx._silu_args)
+            if pad:
+                out = torch.zeros(n, c, h + 2, w + 2, dtype=a.dtype)
+                kern, o = k.gn_apply_pad, out.numpy()
+            else:
+                out = torch.empty_like(a)
+                kern, o = k.gn_apply, out.view(n, c, -1).numpy()
+            kern(a3, scale, shift, o, silu, *ctx._silu_args)
             return out
         ag = a.reshape(n, self.g, c // self.g, h * w)
         s1 = ag.sum((2, 3), keepdim=True)                 # exact: integers < 2^53
@@ -507,7 +548,8 @@ class _QGroupNorm:
         scale = rstd * self.gamma                         # [n, g, c/g, 1]
         shift = self.beta2 - mean * scale
         y = (ag * scale).add_(shift).reshape(n, c, h, w)
-        return ctx.silu(y) if silu else ctx.q(y)
+        y = ctx.silu(y) if silu else ctx.q(y)
+        return F.pad(y, (1, 1, 1, 1)) if pad else y
 
 
 class _QResBlock:
@@ -521,9 +563,9 @@ class _QResBlock:
         self.skip = _QConv(ctx, name + ".skip", blk.skip) if isinstance(blk.skip, nn.Conv2d) else None
 
     def __call__(self, a: torch.Tensor, tproj: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(self.norm1(a, silu=True), tp=tproj)
+        h = self.conv1.of_norm(self.norm1, a, tp=tproj)
         s = self.skip(a) if self.skip is not None else a
-        return self.conv2(self.norm2(h, silu=True), res=s)
+        return self.conv2.of_norm(self.norm2, h, res=s)
 
 
 class _QAttn:
@@ -731,7 +773,7 @@ class ExactUNet:
         nd = len(self.down)
         out = unet_walk(self.ucfg, self.grid(x), self.conv_in, stages[:nd],
                         (res(self.mid0), self.mid1, res(self.mid2)), stages[nd:],
-                        lambda h: self.conv_out(self.norm_out(h, silu=True)))
+                        lambda h: self.conv_out.of_norm(self.norm_out, h))
         return out.mul_(2.0**-self.config.act_bits).to("cpu")
 
 

@@ -53,6 +53,36 @@ def epilogue(s, inv, bias, amax, tp, res, mode):  # pragma: no cover - numba
 
 
 @_jit
+def epilogue_wide(s, inv, bias, amax, tp, res, mode, out):  # pragma: no cover - numba
+    """:func:`epilogue` from the shifted GEMMs' rows ``s [N, C, H, W + 2]`` (the last two columns of a
+    row are not outputs) into ``out [N, C, H, W]``, ``res`` ``[N, C, H, W]``: the same operations."""
+    N, C, H, W = out.shape
+    for n in range(N):
+        for c in range(C):
+            iv = inv[c]
+            b = bias[c]
+            for h in range(H):
+                row = s[n, c, h]
+                orow = out[n, c, h]
+                if mode == 0:
+                    for i in range(W):
+                        y = np.rint(row[i] * iv + b)
+                        orow[i] = min(max(y, -amax), amax)
+                elif mode == 1:
+                    t = tp[n, c]
+                    for i in range(W):
+                        y = np.rint(row[i] * iv + b)
+                        y = min(max(y, -amax), amax)
+                        orow[i] = min(max(y + t, -amax), amax)
+                else:
+                    rr = res[n, c, h]
+                    for i in range(W):
+                        y = np.rint(row[i] * iv + b)
+                        y = min(max(y, -amax), amax)
+                        orow[i] = min(max(y + rr[i], -amax), amax)
+
+
+@_jit
 def silu_row(y, out, fs, ks, tab, dif, off, hi, down, up, amax):  # pragma: no cover - numba
     """``out = silu(y)`` for a row (grid units), as :meth:`ddpm_codec.models.exact._Ctx.silu_torch`
     in its order: ``u = clamp(y + off, 0, hi)``, ``j = floor(u·down)``, ``f = u − j·up``, ``v =
@@ -121,6 +151,22 @@ def gn_apply(a, scale, shift, out, silu, tab, dif, off, hi, down, up, amax):  # 
             else:
                 for i in range(L):
                     orow[i] = min(max(np.rint(row[i] * sc + sf), -amax), amax)
+
+
+@_jit
+def gn_apply_pad(a, scale, shift, out, silu, tab, dif, off, hi, down, up, amax):  # pragma: no cover - numba
+    """:func:`gn_apply` from ``a [N, C, L]`` (L = H·W) into the interior of ``out [N, C, H + 2, W + 2]``
+    (a 3x3 convolution's zero-bordered input; the border is left as it is): the same operations,
+    a channel at a time into a scratch row, then copied row by row."""
+    N, C, L = a.shape
+    H, W = out.shape[2] - 2, out.shape[3] - 2
+    ob = np.empty((1, 1, L))
+    for n in range(N):
+        for c in range(C):
+            gn_apply(a[n:n + 1, c:c + 1], scale[n:n + 1, c:c + 1], shift[n:n + 1, c:c + 1], ob, silu,
+                     tab, dif, off, hi, down, up, amax)
+            for h in range(H):
+                out[n, c, h + 1, 1:W + 1] = ob[0, 0, h * W:(h + 1) * W]
 
 
 @_jit

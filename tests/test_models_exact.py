@@ -181,7 +181,8 @@ s.loader.exec_module(m)
 from ddpm_codec.models import exact_kernels as K
 m.ExactUNet(m.small_net())(m.small_input(), 10)          # compiles every kernel the network uses
 out = {}
-for name in ("epilogue", "silu", "silu_row", "gn_sums", "gn_params", "gn_apply", "softmax_weights"):
+for name in ("epilogue", "epilogue_wide", "silu", "silu_row", "gn_sums", "gn_params", "gn_apply", "gn_apply_pad",
+             "softmax_weights"):
     asm = "".join(getattr(K, name).inspect_asm().values())
     out[name] = [len(re.findall(r"\\bmulsd|\\bvmulsd|\\bvmulpd|\\bmulpd|\\baddsd|\\bvaddsd|\\bvaddpd|\\bvpadd", asm)),
                  len(re.findall(r"\\bv?f(n)?m(add|sub)", asm))]
