@@ -57,15 +57,18 @@ def ranks(args) -> None:
     import h5py
     import numpy as np
 
-    runs = [("1 process", ["--batch", "1"]), ("--workers 2", ["--workers", "2", "--batch", "1"]),
-            ("1 process, 1 thread (one rank's share of the machine)", ["--batch", "1"]),
-            (f"1 process, --batch {args.batch}", ["--batch", str(args.batch)]),
-            (f"--workers 2, --batch {args.batch // 2}", ["--workers", "2", "--batch", str(args.batch // 2)])]
-    if args.short:   # the three that the ratios need, twice, in alternating order
-        runs = (runs[:3] + runs[2::-1])
+    b = str(args.batch)
+    runs = [("1 process, --batch 1", ["--batch", "1"]),
+            ("1 process on 1 thread (one rank's share), --batch 1", ["--batch", "1"]),
+            ("--workers 2, --batch 1", ["--workers", "2", "--batch", "1"]),
+            (f"1 process, --batch {b} (lanes: 1 per thread)", ["--batch", b]),
+            (f"1 process on 1 thread, --batch {b}", ["--batch", b]),
+            (f"--workers 2, --batch {b}", ["--workers", "2", "--batch", b])]
+    if args.short:   # batch 1 only, twice, in alternating order
+        runs = runs[:3] + runs[2::-1]
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"| run | wall s | images/s | vs 1 process |\n|---|---|---|---|")
-        base, ref = None, None
+        print(f"| run | wall s | images/s |\n|---|---|---|")
+        ref = None
         for r, (name, extra) in enumerate(runs):
             out = Path(tmp) / f"rd{r}.h5"
             t0 = time.perf_counter()
@@ -73,8 +76,7 @@ def ranks(args) -> None:
             subprocess.run(CLI + ["rd-curve", "cifar10", "-n", str(args.num), "-o", str(out), "--no-baselines",
                                   *extra], check=True, capture_output=True, env=env)
             wall = time.perf_counter() - t0
-            base = base if base and name != "1 process" else wall   # against the 1-process run before it
-            print(f"| {name} | {wall:.1f} | {args.num / wall:.3f} | {base / wall:.2f}x |", flush=True)
+            print(f"| {name} | {wall:.1f} | {args.num / wall:.3f} |", flush=True)
             with h5py.File(out) as f:
                 got = {k: f["ddpm"][k][()] for k in f["ddpm"] if k != "seconds"}
             ref = ref or got
@@ -97,21 +99,27 @@ def batching(args) -> None:
     def one():
         return [codec.encode(im, model).data for im in images]
 
-    def batched():
-        return [r.data for r in codec.encode_many(images, model, batch=args.batch)]
-    times: dict[str, list[float]] = {"one at a time": [], f"batched ({args.batch})": []}
+    def batched(lanes):
+        return lambda: [r.data for r in codec.encode_many(images, model, batch=args.batch, lanes=lanes)]
+    from ddpm_codec.codec.batch import lanes_for
+    lanes = lanes_for(None, None, args.num)
+    modes = {"one at a time": one, f"batched ({args.batch}), 1 lane": batched(1)}
+    if lanes > 1:
+        modes[f"batched ({args.batch}), {lanes} lanes (default)"] = batched(None)
+    times: dict[str, list[float]] = {k: [] for k in modes}
     files = []
-    for order in ((one, batched), (batched, one))[:args.repeats]:
-        for fn in order:
+    names = list(modes)
+    for order in (names, names[::-1])[:args.repeats]:
+        for name in order:
             t0 = time.perf_counter()
-            files.append(fn())
-            times["one at a time" if fn is one else f"batched ({args.batch})"].append(time.perf_counter() - t0)
+            files.append(modes[name]())
+            times[name].append(time.perf_counter() - t0)
     assert all(f == files[0] for f in files), "batching changed a file"
-    print("| mode | seconds per pass | images/s |\n|---|---|---|")
+    print("| mode | seconds per pass | images/s | vs one at a time |\n|---|---|---|---|")
+    base = sum(times[names[0]])
     for name, ts in times.items():
-        print(f"| {name} | {' / '.join(f'{t:.1f}' for t in ts)} | {args.num * len(ts) / sum(ts):.3f} |")
-    a, b = times.values()
-    print(f"batched / one at a time, images/s: {sum(a) / sum(b):.2f}x")
+        print(f"| {name} | {' / '.join(f'{t:.1f}' for t in ts)} | {args.num * len(ts) / sum(ts):.3f} "
+              f"| {base / sum(ts):.2f}x |")
 
 
 def main() -> None:

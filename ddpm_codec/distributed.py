@@ -106,8 +106,9 @@ def map_rounds(num_items: int, done: int, work: Callable[[Sequence[int]], list],
     rank, world = rank_world()
     per_rank = max(1, int(per_rank))
     for start in range(done, num_items, per_rank * world):
-        lo = min(num_items, start + rank * per_rank)
-        mine = list(range(lo, min(num_items, lo + per_rank)))
+        size = min(per_rank * world, num_items - start)   # a short last round is shared out evenly too
+        block = share(size, rank, world)
+        mine = list(range(start + block.start, start + block.stop))
         results = work(mine) if mine else []
         parts = gather(results)
         if rank == 0:

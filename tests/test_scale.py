@@ -61,11 +61,12 @@ def _rounds_worker(rank: int, world: int, init_file: str, out: str) -> None:
 
 def test_map_rounds_on_two_gloo_ranks(tmp_path):
     """Items 2..6 (2 done), 2 per rank a round: round 1 gives 2, 3 to rank 0 and 4, 5 to rank 1;
-    round 2 gives 6 to rank 0. Rank 0 receives them in item order."""
+    the short round 2 (one item) is shared out as ``share(1, r, 2)`` does, which gives item 6 to
+    rank 1 (blocks [0, 0) and [0, 1)). Rank 0 receives them in item order."""
     out = tmp_path / "seen.json"
     torch.multiprocessing.spawn(_rounds_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2)
     got = json.loads(out.read_text())
-    assert [tuple(x) for x in got["seen"]] == [(0, 2, 4), (0, 3, 9), (1, 4, 16), (1, 5, 25), (0, 6, 36)]
+    assert [tuple(x) for x in got["seen"]] == [(0, 2, 4), (0, 3, 9), (1, 4, 16), (1, 5, 25), (1, 6, 36)]
     assert got["advanced"] == [4, 1]
 
 
@@ -85,15 +86,33 @@ def test_batched_encode_equals_one_at_a_time_and_decodes(model, settings, monkey
     one = [codec.encode(im, model, settings=settings).data for im in images]
     monkeypatch.setattr(batch_mod, "Net", _CountingNet)
     _CountingNet.sizes = []
-    many = codec.encode_many(images, model, settings=settings, batch=2)
+    many = codec.encode_many(images, model, settings=settings, batch=2, lanes=1)
     assert [r.data for r in many] == one
     # lock-step: images 0 and 1 together (2 tiles), one call a step; then image 2 alone
     assert _CountingNet.sizes == [2] * settings.num_steps + [1] * settings.num_steps
     _CountingNet.sizes = []
-    dec = codec.decode_many(one, model, batch=16)
+    dec = codec.decode_many(one, model, batch=16, lanes=1)
     assert _CountingNet.sizes == [3] * settings.num_steps
     for d, im in zip(dec, images):
         assert d.lossless and np.array_equal(d.image, im)
+
+
+def test_lanes_run_side_by_side_with_the_same_bytes(model, monkeypatch):
+    """Two lanes, batch 4: 2 tiles a call in each lane; lane 1 takes images 0-1 (one call of 2 a step),
+    lane 2 images 2-4 (2, then image 4 alone), the lanes concurrently; the files are those of
+    one-image encodes, and decode by two lanes too."""
+    images = made_up_images(5, seed=3)
+    one = [codec.encode(im, model, settings=EXACT).data for im in images]
+    monkeypatch.setattr(batch_mod, "Net", _CountingNet)
+    _CountingNet.sizes = []
+    many = codec.encode_many(images, model, settings=EXACT, batch=4, lanes=2)
+    assert [r.data for r in many] == one
+    steps = EXACT.num_steps
+    assert sorted(_CountingNet.sizes) == [1] * steps + [2] * (2 * steps)
+    dec = codec.decode_many(one, model, lanes=2)
+    assert all(d.lossless and np.array_equal(d.image, im) for d, im in zip(dec, images))
+    assert batch_mod.lanes_for(None, 2, 1) == 1 and batch_mod.lanes_for(None, 3, 5) == 3 \
+        and batch_mod.lanes_for(4, None, 5) == 4
 
 
 def test_groups_hold_at_most_batch_tiles():
