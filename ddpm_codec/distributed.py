@@ -2,7 +2,7 @@
 of the work, and the gathering of results on rank 0.
 
 Launched by ``torchrun --nproc_per_node P [--nnodes N ...] -m ddpm_codec.cli.main ...`` (or by the
-commands' ``--workers P``, which runs torch's elastic launcher on this machine), every process runs
+commands' ``--workers P``, which starts them on this machine the same way), every process runs
 the same command; :func:`init` joins the process group (gloo for the coding and evaluation
 commands: what they exchange are Python objects on the CPU). Outside a launch everything here is
 the one-process identity: rank 0 of 1.
@@ -15,11 +15,10 @@ and a stopped run resumes from it exactly as a one-process run does.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any, Callable, Sequence
-
-import torch
 
 
 ROUND_ITEMS = 4   # items per rank a round at least: ranks wait for each other at every round's end, and
@@ -75,7 +74,8 @@ def broadcast(obj: Any) -> Any:
     if rank_world()[1] == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with _peers_alive():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -87,8 +87,23 @@ def gather(obj: Any) -> list[Any] | None:
     if world == 1:
         return [obj]
     out = [None] * world if rank == 0 else None
-    dist.gather_object(obj, out, dst=0)
+    with _peers_alive():
+        dist.gather_object(obj, out, dst=0)
     return out
+
+
+@contextlib.contextmanager
+def _peers_alive():
+    """A collective call whose peer has died (gloo: "Connection closed by peer") raises a one-line
+    :class:`ddpm_codec.errors.Error` on this rank instead of a traceback: the dead rank printed why."""
+    from .errors import Error
+
+    try:
+        yield
+    except RuntimeError as e:
+        if "closed by peer" not in str(e) and "Connection reset" not in str(e):
+            raise
+        raise Error(f"rank {rank_world()[0]}: stopped, another worker failed") from None
 
 
 def share(n: int, rank: int | None = None, world: int | None = None) -> range:
@@ -118,23 +133,55 @@ def map_rounds(num_items: int, done: int, work: Callable[[Sequence[int]], list],
 
 
 def launch_workers(workers: int, argv: Sequence[str] | None = None) -> None:
-    """Run this command (``argv``, default ``sys.argv[1:]``) in ``workers`` processes on this machine
-    with torch's elastic launcher (what ``torchrun --standalone --nproc_per_node workers -m
-    ddpm_codec.cli.main ...`` does). Each process uses ``cores / workers`` threads. Raises
-    :class:`ddpm_codec.errors.Error` when a worker fails (its own message is printed above)."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
+    """Run this command (``argv``, default ``sys.argv[1:]``) in ``workers`` processes on this machine,
+    as ``torchrun --standalone --nproc_per_node workers -m ddpm_codec.cli.main ...`` would: each
+    process gets the variables torchrun sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+    ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` of a free local port) and joins the group by
+    torch.distributed's ``env://`` rendezvous, rank 0 holding the store; each uses ``cores / workers``
+    threads unless ``OMP_NUM_THREADS`` says otherwise. Unlike torchrun this launcher does not import
+    torch (its elastic agent took ~1.3 s before the workers started, of a ~30 s run on 16 images:
+    docs/results/scale.md). When a worker fails the others are stopped; raises
+    :class:`ddpm_codec.errors.Error` (the worker's own message is printed above). Ctrl-C stops all."""
+    import signal
+    import socket
+    import subprocess
+    import time
 
     from .errors import Error
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    args = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={workers}", "--max_restarts=0",
-                                         "-m", "ddpm_codec.cli.main", *argv])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(workers),
+            "LOCAL_WORLD_SIZE": str(workers), "GROUP_RANK": "0"}
+    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    procs = [subprocess.Popen([sys.executable, "-m", "ddpm_codec.cli.main", *argv],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(workers)]
+
+    def stop(sig):
+        for q in procs:
+            if q.poll() is None:
+                q.send_signal(sig)
+        for q in procs:
+            try:
+                q.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                q.kill()
+                q.wait()
     try:
-        run(args)
-    except ChildFailedError as e:
-        codes = sorted({f.exitcode for f in e.failures.values()})
-        raise Error(f"{len(e.failures)} of {workers} worker(s) failed (exit {', '.join(map(str, codes))}); "
-                    f"their messages are above") from None
+        while True:
+            codes = [q.poll() for q in procs]
+            if any(c not in (None, 0) for c in codes):     # one failed: the others would wait for it forever
+                stop(signal.SIGTERM)
+                failed = sorted({q.returncode for q in procs if q.returncode not in (0, -signal.SIGTERM)} or
+                                {c for c in codes if c not in (None, 0)})
+                n = sum(c not in (None, 0) for c in codes)
+                raise Error(f"{n} of {workers} worker(s) failed (exit {', '.join(map(str, failed))}); "
+                            f"their messages are above")
+            if all(c == 0 for c in codes):
+                return
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        stop(signal.SIGINT)
+        raise

@@ -147,7 +147,7 @@ def test_a_failing_image_fails_the_batch_without_hanging(model):
 @pytest.mark.subprocess
 def test_two_ranks_equal_one_process(model, tmp_path):
     """rd-curve (resuming a store that holds 3 of the 6 images), nll and a folder encode, each run by
-    the CLI with --workers 2 (torch's elastic launcher, gloo), against one process in this one."""
+    the CLI with --workers 2 (env:// rendezvous, gloo), against one process in this one."""
     from ddpm_codec.eval import rd
     from ddpm_codec.eval.store import ResultStore
     from ddpm_codec.imageio import write_image
