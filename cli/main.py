@@ -126,9 +126,9 @@ def _workers_option(fn):
 def _batch_option(fn):
     return click.option("--batch", type=click.IntRange(min=1), default=None,
                         help="Tiles coded at a time in each process (32x32 images: this many images), their "
-                             "network calls batched: the same files. Default: 16 in one process (1.2-1.6x the "
-                             "images/s on 2 cores), 1 when several ranks share a machine (no gain there, and "
-                             "~2.5 GB a rank at 16). 1: one at a time.")(fn)
+                             "network calls batched, in one lane per thread side by side: the same files. "
+                             "Default: 16 in one process (1.4x the images/s on 2 cores), 1 when several ranks "
+                             "share a machine (no gain there, and ~2.5 GB a rank at 16). 1: one at a time.")(fn)
 
 
 def _batch(batch: int | None) -> int:
