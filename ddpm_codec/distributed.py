@@ -172,13 +172,11 @@ def launch_workers(workers: int, argv: Sequence[str] | None = None) -> None:
     try:
         while True:
             codes = [q.poll() for q in procs]
-            if any(c not in (None, 0) for c in codes):     # one failed: the others would wait for it forever
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:                                     # the others would wait for it forever
                 stop(signal.SIGTERM)
-                failed = sorted({q.returncode for q in procs if q.returncode not in (0, -signal.SIGTERM)} or
-                                {c for c in codes if c not in (None, 0)})
-                n = sum(c not in (None, 0) for c in codes)
-                raise Error(f"{n} of {workers} worker(s) failed (exit {', '.join(map(str, failed))}); "
-                            f"their messages are above")
+                raise Error(f"{len(failed)} of {workers} worker(s) failed (exit "
+                            f"{', '.join(map(str, sorted(set(failed))))}); their messages are above")
             if all(c == 0 for c in codes):
                 return
             time.sleep(0.05)

@@ -419,9 +419,7 @@ class _QConv(_QLinearBase):
             if a.shape[0] == 1:
                 return conv(a)
             return torch.cat([conv(a[i:i + 1]) for i in range(a.shape[0])])
-        if padded:
-            a = a[..., 1:-1, 1:-1]
-        n, _, h, w = a.shape
+        n, _, h, w = a.shape                             # (never padded here: takes_padded is False off CPU)
         ho = (h + 2 * self.padding - self.k) // self.stride + 1
         wo = (w + 2 * self.padding - self.k) // self.stride + 1
         cols = F.unfold(a, self.k, padding=self.padding, stride=self.stride)      # exact copies

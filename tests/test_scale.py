@@ -199,3 +199,18 @@ def test_two_ranks_equal_one_process(model, tmp_path):
          "--batch", "2", *sched])
     for i, im in enumerate(images):
         assert (tmp_path / "out" / f"p{i}.ddpm").read_bytes() == codec.encode(im, model, settings=FLOAT).data
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_failing_worker_stops_the_others_with_one_line_errors(tmp_path):
+    """Rank 0 refuses the dataset while rank 1 waits for it in a collective call: the launcher stops
+    rank 1 (or rank 1 sees its peer gone and says so in one line), exits 1, no traceback, no store."""
+    out = tmp_path / "rd.h5"
+    p = subprocess.run([sys.executable, "-m", "ddpm_codec.cli.main", "rd-curve", str(tmp_path / "missing.npz"),
+                        "-o", str(out), "--no-baselines", "--workers", "2"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert p.returncode == 1
+    assert "Error: no dataset at" in p.stderr and "worker(s) failed" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not out.exists()
