@@ -1,13 +1,14 @@
 """Where a per-image file's bits go, and what the compact framing and encoder policies save (issue 28).
 
-    python benchmarks/overhead.py -n 32                       # profile 12, today's encoder policy
+    python benchmarks/overhead.py -n 32                       # the default profile and its encoder policy
+    python benchmarks/overhead.py -n 32 --profiles 12,13 --out o.json   # paired per image: count models 1 and 2
     python benchmarks/overhead.py -n 32 --snap 0,0,4,0        # snap counts only within +-4 segments
     python benchmarks/overhead.py -n 32 --snap 0.12,0.04,2,0,0.12,0.04,2,1 --out o.json   # paired per image
 
-For each of the first N shared CIFAR-10 test images and each encoder policy (``--snap up,down,abs,free``
-quadruples, :func:`ddpm_codec.coding.rcc.search.snap_chunks`; encoder policy only, every file decodes with
-any release): the lossless file of the default profile (format version 2 as written, and the same
-file rewritten in version 3, ``container.to_compact``) and the lossy ``--steps ROW`` file, split by
+For each of the first N shared CIFAR-10 test images, each profile (``--profiles``) and each encoder policy
+(``--snap up,down,abs,free`` quadruples, :func:`ddpm_codec.coding.rcc.search.snap_chunks`; encoder policy
+only, every file decodes with any release; default: the profile's own): the lossless file (format version
+2 as written, and the same file rewritten in version 3, ``container.to_compact``) and the lossy ``--steps ROW`` file, split by
 ``EncodeResult.accounting``: framing field by field, chunk counts, indices, x_0, the coder's rounding
 and padding; beside the realised KL of the steps (all, and those above 100 bits). Prints one table per
 policy and, with two policies, the paired differences per image (mean and standard error).
@@ -42,14 +43,14 @@ def with_policy(up: float, down: float, abs_: float, free: float = 0):
     return orig, snap
 
 
-def measure(img, model, row: int) -> dict:
-    res = codec.encode(img, model, seed=0, metrics=False)
+def measure(img, model, row: int, settings) -> dict:
+    res = codec.encode(img, model, seed=0, metrics=False, settings=settings, format_version=2)
     acc = res.accounting
     kl = np.array([r.kl_bits for r in res.steps])
     idx = np.array([s.index_bits for s in acc.steps])
     counts = np.array([s.count_bits for s in acc.steps])
     big = kl > LARGE
-    lossy = codec.encode(img, model, seed=0, metrics=False, max_reverse_time=row)
+    lossy = codec.encode(img, model, seed=0, metrics=False, max_reverse_time=row, settings=settings, format_version=2)
     row_kl = sum(r.kl_bits for r in lossy.steps)
     v3 = container.unpack(container.to_compact(res.data))
     v3_lossy = container.unpack(container.to_compact(lossy.data))
@@ -111,42 +112,48 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("--offset", type=int, default=0, help="first image index")
-    ap.add_argument("--snap", default="0.12,0.04,2,0",
-                    help="up,down,abs,free quadruples (several: paired comparison; rcc.search.snap_chunks)")
+    ap.add_argument("--snap", default="",
+                    help="up,down,abs,free quadruples (several: paired comparison; rcc.search.snap_chunks); "
+                         "default: each profile's own")
+    ap.add_argument("--profiles", default="", help="comma-separated profile ids (default: the default profile)")
     ap.add_argument("--row", type=int, default=900, help="the lossy file's --steps")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--out", default=None, help="JSON of every image's numbers (written after each image)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    vals = [float(v) for v in a.snap.split(",")]
-    policies = [tuple(vals[i:i + 4]) for i in range(0, len(vals), 4)]
+    vals = [float(v) for v in a.snap.split(",")] if a.snap else []
     model = resolve_model(None)
+    profiles = [int(p) for p in a.profiles.split(",")] if a.profiles else [codec.default_profile(model)]
+    policies = [(pid,) + tuple(vals[i:i + 4]) for pid in profiles for i in range(0, len(vals), 4)] or \
+        [(pid,) for pid in profiles]
     imgs = np.load(Path(a.data) / "cifar10-subset.npz")["test_images"][a.offset:a.offset + a.n]
     results = {p: [] for p in policies}
     orig = search.snap_chunks
     for i, img in enumerate(imgs):
         for p in policies:
-            _, search.snap_chunks = with_policy(*p)
+            if len(p) > 1:
+                _, search.snap_chunks = with_policy(*p[1:])
             try:
-                results[p].append(measure(img, model, a.row))
+                results[p].append(measure(img, model, a.row, codec.PROFILES[p[0]]))
             finally:
                 search.snap_chunks = orig
             r = results[p][-1]
-            print(f"image {a.offset + i} snap {p}: {r['bytes_v2']} B (v3 {r['bytes_v3']}), x0 {r['x0']:.0f}, "
+            print(f"image {a.offset + i} profile, snap {p}: {r['bytes_v2']} B (v3 {r['bytes_v3']}), x0 {r['x0']:.0f}, "
                   f"(index+counts)/KL {(r['index'] + r['counts']) / r['kl']:.4f}", flush=True)
         if a.out:
             Path(a.out).write_text(json.dumps({",".join(map(str, p)): v for p, v in results.items()}))
     dims = imgs[0].size
     for p in policies:
-        print(f"\n## snap window up {p[0]}, down {p[1]}, abs {p[2]}, free {p[3]:g}: {len(imgs)} images "
-              f"(from {a.offset})")
+        pol = f"snap window up {p[1]}, down {p[2]}, abs {p[3]}, free {p[4]:g}" if len(p) > 1 else "its own snap window"
+        print(f"\n## profile {p[0]}, {pol}: {len(imgs)} images (from {a.offset})")
         print("\n".join(table(results[p], dims)))
     base = results[policies[0]]
     for p in policies[1:]:
-        for key in ("bytes_v2", "x0", "index", "counts", "lossy_bytes_v2"):
+        for key in ("bytes_v2", "bytes_v3", "x0", "index", "counts", "lossy_bytes_v2", "lossy_bytes_v3", "lossy_counts",
+                    "lossy_index", "lossy_kl"):
             d = np.array([r[key] for r in results[p]]) - np.array([b[key] for b in base])
             scale = 8 if key.startswith(("bytes", "lossy_bytes")) else 1
-            print(f"snap {p} - {policies[0]}: {key} {d.mean():+.2f} +- {d.std(ddof=1) / math.sqrt(len(d)):.2f} "
+            print(f"profile, snap {p} - {policies[0]}: {key} {d.mean():+.2f} +- {d.std(ddof=1) / math.sqrt(len(d)):.2f} "
                   f"({scale * d.mean() / dims:+.4f} bits/dim)")
 
 

@@ -511,8 +511,9 @@ def _schedule_options(f):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-step table.")
 @click.option("--format", "format_version", type=click.IntRange(1, 3), default=None,
-              help="File format version: 3 the compact framing (4-5 bytes less per file; docs/FORMAT.md); "
-                   "default 2 (1 for lossy files).")
+              help="File format version for older readers: by default 3, the compact framing (docs/FORMAT.md), "
+                   "or 4 where --steps N stops between two schedule steps; 3, 2 or 1 stop --steps at the last "
+                   "schedule step <= N, and 2 and 1 cost 4-5 bytes more per file.")
 @_max_pixels_option
 @_threads_option
 @_batch_option
@@ -799,12 +800,14 @@ def info(file, bits, model_spec, threads):
 @click.option("--from", "from_h5", default=None, type=click.Path(dir_okay=False, exists=True),
               help="Redraw the table and plots from an existing HDF5 without computing.")
 @click.option("--download", is_flag=True)
+@click.option("--format", "format_version", type=click.IntRange(1, 3), default=None,
+              help="The files' format version, whose framing the rates count: default 3 (as encode).")
 @_schedule_options
 @_batch_option
 @_workers_option
 @_device_option
 def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, modes, theoretical, no_baselines,
-             from_h5, download, schedule, batch, workers, device):
+             from_h5, download, format_version, schedule, batch, workers, device):
     """The paper's rate-distortion study (Fig. 5 / Table 4) with real bits, beside PNG, WebP,
     JPEG XL, JPEG, AVIF and JPEG 2000 on the same images.
 
@@ -844,7 +847,7 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, mode
             raise CliError(f"rd-curve expects {model.image_size}x{model.image_size} images, got "
                            f"{images.shape[2]}x{images.shape[1]}")
         rd.run(images, model, output, settings=settings_for(model=model, **schedule), theoretical=theoretical,
-               reconstruct=modes, dataset=str(spec), batch=_batch(batch))
+               reconstruct=modes, dataset=str(spec), batch=_batch(batch), format_version=format_version)
         if rank0:
             if not no_baselines:
                 rd.run_baselines(images, output)

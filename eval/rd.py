@@ -50,26 +50,30 @@ def row_index(reverse_times: np.ndarray, row: int) -> int | None:
 
 def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, theoretical: bool = False,
         reconstruct: tuple[str, ...] = (), indices: np.ndarray | None = None, dataset: str = "",
-        progress: bool = True, seed: int = 0, batch: int = 1) -> int:
+        progress: bool = True, seed: int = 0, batch: int = 1, format_version: int | None = None) -> int:
     """Encode each image (resuming after the rows already in ``store_path``); returns rows done.
 
     Under torchrun (:mod:`ddpm_codec.distributed`) every rank runs this with the same arguments: the
     images are shared out in rounds, and rank 0 alone opens the store and appends every round's rows
     in image order, so the store holds what a one-process run writes (the ``seconds`` column aside)
     and resumes the same way. ``batch > 1``: each rank codes its images ``batch`` at a time, their
-    network calls batched (:func:`ddpm_codec.codec.encode_many`; the same files)."""
+    network calls batched (:func:`ddpm_codec.codec.encode_many`; the same files). ``format_version``: the
+    files' format (default the codec's, 3): the framing that the rates count."""
     from tqdm.auto import tqdm
+
+    from ..coding.container import FORMAT_VERSION
 
     from .. import codec, distributed
 
     settings = settings or codec.default_settings(model)
+    fmt = format_version or FORMAT_VERSION
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
     mode = "theoretical" if theoretical else "actual"
     rank, _ = distributed.rank_world()
     done, error = None, None
     if rank == 0:
         try:
-            done = _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed)
+            done = _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed, fmt)
         except ResultsError as e:
             error = str(e)
     done, error = distributed.broadcast((done, error))
@@ -86,9 +90,10 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
         if theoretical:
             results = [codec.trace_theoretical(images[i], model, settings=settings, seed=seed + i) for i in ids]
         elif batch > 1 and len(ids) > 1:
-            results = codec.encode_many([images[i] for i in ids], model, settings=settings, seed=seed, batch=batch)
+            results = codec.encode_many([images[i] for i in ids], model, settings=settings, seed=seed, batch=batch,
+                                        format_version=fmt)
         else:
-            results = [codec.encode(images[i], model, settings=settings, seed=seed) for i in ids]
+            results = [codec.encode(images[i], model, settings=settings, seed=seed, format_version=fmt) for i in ids]
         return [_record(images[i], int(indices[i]), res, model, settings, reconstruct, seed, theoretical)
                 for i, res in zip(ids, results)]
 
@@ -101,7 +106,7 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     return len(images)
 
 
-def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed) -> int:
+def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed, fmt=3) -> int:
     """Check (or start) the store for this run; the number of complete rows it holds (a record a crash
     left half-written is cut off)."""
     import torch
@@ -114,7 +119,7 @@ def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct
     attrs = store.get_attrs(GROUP)
     if attrs:
         if attrs.get("fingerprint") != model.fingerprint or attrs.get("mode") != mode \
-                or attrs.get("settings") != repr(settings):
+                or attrs.get("settings") != repr(settings) or int(attrs.get("format_version", 2)) != fmt:
             raise ResultsError(f"{store_path} holds results of another model/mode/settings: use a new -o file")
     else:
         import constriction
@@ -122,7 +127,7 @@ def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct
 
         store.set_attrs(GROUP, fingerprint=model.fingerprint, model=model.name, mode=mode, settings=repr(settings),
                         dataset=dataset, torch=torch.__version__, constriction=getattr(constriction, "__version__", "?"),
-                        pillow=PIL.__version__, reconstruct=",".join(reconstruct), seed=seed)
+                        pillow=PIL.__version__, reconstruct=",".join(reconstruct), seed=seed, format_version=fmt)
     # image_index is appended last: rows beyond it belong to a record a crash left half-written
     done = store.num_rows(GROUP, "image_index")
     for key in store.keys(GROUP):

@@ -98,22 +98,61 @@ def test_lossy_encode_stops_early_and_is_smaller(model):
     assert dec.reverse_time == lossy.steps[-1].reverse_time
 
 
-@pytest.mark.parametrize("x0_in_stream", [True, False])
-def test_truncated_file_decodes_its_complete_segments(model, x0_in_stream):
-    img = smooth_images(1, seed=8)[0]
-    res = codec.encode(img, model, settings=SETTINGS, min_segment_bytes=8, x0_in_stream=x0_in_stream)
+def test_steps_stop_exactly_where_asked(model):
+    """``max_reverse_time=N`` between two of the schedule's times a > b: the file (format version 4) holds the
+    schedule's steps down to a and one step straight to t = T - N + 1, and decodes to reverse time N, to the
+    encoder's own reconstruction there; at a schedule time, or in format 2, no stop (the schedule's steps)."""
+    from ddpm_codec.eval.metrics import psnr
+
+    img = smooth_images(1, seed=41)[0]
+    T = model.diffusion.num_timesteps
+    ts = list(SETTINGS.timesteps(T))
+    i = next(k for k in range(len(ts) - 1) if ts[k] - ts[k + 1] >= 2 and k >= 2)
+    a, b = ts[i], ts[i + 1]
+    t_stop = (a + b) // 2
+    n = T - t_stop + 1
+    res = codec.encode(img, model, settings=SETTINGS, max_reverse_time=n)
     parsed = container.unpack(res.data)
-    assert parsed.file.header.x0_in_stream == x0_in_stream and res.data[2] >> 4 == (2 if x0_in_stream else 1)
+    assert res.data[2] >> 4 == 4 and parsed.file.header.stop == t_stop and not res.lossless
+    assert [r.t for r in res.steps] == [T] + ts[1:i + 1] + [t_stop] and res.steps[-1].reverse_time == n
+    dec = codec.decode(res.data, model)
+    assert dec.reverse_time == n and dec.steps_decoded == len(res.steps)
+    assert abs(psnr(dec.image, img) - res.steps[-1].psnr) < 1e-6   # the decoder sees what the encoder saw
+    assert codec.decode(res.data, model, steps=n - 1).reverse_time == T - a + 1
+    from ddpm_codec.codec.describe import describe_file
+
+    assert any(f"stops exactly at t = {t_stop} " in line for line in describe_file(res.data, "f"))
+    # at a schedule time: version 3, no stop; format 2 (lossy: version 1): the old stop at the last time a
+    at = codec.encode(img, model, settings=SETTINGS, max_reverse_time=T - a + 1)
+    assert at.data[2] >> 4 == 3 and container.unpack(at.data).file.header.stop is None
+    old = codec.encode(img, model, settings=SETTINGS, max_reverse_time=n, format_version=2)
+    assert old.data[2] >> 4 == 1 and old.steps[-1].t == a
+    assert [g.payload for g in container.unpack(old.data).file.segments] == \
+        [g.payload for g in container.unpack(at.data).file.segments]   # the same steps, framed otherwise
+    assert old.steps[-1].reverse_time == codec.decode(old.data, model).reverse_time == T - a + 1
+    # a version-4 file whose stop is a schedule time (or outside the chain) is refused as corrupt
+    bad = container.pack(replace(parsed.file, header=replace(parsed.file.header, stop=a)))
+    with pytest.raises(container.CorruptFileError, match="stop"):
+        codec.decode(bad, model)
+
+
+@pytest.mark.parametrize("version", [3, 2, 1])
+def test_truncated_file_decodes_its_complete_segments(model, version):
+    img = smooth_images(1, seed=8)[0]
+    res = codec.encode(img, model, settings=SETTINGS, min_segment_bytes=8, format_version=version)
+    parsed = container.unpack(res.data)
+    assert parsed.file.header.x0_in_stream == (version > 1) and res.data[2] >> 4 == version
     segs = parsed.file.segments
     assert len(segs) >= 3
-    # cut the file right after the second segment's payload
-    header_len = len(res.data) - 2 - sum(len(s.payload) for s in segs) - len(parsed.file.x0 or b"") - 4
+    # cut the file right after the second segment's payload (trailer: pixel CRC-32 and file CRC-16; v3 one CRC-32)
+    trailer = 4 if version == 3 else 6
+    header_len = len(res.data) - trailer - sum(len(s.payload) for s in segs) - len(parsed.file.x0 or b"")
     cut = header_len + len(segs[0].payload) + len(segs[1].payload)
     dec = codec.decode(res.data[:cut], model)
     assert dec.truncated and not dec.lossless
     assert dec.steps_decoded == segs[0].num_steps + segs[1].num_steps
     # every step but no pixel checksum: the whole chain decodes, nothing claims to be exact
-    dec = codec.decode(res.data[:-6], model)
+    dec = codec.decode(res.data[:-trailer], model)
     assert dec.truncated and not dec.lossless and dec.steps_decoded == sum(s.num_steps for s in segs)
 
 
@@ -255,7 +294,8 @@ def _cut_points(data: bytes):
     """(byte offset after segment k, steps in segments 0..k) for every segment but the last."""
     parsed = container.unpack(data)
     segs = parsed.file.segments
-    tail = 2 + (len(parsed.file.x0 or b"") + 4 if parsed.file.header.lossless else 0)
+    h = parsed.file.header   # trailer: file CRC-16 (+ pixel CRC-32 if lossless); version 3 lossless: one CRC-32
+    tail = 4 if h.compact and h.lossless else 2 + (len(parsed.file.x0 or b"") + 4 if h.lossless else 0)
     pos = len(data) - tail - sum(len(s.payload) for s in segs)
     steps, out = 0, []
     for s in segs[:-1]:
@@ -548,8 +588,8 @@ def test_compact_format_round_trips_and_is_smaller(model):
     same step, and a damaged payload byte is an error, never a wrong image."""
     img = smooth_images(1, seed=31)[0]
     for kw in ({}, {"max_reverse_time": 900}):
-        v2 = codec.encode(img, model, settings=SETTINGS, **kw)
-        v3 = codec.encode(img, model, settings=SETTINGS, format_version=3, **kw)
+        v2 = codec.encode(img, model, settings=SETTINGS, format_version=2, **kw)
+        v3 = codec.encode(img, model, settings=SETTINGS, format_version=3, **kw)   # (default: 4 for the exact stop)
         p2, p3 = container.unpack(v2.data), container.unpack(v3.data)
         assert p3.version == 3 and [s.payload for s in p3.file.segments] == [s.payload for s in p2.file.segments]
         # seed 0 (1 byte), square size (1), fingerprint (1); lossless: CRC-16 (2); one-segment lossy: CRC-8 (1)

@@ -31,6 +31,7 @@ PINNED = {
     10: ("exact", _TRELLIS + (1, 7, 4, 3, 1, 1, 0)),
     11: ("context", _TRELLIS + (1, 7, 0, 0, 0, 0, 1)),
     12: ("exact-context", _TRELLIS + (1, 7, 0, 0, 0, 1, 1)),
+    13: ("exact-counts", _TRELLIS + (2, 7, 0, 0, 0, 1, 1)),
 }
 # the explicit-schedule bytes each profile would write (container.Schedule fields), from FORMAT.md's
 # bit layout: variance byte = kind | x0_scale_bits << 4 | 0x80 channels | 0x20 neighbours | 0x10 exact
@@ -42,13 +43,14 @@ SCHEDULE_BYTES = {1: (0, 1, 0), 2: (0, 1, 0), 3: (2, 1, 2), 4: (2, 1, 2), 5: (2,
                   9: (2, 1 | 4 << 4 | 0x80 | 0x20, 2 | 1 << 2 | 1 << 4 | 3 << 6),
                   10: (2, 1 | 4 << 4 | 0x80 | 0x20 | 0x10, 2 | 1 << 2 | 1 << 4 | 3 << 6),
                   11: (2, 1 | 0x08, 2 | 1 << 2 | 1 << 4 | 3 << 6),
-                  12: (2, 1 | 0x10 | 0x08, 2 | 1 << 2 | 1 << 4 | 3 << 6)}
+                  12: (2, 1 | 0x10 | 0x08, 2 | 1 << 2 | 1 << 4 | 3 << 6),
+                  13: (2, 1 | 0x10 | 0x08, 2 | 1 << 2 | 2 << 4 | 3 << 6)}
 
 
 def test_every_profile_is_pinned_field_by_field():
     assert sorted(codec.PROFILES) == sorted(PINNED)
-    assert codec.DEFAULT_PROFILE == 12 and codec.PLAIN_DEFAULT_PROFILE == 10   # exact: portable by default
-    assert codec.PROFILES[12].arithmetic is EXACT and codec.PROFILES[10].arithmetic is EXACT
+    assert codec.DEFAULT_PROFILE == 13 and codec.PLAIN_DEFAULT_PROFILE == 10   # exact: portable by default
+    assert codec.PROFILES[13].arithmetic is EXACT and codec.PROFILES[10].arithmetic is EXACT
     assert tuple(f.name for f in codec.CodecSettings.__dataclass_fields__.values()) == FIELDS
     for pid, (name, values) in PINNED.items():
         s = codec.PROFILES[pid]
@@ -74,9 +76,15 @@ def test_profile_coder_configs_are_pinned():
         cfg = s.rcc_config()
         trellis = s.selection == "trellis"
         assert cfg.min_step_bits == 3.0
-        assert (cfg.chunks_abs_scale, cfg.chunks_rel_scale) == ((0.6, 0.03) if trellis else (0.01, 0.25))
+        if s.count_model == 2:   # its own deviation, the masses where one segment is predicted, a wider snap
+            assert (cfg.chunks_abs_scale, cfg.chunks_rel_scale, cfg.unit_zero, cfg.unit_spike) == (1.5, 0.1, 0.5, 0.45)
+            assert (cfg.snap_up, cfg.snap_down, cfg.snap_abs) == (0.12, 0.04, 3.0)
+        else:
+            assert (cfg.chunks_abs_scale, cfg.chunks_rel_scale) == ((0.6, 0.03) if trellis else (0.01, 0.25))
+            assert (cfg.unit_zero, cfg.unit_spike, cfg.snap_abs) == (0.0, 0.0, 2.0)
+        assert s.prior_prediction == (0.0 if s.count_model == 2 else None)
         assert cfg.rate_factor == s.rate_percent / 100
-        assert cfg.count_spike == (0.8 if s.count_model else 0.0)
+        assert cfg.count_spike == {0: 0.0, 1: 0.8, 2: 0.95}[s.count_model]
         assert cfg.state_bits == ((s.log2_candidates - s.chunk_bits + s.reuse_bits) if trellis else 0)
         assert cfg.arithmetic is (EXACT if s.exact else FLOAT)
     assert codec.PROFILES[9].rcc_config().state_bits == 17
@@ -86,7 +94,9 @@ def test_format_constants_are_pinned():
     assert codec.SCHEDULE_KINDS == ("quadratic", "uniform", "cubic")
     assert codec.VARIANCE_IDS == ("fixedsmall", "fitted", "fixedlarge")
     assert codec.SELECTION_IDS == ("pfr", "mrc", "trellis")
-    assert codec.COUNT_SPIKES == {0: 0.0, 1: 0.8}
+    assert codec.COUNT_SPIKES == {0: 0.0, 1: 0.8, 2: 0.95}
+    assert codec.COUNT_MODEL_2 == dict(chunks_abs_scale=1.5, chunks_rel_scale=0.1, unit_zero=0.5, unit_spike=0.45,
+                                       snap_abs=3.0)
     assert codec.TRELLIS_COUNT_SCALE == (0.6, 0.03)
     assert codec.X0_MODELS == {"model": (0, 0, 0, 0), "scale": (4, 0, 0, 0), "channels": (4, 3, 0, 0),
                                "neighbours": (4, 3, 1, 0), "context": (0, 0, 0, 1)}

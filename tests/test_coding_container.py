@@ -390,8 +390,8 @@ def test_foreign_and_unsupported():
         unpack(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(ForeignFileError):
         unpack(b"x")
-    with pytest.raises(UnsupportedVersionError, match="version 4"):
-        unpack(MAGIC + b"\x41" + TINY_BYTES[3:])
+    with pytest.raises(UnsupportedVersionError, match="version 5"):
+        unpack(MAGIC + b"\x51" + TINY_BYTES[3:])
     with pytest.raises(TypeError):
         unpack("8ddd")
     for cls in (ForeignFileError, UnsupportedVersionError, CorruptFileError, TruncatedFileError):
@@ -607,3 +607,38 @@ def test_to_compact_rewrites_a_version_2_file():
     assert to_compact(pack(v2)) == pack(TINY_V3)
     with pytest.raises(CorruptFileError, match="version 3"):
         to_compact(TINY_BYTES)   # version 1 with an x0 payload of its own
+
+
+# ---------------------------------------------------------------------------------------
+# Version 4: version 3 with an exact stop (a lossy file, docs/FORMAT.md, issue 28)
+# ---------------------------------------------------------------------------------------
+
+
+def test_pinned_bytes_version_4_lossy_stop():
+    """A version-3 lossy file plus a ``stop`` uv after the seed: the chain's last step goes to t = 101."""
+    f = DdpmFile(header=Header(fingerprint=b"\xab\xcd\xef", height=32, width=32, seed=0, profile=13,
+                               one_stream=True, compact=True, stop=101), segments=[Segment(27, b"\x55" * 60)])
+    head = bytes.fromhex("8ddd" "40" "abcdef" "3f" "0d" "65" "01" "1b3c")  # version 4, no flags; stop 101 = 0x65
+    body = head + b"\x55" * 60
+    want = body + ref_crc16(body).to_bytes(2, "little")
+    assert pack(f) == want and len(want) - 60 == 14
+    parsed = unpack(want)
+    assert parsed.version == 4 and parsed.file == f and parsed.verified
+    assert [n for n, _ in parsed.fields] == ["magic", "version and flags", "fingerprint", "dimensions", "profile",
+                                            "stop", "segment count", "segment table", "file crc16"]
+    # two bytes for a stop of 128 or more; the seed (flag bit 3) comes before it
+    g = replace(f, header=replace(f.header, seed=5, stop=800))
+    assert unpack(pack(g)).file.header == g.header and dict(unpack(pack(g)).fields)["stop"] == 2
+    # a lossless version-4 file, a stop of 0 or a stop outside the compact framing cannot exist
+    with pytest.raises(ValueError, match="stop"):
+        pack(replace(f, header=replace(f.header, compact=False)))
+    with pytest.raises(ValueError, match="stop"):
+        pack(replace(f, header=replace(f.header, stop=0)))
+    bad = bytearray(want)
+    bad[2] = 0x41   # version 4 flagged lossless
+    with pytest.raises(CorruptFileError, match="version-4"):
+        unpack(bytes(bad))
+    zero = head[:8] + b"\x00" + head[9:]
+    body0 = zero + b"\x55" * 60
+    with pytest.raises(CorruptFileError, match="stop"):
+        unpack(body0 + ref_crc16(body0).to_bytes(2, "little"))

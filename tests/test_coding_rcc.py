@@ -523,6 +523,17 @@ def test_trellis_items_searched_together_match_alone():
         assert torch.equal(e1[i], eps[i])
 
 
+def _spike_model(dim, c0, scale, spike):
+    """Count model 1's closed form: mass ``spike`` on c0, the two-sided geometric with mean deviation ``scale``
+    (without its centre) on the rest, and the uniform floor 2^-10 over [0, D]."""
+    floor = 2.0**-10
+    rho = scale / (scale + 1)
+    g = np.array([0.0 if c == c0 else rho ** abs(c - c0) for c in range(dim + 1)])
+    want = (1 - spike - floor) * g / g.sum() + floor / (dim + 1)
+    want[c0] += spike
+    return want
+
+
 def test_count_spike_model_closed_form_and_code_length():
     """Count model 1: P(c0) = spike + floor/(D+1); elsewhere the geometric without its centre,
     scaled to 1 − spike − floor. A count equal to the centre costs −log2(0.8) ≈ 0.32 bits."""
@@ -530,12 +541,7 @@ def test_count_spike_model_closed_form_and_code_length():
     cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=14, selection="trellis", chunks_abs_scale=0.6,
                         chunks_rel_scale=0.03, count_spike=0.8)
     p = bitstream.chunk_count_probs(c0, dim, cfg)
-    floor = 2.0**-10
-    scale = 0.6 + 0.03 * c0
-    rho = scale / (scale + 1)
-    g = np.array([0.0 if c == c0 else rho ** abs(c - c0) for c in range(dim + 1)])
-    want = (1 - 0.8 - floor) * g / g.sum() + floor / (dim + 1)
-    want[c0] += 0.8
+    want = _spike_model(dim, c0, 0.6 + 0.03 * c0, 0.8)
     np.testing.assert_allclose(p, want, rtol=1e-12)
     assert abs(p.sum() - 1) < 1e-12
     # real code length of 400 centred counts in a range coder: ~0.32 bits each
@@ -547,6 +553,36 @@ def test_count_spike_model_closed_form_and_code_length():
     index_bits = bitstream.index_code_bits(np.zeros(3, np.int64), cfg_small) * 400
     count_bits = bits - index_bits
     assert abs(count_bits / 400 + math.log2(0.8)) < 0.05, count_bits / 400
+
+
+def test_count_model_2_closed_form_where_one_segment_is_predicted():
+    """Count model 2 at c0 = 1: P(0) = unit_zero + floor/(D+1), P(1) = unit_spike + floor/(D+1), C >= 2
+    the geometric rho^(C-1) scaled to 1 - unit_zero - unit_spike - floor; so a free step costs
+    -log2(0.5) = 1 bit, not the ~3.7 of count model 1. Elsewhere it is count model 1's shape."""
+    dim = 60
+    cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=14, selection="trellis", chunks_abs_scale=1.5,
+                        chunks_rel_scale=0.1, count_spike=0.95, unit_zero=0.5, unit_spike=0.45)
+    floor = 2.0**-10
+    scale = 1.5 + 0.1
+    rho = scale / (scale + 1)
+    g = np.array([0.0, 0.0] + [rho ** (c - 1) for c in range(2, dim + 1)])
+    want = (1 - 0.5 - 0.45 - floor) * g / g.sum() + floor / (dim + 1)
+    want[0] += 0.5
+    want[1] += 0.45
+    p = bitstream.chunk_count_probs(1.2, dim, cfg)
+    np.testing.assert_allclose(p, want, rtol=1e-12)
+    assert abs(-math.log2(p[0]) - 1.0) < 0.01 and abs(p.sum() - 1) < 1e-12
+    # at another centre the unit masses play no part: mass 0.95 on c0, none extra on 0
+    c0 = 7
+    np.testing.assert_allclose(bitstream.chunk_count_probs(c0, dim, cfg), _spike_model(dim, c0, 1.5 + 0.1 * c0, 0.95),
+                               rtol=1e-12)
+    # and counts coded under it round-trip through a range coder (c0 = 1 for every item)
+    code = rcc.StepCode(num_chunks=np.array([0, 1, 0, 5, 1, 0], np.int64),
+                        indices=[np.zeros(n, np.int64) for n in (0, 1, 0, 5, 1, 0)], dim=dim)
+    back, _ = _roundtrip(code, cfg, pred=1.0)
+    assert np.array_equal(back.num_chunks, code.num_chunks)
+    with pytest.raises(ValueError, match="unit_zero"):
+        rcc.RCCConfig(unit_zero=0.6, unit_spike=0.45)
 
 
 def test_snap_chunks_window():

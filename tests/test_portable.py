@@ -96,10 +96,10 @@ def test_exact_files_decode_under_other_kernels_and_thread_counts(small, tmp_pat
         EXACT, x0_context=1, x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0)).data)
     golden = json.loads((GOLDEN / "golden.json").read_text())["pixels_sha256"]
     jobs = [(str(exact_file), str(mpath)), (str(context_file), str(cpath)), (str(GOLDEN / "p10.ddpm"), None),
-            (str(GOLDEN / "p12.ddpm"), None)]
+            (str(GOLDEN / "p12.ddpm"), None), (str(GOLDEN / "p13.ddpm"), None)]
     want = {str(exact_file): hashlib.sha256(img.tobytes()).hexdigest(),
             str(context_file): hashlib.sha256(img.tobytes()).hexdigest(),
-            str(GOLDEN / "p10.ddpm"): golden, str(GOLDEN / "p12.ddpm"): golden}
+            str(GOLDEN / "p10.ddpm"): golden, str(GOLDEN / "p12.ddpm"): golden, str(GOLDEN / "p13.ddpm"): golden}
     for name, env in VARIANTS.items():
         r = subprocess.run([sys.executable, "-c", DECODER, json.dumps(jobs)], capture_output=True, text=True,
                            timeout=600, env={**os.environ, **env})

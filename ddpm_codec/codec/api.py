@@ -185,7 +185,9 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
-    after the coding steps with T - t + 1 <= N (the x-axis of the paper's Table 4), ``max_bpd``
+    exactly at reverse time T - t + 1 = N (the x-axis of the paper's Table 4): the schedule's steps
+    above it and, where N falls between two of its times, one step straight to t = T - N + 1 (format
+    version 4; with a ``format_version`` given, after the last schedule step with T - t + 1 <= N). ``max_bpd``
     after the cumulative rate reaches it, ``min_psnr`` after the first step whose x_hat_0 (what
     :func:`decode` shows) reaches that PSNR in dB (lossless, PSNR infinite, if no step does); each
     makes the file lossy unless ``lossless=True``.
@@ -193,13 +195,15 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     boundaries; a segment holds at least this many bytes and 2.5 times the previous one (64: 3-4
     segments in a lossless 32x32 file, at ~64, ~240 and ~700 bytes, each costing only its ~3-byte
     table entry). A file cut at a segment boundary decodes to that segment's last step.
-    ``x0_in_stream``: a lossless file codes x_0 at the end of that stream (format version 2); False
+    ``x0_in_stream``: a lossless file codes x_0 at the end of that stream (format versions 2 and 3); False
     writes version 1 (x_0 as an ANS payload of its own: ~5 bytes more, readable by releases before
     version 2). ``max_pixels``: refuse larger images (default ``tiles.MAX_CODEC_PIXELS``; memory
     grows with the size), before anything is allocated for them. ``threads``: for an exact file's
     network (default: torch's count, all cores) and the search (default 1); a float file's network
-    always runs on one thread. Any count gives the same file. ``format_version``: 3 writes the compact
-    framing (4-5 bytes less: ``docs/FORMAT.md``; x_0 in the stream); None or 2 as ``x0_in_stream`` says.
+    always runs on one thread. Any count gives the same file. ``format_version``: None (the default)
+    writes version 3, the compact framing (``docs/FORMAT.md``; 4-5 bytes less than version 2), or 4 for an
+    exact stop, or version 1 where ``x0_in_stream`` is False; 3, 2 and 1 write those versions (no exact
+    stop), for older readers (3: since 2026-12-06; 2: since 2026-11-26).
     ``net``: the network to call (default the model's own; :func:`.batch.encode_many` passes one
     shared by several images).
     """
@@ -220,17 +224,24 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         raise InputError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
     if format_version not in (None, 1, 2, container.COMPACT_VERSION):
         raise InputError(f"unknown format version {format_version}; expected 1, 2 or 3")
-    if format_version is not None and format_version != container.COMPACT_VERSION:
-        x0_in_stream = format_version == 2
+    exact_stop = format_version is None   # a version named by the caller: files its readers know
+    if format_version is None:
+        format_version = container.FORMAT_VERSION if x0_in_stream else 1
+    x0_in_stream = format_version != 1
     compact = format_version == container.COMPACT_VERSION
-    x0_in_stream = x0_in_stream or compact
     fp_bytes = container.COMPACT_FINGERPRINT_BYTES if compact else 4
     needs_v2 = settings.x0_scale_bits or settings.x0_channel_bits or settings.arithmetic.exact or settings.x0_context
     if lossless and needs_v2 and not x0_in_stream:
         raise InputError("per-tile x_0 side information, the context model or exact arithmetic needs format "
                          "version 2 (x0_in_stream=True)")
     fingerprint = coding_fingerprint(model, settings)
-    chain = Chain(model, settings, tuple(x0.shape), threads, net)
+    stop = None   # --steps N between two of the schedule's times: one step straight to t = T - N + 1 (version 4)
+    if max_reverse_time is not None and not lossless and compact and exact_stop:
+        t_stop = diffusion.num_timesteps - int(max_reverse_time) + 1
+        ts = settings.timesteps(diffusion.num_timesteps)
+        if ts[-1] < t_stop < diffusion.num_timesteps and t_stop not in ts:
+            stop = t_stop
+    chain = Chain(model, settings, tuple(x0.shape), threads, net, stop=stop)
     search_cfg = replace(chain.cfg, search_threads=threads or 1)   # encoder policy: any path decodes
     T, B = chain.T, x0.shape[0]
     gen = torch.Generator().manual_seed(seed ^ 0x5EED)   # the encoder's private randomness
@@ -240,7 +251,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     header = container.Header(fingerprint=bytes.fromhex(fingerprint[:2 * fp_bytes]), height=height, width=width,
                               seed=seed, schedule=None if profile is not None else settings.to_schedule(),
                               profile=profile, lossless=lossless, one_stream=True,
-                              x0_in_stream=lossless and x0_in_stream, compact=compact)
+                              x0_in_stream=lossless and x0_in_stream, compact=compact, stop=stop)
     lossy_header = replace(header, lossless=False, x0_in_stream=False)
 
     stream = StepStream(B, chain.dims_tile, chain.cfg, min_segment_bytes)
@@ -350,7 +361,10 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
     height, width = h.height, h.width
     B = (-(-height // size)) * (-(-width // size))
     shape = (B, 3, size, size)
-    chain = Chain(model, settings, shape, threads, net)
+    try:
+        chain = Chain(model, settings, shape, threads, net, stop=h.stop)
+    except ValueError as e:
+        raise container.CorruptFileError(f"{e}: the file is corrupted") from None
     T = chain.T
     start = time.perf_counter()
     import constriction

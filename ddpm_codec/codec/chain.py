@@ -143,16 +143,25 @@ class Link:
 
 class Chain:
     """The chain of a file's settings over ``shape = [B, C, H, W]`` tiles, walked by both sides (``net``:
-    the network to call, default a :class:`Net` of its own; :mod:`.batch` passes a shared one)."""
+    the network to call, default a :class:`Net` of its own; :mod:`.batch` passes a shared one).
+
+    ``stop``: a lossy file that stops exactly at diffusion time ``stop`` between two of the schedule's
+    times (format version 4): the schedule's times above it, then one step straight to ``stop``."""
 
     def __init__(self, model: LoadedModel, settings: CodecSettings, shape: tuple[int, ...],
-                 threads: int | None = None, net: Net | None = None):
+                 threads: int | None = None, net: Net | None = None, stop: int | None = None):
         self.arithmetic = arith = settings.arithmetic
         if arith.exact and model.config.get("diffusion", {}).get("schedule", "linear") != "linear":
             raise ValueError("exact arithmetic needs a linear beta schedule (the cosine one is built with libm's cos)")
         self.diffusion = model.diffusion
         self.T = T = self.diffusion.num_timesteps
         self.ts = settings.timesteps(T)
+        if stop is not None:
+            if not self.ts[-1] < stop < T or stop in self.ts:
+                raise ValueError(f"a stop at t = {stop} must lie strictly between two of the chain's times "
+                                 f"({self.ts[-1]} .. {T})")
+            self.ts = [t for t in self.ts if t > stop] + [stop]
+        self.stop = stop
         self.links = [(T + 1, T)] + list(zip(self.ts[:-1], self.ts[1:]))   # (T+1, T) is the prior step
         self.settings, self.shape = settings, tuple(shape)
         self.dims_tile = int(np.prod(shape[1:]))
@@ -182,7 +191,9 @@ class Chain:
         d = self.diffusion
         if i == 0:   # x_T ~ q(x_T | x_0) against p(x_T) = N(0, I) (L_T; usually free)
             a_T = float(d.sqrt_alphas_cumprod[self.T])
-            return Link(i, t, s, torch.zeros(self.shape, dtype=torch.float64), 1.0, 1.0 - a_T ** 2, None, None)
+            pred = self.settings.prior_prediction
+            return Link(i, t, s, torch.zeros(self.shape, dtype=torch.float64), 1.0, 1.0 - a_T ** 2, pred,
+                        self.counts.centres(pred))
         p = d.p_mean_variance(self.x, t, self.eps, s, self.settings.variance)
         var_p, var_q = float(p.variance), float(d.posterior_coefs(t, s, self.x)[2])
         arith = self.arithmetic   # exact: no libm, the same prediction on every machine

@@ -34,6 +34,9 @@ def describe_file(data: bytes, name: str) -> list[str]:
     lines.append(f"schedule ({prof}): {settings.num_steps} Gaussian steps, {settings.schedule_kind} spacing, "
                  f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}"
                  + ("; exact arithmetic (decodes bit-exactly on any machine)" if settings.exact else ""))
+    if h.stop is not None:
+        lines.append(f"stops exactly at t = {h.stop} (format version 4): the schedule's steps above it, then one "
+                     f"step straight to it")
     payload = sum(len(s.payload) for s in f.segments) + (len(f.x0) if f.x0 else 0)
     lines.append(f"header and framing: {len(data) - payload} bytes")
     if f.segments:

@@ -27,6 +27,8 @@ the seed only when not 0 (flag bit 3), one varint for a square image's size, the
 when there are two or more segments (with one, a truncated file has nothing to decode), and in a
 lossless file ONE CRC-32 over the pixels and every byte before it instead of the pixel CRC-32 and
 the file CRC-16 (checked once the pixels are decoded: :meth:`ParsedFile.pixels_match`).
+Version 4 is version 3 for a lossy file whose chain stops exactly at a diffusion time between two of its
+schedule's times (``encode --steps N``): a ``stop`` uv (that time) follows the seed.
 
 The lengths sit in the header, under their own checksum, so that a reader knows the exact
 size of the complete file before it reads any payload: a file shorter than that was
@@ -70,6 +72,7 @@ __all__ = [
     "crc8",
     "crc16",
     "COMPACT_VERSION",
+    "STOP_VERSION",
     "pack_fields",
     "to_compact",
     "framing_size",
@@ -77,13 +80,17 @@ __all__ = [
 
 MAGIC = b"\x8d\xdd"
 """0x8D is not printable in Latin-1/cp1252 and cannot start a UTF-8 character; "DD" for DDPM."""
-FORMAT_VERSION = 2
-"""The version the codec writes by default. Version 2 differs from 1 only in lossless files: x_0 is
-coded at the end of the one segment stream (no ``x0_length``, no x0 payload of its own). All are read."""
+FORMAT_VERSION = 3
+"""The version the codec writes by default (since 2026-12-07; 2 before). Version 2 differs from 1 only in
+lossless files: x_0 is coded at the end of the one segment stream (no ``x0_length``, no x0 payload of its
+own); version 3 is version 2's content in compact framing. All are read."""
 COMPACT_VERSION = 3
 """Compact framing (issue 28): the same content as version 2 (lossless) or a one-stream version 1 file
 (lossy) in 4-5 bytes less; see the module docstring and docs/FORMAT.md."""
-_VERSIONS = (1, 2, 3)
+STOP_VERSION = 4
+"""Version 3 of a lossy file whose chain stops exactly at a diffusion time between two of its schedule's
+times (``encode --steps N``): a ``stop`` field follows the seed; see docs/FORMAT.md."""
+_VERSIONS = (1, 2, 3, 4)
 
 FLAG_LOSSLESS = 0x1
 FLAG_EXPLICIT_SCHEDULE = 0x2
@@ -246,9 +253,12 @@ class Header:
     one_stream: bool = False  # segments split one stream (else each is a stream of its own)
     x0_in_stream: bool = False  # version 2: x0 is coded at the end of the one stream (lossless only)
     compact: bool = False  # version 3: compact framing (one stream; x0 in the stream if lossless)
+    stop: int | None = None  # version 4 (compact, lossy): the diffusion time the chain's last step goes to
 
     @property
     def version(self) -> int:
+        if self.stop is not None:
+            return STOP_VERSION
         return COMPACT_VERSION if self.compact else 2 if self.x0_in_stream else 1
 
 
@@ -321,6 +331,10 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
     """:func:`pack`'s bytes as ``(field, bytes)`` pieces in file order (the payloads named
     ``"segment payloads"`` and ``"x0 payload"``): what each framing field costs."""
     h = f.header
+    if h.stop is not None:
+        _int("stop", h.stop, 1, MAX_STEPS)
+        if not h.compact or h.lossless:
+            raise ValueError("a stop (version 4) needs a lossy file in the compact framing")
     fingerprint = bytes(h.fingerprint)
     fp_len = COMPACT_FINGERPRINT_BYTES if h.compact else 4
     if len(fingerprint) != fp_len:
@@ -379,6 +393,8 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
         out.append(("profile", bytes([_int("profile", h.profile, 0, 255)])))
     if seed or not h.compact:
         out.append(("seed", varint_encode(seed)))
+    if h.stop is not None:
+        out.append(("stop", varint_encode(h.stop)))
     out.append(("segment count", varint_encode(len(f.segments))))
     table = bytearray()
     total_steps = 0
@@ -505,8 +521,10 @@ def unpack(data: bytes) -> ParsedFile:
         raise UnsupportedVersionError(
             f"reserved flag bits set (0x{flags:x}): written by a newer format revision"
         )
-    compact = version == COMPACT_VERSION
+    compact = version in (COMPACT_VERSION, STOP_VERSION)
     lossless = bool(flags & FLAG_LOSSLESS)
+    if version == STOP_VERSION and lossless:
+        raise CorruptFileError("a version-4 file (a lossy file with a stop) is flagged lossless: the file is corrupted")
     one_stream = compact or bool(flags & FLAG_ONE_STREAM)
     x0_in_stream = version == 2 or (compact and lossless)
     if version == 2 and not (lossless and flags & FLAG_ONE_STREAM):
@@ -557,6 +575,11 @@ def unpack(data: bytes) -> ParsedFile:
         at = r.pos
         seed = r.uv("seed", 0, MAX_SEED)
         r.field("seed", at)
+    stop = None
+    if version == STOP_VERSION:
+        at = r.pos
+        stop = r.uv("stop", 1, MAX_STEPS)
+        r.field("stop", at)
     at = r.pos
     num_segments = r.uv("num_segments", 0, MAX_SEGMENTS)
     r.field("segment count", at)
@@ -633,6 +656,7 @@ def unpack(data: bytes) -> ParsedFile:
         one_stream=one_stream,
         x0_in_stream=x0_in_stream,
         compact=compact,
+        stop=stop,
     )
     return ParsedFile(
         file=DdpmFile(header=header, segments=segments, x0=x0, pixel_crc=pixel_crc),

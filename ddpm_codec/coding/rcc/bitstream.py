@@ -87,7 +87,9 @@ def chunk_count_probs(pred: float, dim: int, cfg: RCCConfig) -> np.ndarray:
     """P(C) over [0, D]: two-sided geometric around c0 = round(pred) with mean absolute
     deviation ``chunks_abs_scale + chunks_rel_scale·c0``, mixed with a uniform floor of mass 2^-10.
     With ``count_spike > 0``: mass ``count_spike`` at ``c0`` itself, the geometric (without its
-    centre) renormalised to ``1 − count_spike − 2^-10`` (the encoder snaps counts to ``c0``).
+    centre) renormalised to ``1 − count_spike − 2^-10`` (the encoder snaps counts to ``c0``). With
+    ``unit_zero > 0`` too (count model 2) and ``c0 = 1``: mass ``unit_zero`` at 0 and ``unit_spike`` at 1,
+    the geometric (without 0 and 1) renormalised to ``1 − unit_zero − unit_spike − 2^-10``.
 
     Only IEEE basic arithmetic (no exp/pow), so both sides build identical float inputs; only
     round(pred) matters. ``pred = 0`` makes a free step cost ~0.014 bits.
@@ -100,8 +102,13 @@ def chunk_count_probs(pred: float, dim: int, cfg: RCCConfig) -> np.ndarray:
     total = cfg.arithmetic.sum
     if cfg.count_spike > 0:
         g = np.concatenate([down[::-1], [0.0], up])
-        p = (1.0 - COUNT_FLOOR - cfg.count_spike) * (g / total(g)) + COUNT_FLOOR / (dim + 1)
-        p[c0] += cfg.count_spike
+        spike, zero = cfg.count_spike, 0.0
+        if c0 == 1 and cfg.unit_zero > 0:   # count model 2: mass on 0 and on 1 where one segment is predicted
+            g[0] = 0.0
+            spike, zero = cfg.unit_spike, cfg.unit_zero
+        p = (1.0 - COUNT_FLOOR - spike - zero) * (g / total(g)) + COUNT_FLOOR / (dim + 1)
+        p[c0] += spike
+        p[0] += zero
         return p
     g = np.concatenate([down[::-1], [1.0], up])
     return (1.0 - COUNT_FLOOR) * (g / total(g)) + COUNT_FLOOR / (dim + 1)

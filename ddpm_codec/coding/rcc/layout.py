@@ -45,6 +45,10 @@ class RCCConfig:
         moves its ``C`` to ``c0`` when within the window ``snap_up``, ``snap_down`` (relative) /
         ``snap_abs`` (segments) of :func:`snap_chunks`, and a free step (``C = 0``) to ``c0`` when
         ``c0 <= snap_free``; those four are encoder policy, not format.
+    unit_zero, unit_spike: with ``unit_zero > 0`` (count model 2), where ``c0 = 1`` the model puts mass
+        ``unit_zero`` on ``C = 0`` and ``unit_spike`` on ``C = 1`` instead of ``count_spike`` on ``C = 1``:
+        steps predicted to need one segment are free about as often as not, so a free one costs ~1 bit
+        there instead of ~3.7.
     arithmetic: the file's :class:`~ddpm_codec.arithmetic.Arithmetic`; the count model's normalising
         sums are its :meth:`~ddpm_codec.arithmetic.Arithmetic.sum` (exact: correctly rounded, the same
         on any machine and numpy; float: numpy's pairwise ``sum``).
@@ -66,6 +70,8 @@ class RCCConfig:
     snap_down: float = 0.04
     snap_abs: float = 2.0
     snap_free: int = 0
+    unit_zero: float = 0.0
+    unit_spike: float = 0.0
     reuse_bits: int = 0
     arithmetic: Arithmetic = FLOAT
     search_threads: int = 1
@@ -99,6 +105,9 @@ class RCCConfig:
             raise ValueError(f"chunks_abs_scale must be > 0, got {self.chunks_abs_scale}")
         if not 0.0 <= self.count_spike < 1.0:
             raise ValueError(f"count_spike must be in [0, 1), got {self.count_spike}")
+        if not (0.0 <= self.unit_zero and 0.0 <= self.unit_spike and self.unit_zero + self.unit_spike < 0.999):
+            raise ValueError(f"unit_zero and unit_spike must be >= 0 with a sum below 0.999, got "
+                             f"{self.unit_zero}, {self.unit_spike}")
         if not (isinstance(self.search_threads, int) and self.search_threads >= 1):
             raise ValueError(f"search_threads must be an integer >= 1, got {self.search_threads!r}")
         if not (isinstance(self.snap_free, int) and self.snap_free >= 0):
