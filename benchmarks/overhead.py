@@ -52,6 +52,7 @@ def measure(img, model, row: int, settings) -> dict:
     big = kl > LARGE
     lossy = codec.encode(img, model, seed=0, metrics=False, max_reverse_time=row, settings=settings, format_version=2)
     row_kl = sum(r.kl_bits for r in lossy.steps)
+    exact = codec.encode(img, model, seed=0, metrics=False, max_reverse_time=row, settings=settings)   # default: v4
     v3 = container.unpack(container.to_compact(res.data))
     v3_lossy = container.unpack(container.to_compact(lossy.data))
     return dict(
@@ -66,8 +67,13 @@ def measure(img, model, row: int, settings) -> dict:
         lossy_counts=float(sum(s.count_bits for s in lossy.accounting.steps)),
         lossy_index=float(sum(s.index_bits for s in lossy.accounting.steps)),
         lossy_padding=float(lossy.accounting.padding_bits), seconds=res.seconds,
-        # what the lossless encode's report says a file cut at that step costs (rd-curve's cum_bpd)
-        lossy_est_bytes=res.steps[len(lossy.steps) - 1].cum_bpd * img.size / 8)
+        # what the lossless encode's report says a file cut at that step costs (rd-curve's cum_bpd; format 2 here)
+        lossy_est_bytes=res.steps[len(lossy.steps) - 1].cum_bpd * img.size / 8,
+        # the default lossy file: format 4, stopping exactly at reverse time `row`
+        lossy_bytes_v4=len(exact.data), lossy_kl_v4=float(sum(r.kl_bits for r in exact.steps)),
+        lossy_counts_v4=float(sum(s.count_bits for s in exact.accounting.steps)),
+        lossy_framing_v4=exact.accounting.framing_bits // 8, lossy_reverse_time_v4=exact.steps[-1].reverse_time,
+    )
 
 
 def table(rows: list[dict], dims: int) -> list[str]:
@@ -96,6 +102,10 @@ def table(rows: list[dict], dims: int) -> list[str]:
     err = [r["lossy_est_bytes"] - r["lossy_bytes_v2"] for r in rows]
     out.append(f"| lossy: the encoder's cum_bpd estimate - the file (bytes; mean, min, max) | "
                f"{np.mean(err):+.2f}, {min(err):+.1f}, {max(err):+.1f} | |")
+    out.append(f"| lossy to T-t+1 = {rows[0]['lossy_reverse_time_v4']} exactly, format 4 (the default): bytes, "
+               f"actual/KL | {m('lossy_bytes_v4'):.1f} | {bpd(8 * m('lossy_bytes_v4'))} (KL {bpd(m('lossy_kl_v4'))}, "
+               f"{8 * m('lossy_bytes_v4') / m('lossy_kl_v4'):.3f}x; framing {m('lossy_framing_v4'):.2f} bytes, "
+               f"counts {m('lossy_counts_v4'):.1f} bits) |")
     fields = {}
     for r in rows:
         for v in ("v2", "v3"):
@@ -150,7 +160,7 @@ def main():
     base = results[policies[0]]
     for p in policies[1:]:
         for key in ("bytes_v2", "bytes_v3", "x0", "index", "counts", "lossy_bytes_v2", "lossy_bytes_v3", "lossy_counts",
-                    "lossy_index", "lossy_kl"):
+                    "lossy_index", "lossy_kl", "lossy_bytes_v4", "lossy_kl_v4"):
             d = np.array([r[key] for r in results[p]]) - np.array([b[key] for b in base])
             scale = 8 if key.startswith(("bytes", "lossy_bytes")) else 1
             print(f"profile, snap {p} - {policies[0]}: {key} {d.mean():+.2f} +- {d.std(ddof=1) / math.sqrt(len(d)):.2f} "

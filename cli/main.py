@@ -502,7 +502,7 @@ def _schedule_options(f):
                    "several images or a folder, the folder to write NAME.ddpm into (created if missing).")
 @_model_option
 @click.option("--steps", "max_steps", type=int, default=None,
-              help="Lossy: stop after reverse-process time N (T - t + 1 <= N; the paper's Table 4 axis).")
+              help="Lossy: stop exactly at reverse-process time N (t = T - N + 1; the paper's Table 4 axis).")
 @click.option("--bpd", "max_bpd", type=float, default=None, help="Lossy: stop once the rate reaches R bits/dim.")
 @click.option("--psnr", "min_psnr", type=float, default=None,
               help="Lossy: stop at the first step whose reconstruction (what decode shows) reaches this PSNR "

@@ -122,9 +122,10 @@ def test_steps_stop_exactly_where_asked(model):
     from ddpm_codec.codec.describe import describe_file
 
     assert any(f"stops exactly at t = {t_stop} " in line for line in describe_file(res.data, "f"))
-    # at a schedule time: version 3, no stop; format 2 (lossy: version 1): the old stop at the last time a
+    # at a schedule time: version 4 without a stop; format 2 (lossy: version 1): the old stop at the last time a
     at = codec.encode(img, model, settings=SETTINGS, max_reverse_time=T - a + 1)
-    assert at.data[2] >> 4 == 3 and container.unpack(at.data).file.header.stop is None
+    assert at.data[2] >> 4 == 4 and not at.data[2] & 1 and container.unpack(at.data).file.header.stop is None
+    assert codec.encode(img, model, settings=SETTINGS).data[2] >> 4 == 3   # a lossless file: version 3
     old = codec.encode(img, model, settings=SETTINGS, max_reverse_time=n, format_version=2)
     assert old.data[2] >> 4 == 1 and old.steps[-1].t == a
     assert [g.payload for g in container.unpack(old.data).file.segments] == \

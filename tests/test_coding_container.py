@@ -23,6 +23,7 @@ from ddpm_codec.coding.container import (
     UnsupportedVersionError,
     crc8,
     crc16,
+    framing_size,
     pack,
     unpack,
     varint_decode,
@@ -610,35 +611,66 @@ def test_to_compact_rewrites_a_version_2_file():
 
 
 # ---------------------------------------------------------------------------------------
-# Version 4: version 3 with an exact stop (a lossy file, docs/FORMAT.md, issue 28)
+# Version 4: lossy files in the compact framing, with an optional exact stop (docs/FORMAT.md, issue 28)
 # ---------------------------------------------------------------------------------------
 
 
-def test_pinned_bytes_version_4_lossy_stop():
-    """A version-3 lossy file plus a ``stop`` uv after the seed: the chain's last step goes to t = 101."""
+def test_pinned_bytes_version_4_lossy():
+    """Version 3's lossy framing; flag bit 0 says a ``stop`` uv follows the seed; one segment: no length."""
     f = DdpmFile(header=Header(fingerprint=b"\xab\xcd\xef", height=32, width=32, seed=0, profile=13,
-                               one_stream=True, compact=True, stop=101), segments=[Segment(27, b"\x55" * 60)])
-    head = bytes.fromhex("8ddd" "40" "abcdef" "3f" "0d" "65" "01" "1b3c")  # version 4, no flags; stop 101 = 0x65
+                               one_stream=True, compact=True, lossy_compact=True), segments=[Segment(27, b"\x55" * 60)])
+    head = bytes.fromhex("8ddd" "40" "abcdef" "3f" "0d" "01" "1b")  # version 4, no flags; 1 segment of 27 steps
     body = head + b"\x55" * 60
     want = body + ref_crc16(body).to_bytes(2, "little")
-    assert pack(f) == want and len(want) - 60 == 14
+    assert pack(f) == want and len(want) - 60 == 12   # version 3: 13 (the segment's length)
     parsed = unpack(want)
-    assert parsed.version == 4 and parsed.file == f and parsed.verified
+    assert parsed.version == 4 and parsed.file == f and parsed.verified and parsed.framing_bytes() == 12
     assert [n for n, _ in parsed.fields] == ["magic", "version and flags", "fingerprint", "dimensions", "profile",
-                                            "stop", "segment count", "segment table", "file crc16"]
-    # two bytes for a stop of 128 or more; the seed (flag bit 3) comes before it
-    g = replace(f, header=replace(f.header, seed=5, stop=800))
-    assert unpack(pack(g)).file.header == g.header and dict(unpack(pack(g)).fields)["stop"] == 2
-    # a lossless version-4 file, a stop of 0 or a stop outside the compact framing cannot exist
+                                            "segment count", "segment table", "file crc16"]
+    # with a stop (t = 101, one byte) and a seed: flag bits 0 and 3
+    g = replace(f, header=replace(f.header, seed=5, stop=101))
+    head = bytes.fromhex("8ddd" "49" "abcdef" "3f" "0d" "05" "65" "01" "1b")
+    body = head + b"\x55" * 60
+    assert pack(g) == body + ref_crc16(body).to_bytes(2, "little")
+    parsed = unpack(pack(g))
+    assert parsed.file.header == g.header and dict(parsed.fields)["stop"] == 1
+    assert dict(unpack(pack(replace(g, header=replace(g.header, stop=800)))).fields)["stop"] == 2
+    # two segments: both lengths and the header CRC-8, as in version 3 (a cut in segment 1 decodes segment 0)
+    two = replace(f, segments=[Segment(20, b"\x11" * 70), Segment(7, b"\x22" * 30)])
+    data = pack(two)
+    assert unpack(data).file == two
+    part = unpack(data[:-5])
+    assert part.truncated and part.complete_segments == 1
+    # one segment: a cut or a damaged byte is a checksum error (the segment's size is not declared)
+    for bad in (want[:-1], want[:20] + bytes([want[20] ^ 1]) + want[21:]):
+        with pytest.raises(CorruptFileError, match="checksum mismatch"):
+            unpack(bad)
+    with pytest.raises(TruncatedFileError):
+        unpack(want[:10])
+    # only lossy compact files; a stop only in version 4
+    with pytest.raises(ValueError, match="version 4"):
+        pack(replace(f, header=replace(f.header, lossless=True, x0_in_stream=True)))
     with pytest.raises(ValueError, match="stop"):
-        pack(replace(f, header=replace(f.header, compact=False)))
+        pack(replace(f, header=replace(f.header, lossy_compact=False, stop=101)))
     with pytest.raises(ValueError, match="stop"):
         pack(replace(f, header=replace(f.header, stop=0)))
-    bad = bytearray(want)
-    bad[2] = 0x41   # version 4 flagged lossless
-    with pytest.raises(CorruptFileError, match="version-4"):
-        unpack(bytes(bad))
-    zero = head[:8] + b"\x00" + head[9:]
+    zero = head[:9] + b"\x00" + head[10:]
     body0 = zero + b"\x55" * 60
     with pytest.raises(CorruptFileError, match="stop"):
         unpack(body0 + ref_crc16(body0).to_bytes(2, "little"))
+
+
+def test_version_4_round_trips_and_framing_size():
+    rng = random.Random(4)
+    for _ in range(200):
+        h, w = rng.choice([(32, 32), (1, 1), (7, 300), (512, 768)])
+        segs = [Segment(rng.randint(1, 300), rng.randbytes(rng.randint(0, 200))) for _ in range(rng.randint(0, 4))]
+        stop = rng.choice([None, 1, 101, 999, 2**20])
+        f = DdpmFile(header=Header(fingerprint=rng.randbytes(3), height=h, width=w, seed=rng.choice([0, 7, 2**64 - 1]),
+                                   profile=rng.randint(0, 255), one_stream=True, compact=True, lossy_compact=True,
+                                   stop=stop), segments=segs)
+        data = pack(f)
+        parsed = unpack(data)
+        assert parsed.file.header == f.header and parsed.file.segments == segs and parsed.version == 4
+        assert parsed.framing_bytes() + sum(len(s.payload) for s in segs) == len(data)
+        assert framing_size(f.header, [(s.num_steps, len(s.payload)) for s in segs]) == parsed.framing_bytes()

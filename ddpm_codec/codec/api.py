@@ -201,9 +201,10 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     grows with the size), before anything is allocated for them. ``threads``: for an exact file's
     network (default: torch's count, all cores) and the search (default 1); a float file's network
     always runs on one thread. Any count gives the same file. ``format_version``: None (the default)
-    writes version 3, the compact framing (``docs/FORMAT.md``; 4-5 bytes less than version 2), or 4 for an
-    exact stop, or version 1 where ``x0_in_stream`` is False; 3, 2 and 1 write those versions (no exact
-    stop), for older readers (3: since 2026-12-06; 2: since 2026-11-26).
+    writes the compact framing (``docs/FORMAT.md``): version 3 for a lossless file (4-5 bytes less than
+    version 2), version 4 for a lossy one (one byte less again where it has one segment, and the exact
+    stop), or version 1 where ``x0_in_stream`` is False; 3, 2 and 1 write those versions (no exact stop),
+    for older readers (3: since 2026-12-06; 2: since 2026-11-26).
     ``net``: the network to call (default the model's own; :func:`.batch.encode_many` passes one
     shared by several images).
     """
@@ -224,11 +225,12 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         raise InputError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
     if format_version not in (None, 1, 2, container.COMPACT_VERSION):
         raise InputError(f"unknown format version {format_version}; expected 1, 2 or 3")
-    exact_stop = format_version is None   # a version named by the caller: files its readers know
+    default_format = format_version is None   # (a version named by the caller: files its readers know)
     if format_version is None:
         format_version = container.FORMAT_VERSION if x0_in_stream else 1
     x0_in_stream = format_version != 1
     compact = format_version == container.COMPACT_VERSION
+    lossy_compact = compact and default_format   # lossy files in version 4 (and with it an exact stop)
     fp_bytes = container.COMPACT_FINGERPRINT_BYTES if compact else 4
     needs_v2 = settings.x0_scale_bits or settings.x0_channel_bits or settings.arithmetic.exact or settings.x0_context
     if lossless and needs_v2 and not x0_in_stream:
@@ -236,7 +238,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
                          "version 2 (x0_in_stream=True)")
     fingerprint = coding_fingerprint(model, settings)
     stop = None   # --steps N between two of the schedule's times: one step straight to t = T - N + 1 (version 4)
-    if max_reverse_time is not None and not lossless and compact and exact_stop:
+    if max_reverse_time is not None and not lossless and lossy_compact:
         t_stop = diffusion.num_timesteps - int(max_reverse_time) + 1
         ts = settings.timesteps(diffusion.num_timesteps)
         if ts[-1] < t_stop < diffusion.num_timesteps and t_stop not in ts:
@@ -251,8 +253,9 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     header = container.Header(fingerprint=bytes.fromhex(fingerprint[:2 * fp_bytes]), height=height, width=width,
                               seed=seed, schedule=None if profile is not None else settings.to_schedule(),
                               profile=profile, lossless=lossless, one_stream=True,
-                              x0_in_stream=lossless and x0_in_stream, compact=compact, stop=stop)
-    lossy_header = replace(header, lossless=False, x0_in_stream=False)
+                              x0_in_stream=lossless and x0_in_stream, compact=compact,
+                              lossy_compact=lossy_compact and not lossless, stop=stop)
+    lossy_header = replace(header, lossless=False, x0_in_stream=False, lossy_compact=lossy_compact, stop=None)
 
     stream = StepStream(B, chain.dims_tile, chain.cfg, min_segment_bytes)
     records: list[StepRecord] = []
@@ -297,7 +300,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         if min_psnr is not None and not lossless and chain.done == len(chain) and records[-1].psnr < min_psnr:
             # no step reached the target: x_0 exactly
             lossless = True
-            header = replace(header, lossless=True, x0_in_stream=x0_in_stream)
+            header = replace(header, lossless=True, x0_in_stream=x0_in_stream, lossy_compact=False)
         x0_payload, crc, x0_bits, x0_ideal, x0_own, x0_side = None, None, 0.0, 0.0, 0.0, 0.0
         if lossless:
             if chain.done < len(chain):

@@ -27,8 +27,10 @@ the seed only when not 0 (flag bit 3), one varint for a square image's size, the
 when there are two or more segments (with one, a truncated file has nothing to decode), and in a
 lossless file ONE CRC-32 over the pixels and every byte before it instead of the pixel CRC-32 and
 the file CRC-16 (checked once the pixels are decoded: :meth:`ParsedFile.pixels_match`).
-Version 4 is version 3 for a lossy file whose chain stops exactly at a diffusion time between two of its
-schedule's times (``encode --steps N``): a ``stop`` uv (that time) follows the seed.
+Version 4 (the default for lossy files since 2026-12-07) is version 3 for lossy files with two changes:
+flag bit 0 (lossless in the other versions) says that a ``stop`` uv follows the seed: the diffusion time
+the chain's last step goes to, between two of its schedule's times (``encode --steps N``); and a file of
+one segment leaves that segment's length out (it is what the file holds before its CRC-16).
 
 The lengths sit in the header, under their own checksum, so that a reader knows the exact
 size of the complete file before it reads any payload: a file shorter than that was
@@ -72,7 +74,7 @@ __all__ = [
     "crc8",
     "crc16",
     "COMPACT_VERSION",
-    "STOP_VERSION",
+    "LOSSY_VERSION",
     "pack_fields",
     "to_compact",
     "framing_size",
@@ -87,9 +89,10 @@ own); version 3 is version 2's content in compact framing. All are read."""
 COMPACT_VERSION = 3
 """Compact framing (issue 28): the same content as version 2 (lossless) or a one-stream version 1 file
 (lossy) in 4-5 bytes less; see the module docstring and docs/FORMAT.md."""
-STOP_VERSION = 4
-"""Version 3 of a lossy file whose chain stops exactly at a diffusion time between two of its schedule's
-times (``encode --steps N``): a ``stop`` field follows the seed; see docs/FORMAT.md."""
+LOSSY_VERSION = 4
+"""Compact framing for lossy files: version 3, plus an optional exact ``stop`` (flag bit 0) and no length
+for a single segment; see the module docstring and docs/FORMAT.md."""
+FLAG_STOP = 0x1  # version 4 (always lossy): a `stop` follows the seed
 _VERSIONS = (1, 2, 3, 4)
 
 FLAG_LOSSLESS = 0x1
@@ -253,12 +256,13 @@ class Header:
     one_stream: bool = False  # segments split one stream (else each is a stream of its own)
     x0_in_stream: bool = False  # version 2: x0 is coded at the end of the one stream (lossless only)
     compact: bool = False  # version 3: compact framing (one stream; x0 in the stream if lossless)
-    stop: int | None = None  # version 4 (compact, lossy): the diffusion time the chain's last step goes to
+    lossy_compact: bool = False  # version 4: a lossy file in the compact framing (optional stop, implied length)
+    stop: int | None = None  # version 4 only: the diffusion time the chain's last step goes to
 
     @property
     def version(self) -> int:
-        if self.stop is not None:
-            return STOP_VERSION
+        if self.lossy_compact:
+            return LOSSY_VERSION
         return COMPACT_VERSION if self.compact else 2 if self.x0_in_stream else 1
 
 
@@ -331,10 +335,12 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
     """:func:`pack`'s bytes as ``(field, bytes)`` pieces in file order (the payloads named
     ``"segment payloads"`` and ``"x0 payload"``): what each framing field costs."""
     h = f.header
+    if h.lossy_compact and (not h.compact or h.lossless):
+        raise ValueError("version 4 holds lossy files in the compact framing (compact=True, lossless=False)")
     if h.stop is not None:
         _int("stop", h.stop, 1, MAX_STEPS)
-        if not h.compact or h.lossless:
-            raise ValueError("a stop (version 4) needs a lossy file in the compact framing")
+        if not h.lossy_compact:
+            raise ValueError("a stop needs format version 4 (lossy_compact=True)")
     fingerprint = bytes(h.fingerprint)
     fp_len = COMPACT_FINGERPRINT_BYTES if h.compact else 4
     if len(fingerprint) != fp_len:
@@ -364,6 +370,8 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
     flags = (FLAG_LOSSLESS if h.lossless else 0) | (
         FLAG_EXPLICIT_SCHEDULE if h.schedule is not None else 0
     ) | (FLAG_CODER_FIELDS if h.schedule is not None and h.schedule.has_coder_fields else 0)
+    if h.lossy_compact:
+        flags = (flags & ~FLAG_LOSSLESS) | (FLAG_STOP if h.stop is not None else 0)
     if h.compact:
         flags |= FLAG_SEED if seed else 0
     else:
@@ -404,7 +412,9 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
         if total_steps > MAX_STEPS:
             raise ValueError(f"segments hold more than {MAX_STEPS} steps in total")
         _int(f"len(segments[{i}].payload)", len(seg.payload), 0, MAX_PAYLOAD)
-        table += varint_encode(steps) + varint_encode(len(seg.payload))
+        table += varint_encode(steps)
+        if not (h.lossy_compact and len(f.segments) == 1):   # version 4, one segment: the length is implied
+            table += varint_encode(len(seg.payload))
     out.append(("segment table", bytes(table)))
     if f.x0 is not None:
         out.append(("x0 length", varint_encode(_int("len(x0)", len(f.x0), 0, MAX_PAYLOAD))))
@@ -431,6 +441,8 @@ def framing_size(header: Header, table: list[tuple[int, int]]) -> int:
     f = DdpmFile(header=header, segments=[Segment(steps, b"") for steps, _ in table],
                  pixel_crc=0 if header.lossless else None)
     n = sum(len(p) for name, p in pack_fields(f) if name not in ("segment payloads", "x0 payload"))
+    if header.lossy_compact and len(table) == 1:   # version 4, one segment: no length field
+        return n
     return n - len(table) + sum(len(varint_encode(length)) for _, length in table)
 
 
@@ -521,10 +533,9 @@ def unpack(data: bytes) -> ParsedFile:
         raise UnsupportedVersionError(
             f"reserved flag bits set (0x{flags:x}): written by a newer format revision"
         )
-    compact = version in (COMPACT_VERSION, STOP_VERSION)
-    lossless = bool(flags & FLAG_LOSSLESS)
-    if version == STOP_VERSION and lossless:
-        raise CorruptFileError("a version-4 file (a lossy file with a stop) is flagged lossless: the file is corrupted")
+    lossy_compact = version == LOSSY_VERSION
+    compact = version in (COMPACT_VERSION, LOSSY_VERSION)
+    lossless = bool(flags & FLAG_LOSSLESS) and not lossy_compact
     one_stream = compact or bool(flags & FLAG_ONE_STREAM)
     x0_in_stream = version == 2 or (compact and lossless)
     if version == 2 and not (lossless and flags & FLAG_ONE_STREAM):
@@ -576,7 +587,7 @@ def unpack(data: bytes) -> ParsedFile:
         seed = r.uv("seed", 0, MAX_SEED)
         r.field("seed", at)
     stop = None
-    if version == STOP_VERSION:
+    if lossy_compact and flags & FLAG_STOP:
         at = r.pos
         stop = r.uv("stop", 1, MAX_STEPS)
         r.field("stop", at)
@@ -599,6 +610,12 @@ def unpack(data: bytes) -> ParsedFile:
             raise CorruptFileError(
                 f"segments declare more than {MAX_STEPS} steps in total: the file is corrupted"
             )
+        if lossy_compact and num_segments == 1:   # version 4: the one segment is what precedes the CRC-16
+            length = len(data) - r.pos - _TRAILER_BYTES
+            if length < 0:
+                raise TruncatedFileError("the file ends inside its header: it is truncated or corrupted")
+            table.append((steps, length))
+            break
         table.append((steps, r.uv(f"segments[{i}].length", 0, MAX_PAYLOAD)))
     r.field("segment table", at)
     x0_length = None
@@ -628,7 +645,8 @@ def unpack(data: bytes) -> ParsedFile:
     elif not truncated:
         stored = int.from_bytes(data[-_TRAILER_BYTES:], "little")
         if stored != crc16(data[:-_TRAILER_BYTES]):
-            raise CorruptFileError("checksum mismatch: the file is corrupted")
+            implied = lossy_compact and num_segments == 1   # its size is not declared: a cut reads as damage
+            raise CorruptFileError("checksum mismatch: the file is corrupted" + (" or truncated" if implied else ""))
 
     segments = []
     pos = body
@@ -656,6 +674,7 @@ def unpack(data: bytes) -> ParsedFile:
         one_stream=one_stream,
         x0_in_stream=x0_in_stream,
         compact=compact,
+        lossy_compact=lossy_compact,
         stop=stop,
     )
     return ParsedFile(
