@@ -40,7 +40,7 @@ for path, model_path in json.loads(sys.argv[1]):
     model = resolve_model(model_path)
     try:
         res = codec.decode(open(path, "rb").read(), model)
-        out[path] = hashlib.sha256(res.image.tobytes()).hexdigest() if res.lossless else "lossy"
+        out[path] = ("" if res.lossless else "lossy ") + hashlib.sha256(res.image.tobytes()).hexdigest()
     except codec.DecodeError as e:
         out[path] = "error: " + str(e)[:60]
 print(json.dumps(out))
@@ -94,10 +94,18 @@ def test_exact_files_decode_under_other_kernels_and_thread_counts(small, tmp_pat
     context_file = tmp_path / "context.ddpm"
     context_file.write_bytes(codec.encode(img, load_model(cpath), settings=replace(
         EXACT, x0_context=1, x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0)).data)
+    # a lossy file that stops between two schedule times (format 4: one step straight to the stop): its picture
+    ts = list(EXACT.timesteps(model.diffusion.num_timesteps))
+    stop_file = tmp_path / "stop.ddpm"
+    t_stop = (ts[2] + ts[3]) // 2
+    res = codec.encode(img, model, settings=EXACT, max_reverse_time=model.diffusion.num_timesteps - t_stop + 1)
+    assert codec.read_header(res.data)[0].file.header.stop == t_stop
+    stop_file.write_bytes(res.data)
+    stop_hash = "lossy " + hashlib.sha256(codec.decode(res.data, model).image.tobytes()).hexdigest()
     golden = json.loads((GOLDEN / "golden.json").read_text())["pixels_sha256"]
     jobs = [(str(exact_file), str(mpath)), (str(context_file), str(cpath)), (str(GOLDEN / "p10.ddpm"), None),
-            (str(GOLDEN / "p12.ddpm"), None), (str(GOLDEN / "p13.ddpm"), None)]
-    want = {str(exact_file): hashlib.sha256(img.tobytes()).hexdigest(),
+            (str(GOLDEN / "p12.ddpm"), None), (str(GOLDEN / "p13.ddpm"), None), (str(stop_file), str(mpath))]
+    want = {str(stop_file): stop_hash, str(exact_file): hashlib.sha256(img.tobytes()).hexdigest(),
             str(context_file): hashlib.sha256(img.tobytes()).hexdigest(),
             str(GOLDEN / "p10.ddpm"): golden, str(GOLDEN / "p12.ddpm"): golden, str(GOLDEN / "p13.ddpm"): golden}
     for name, env in VARIANTS.items():
