@@ -329,6 +329,24 @@ def test_trellis_round_trip_and_every_segment_boundary_decodes(model, exact):
     assert codec.decode(res.data[:pos - 1], model).steps_decoded == cuts[0][1]
 
 
+def test_count_model_2_walks_count_model_1s_chain_for_fewer_count_bits(model):
+    """Count model 2 changes how the counts are coded, not which are sent: the same chunk counts, paths and
+    x_0 code as count model 1 (profile 13 against 12), fewer count bits in all, and the file decodes."""
+    imgs = smooth_images(3, seed=61)
+    base = replace(TRELLIS, count_model=1, exact=1)
+    total = {1: 0.0, 2: 0.0}
+    for img in imgs:
+        res = {cm: codec.encode(img, model, settings=replace(base, count_model=cm)) for cm in (1, 2)}
+        a, b = res[1].accounting, res[2].accounting
+        assert [r.chunks for r in res[1].steps] == [r.chunks for r in res[2].steps]
+        assert [s.index_bits for s in a.steps] == [s.index_bits for s in b.steps] and a.x0_bits == b.x0_bits
+        for cm in (1, 2):
+            total[cm] += sum(s.count_bits for s in res[cm].accounting.steps)
+        assert np.array_equal(codec.decode(res[2].data, model).image, img)
+    # the prior step alone: an Elias-gamma code of 0 (log2 of 1 + the bit length of D) against ~0.2 bits
+    assert total[2] < total[1] - 3 * 3.0
+
+
 def test_trellis_costs_its_path_bits(model):
     """Every coded step costs its path (C·b raw bits) plus its count, and a count costs at most
     -log2(2^-10 / (D + 1)) = 21.6 bits (the count model's uniform floor) even when mispredicted

@@ -76,15 +76,15 @@ def test_profile_coder_configs_are_pinned():
         cfg = s.rcc_config()
         trellis = s.selection == "trellis"
         assert cfg.min_step_bits == 3.0
-        if s.count_model == 2:   # its own deviation, the masses where one segment is predicted, a wider snap
-            assert (cfg.chunks_abs_scale, cfg.chunks_rel_scale, cfg.unit_zero, cfg.unit_spike) == (1.5, 0.1, 0.5, 0.45)
-            assert (cfg.snap_up, cfg.snap_down, cfg.snap_abs) == (0.12, 0.04, 3.0)
+        assert (cfg.snap_up, cfg.snap_down, cfg.snap_abs, cfg.snap_free) == (0.12, 0.04, 2.0, 0)   # encoder policy
+        if s.count_model == 2:   # its own deviation and the masses where one segment is predicted
+            assert (cfg.chunks_abs_scale, cfg.chunks_rel_scale, cfg.unit_zero, cfg.unit_spike) == (2.0, 0.05, 0.5, 0.45)
         else:
             assert (cfg.chunks_abs_scale, cfg.chunks_rel_scale) == ((0.6, 0.03) if trellis else (0.01, 0.25))
-            assert (cfg.unit_zero, cfg.unit_spike, cfg.snap_abs) == (0.0, 0.0, 2.0)
+            assert (cfg.unit_zero, cfg.unit_spike) == (0.0, 0.0)
         assert s.prior_prediction == (0.0 if s.count_model == 2 else None)
         assert cfg.rate_factor == s.rate_percent / 100
-        assert cfg.count_spike == {0: 0.0, 1: 0.8, 2: 0.95}[s.count_model]
+        assert cfg.count_spike == {0: 0.0, 1: 0.8, 2: 0.85}[s.count_model]
         assert cfg.state_bits == ((s.log2_candidates - s.chunk_bits + s.reuse_bits) if trellis else 0)
         assert cfg.arithmetic is (EXACT if s.exact else FLOAT)
     assert codec.PROFILES[9].rcc_config().state_bits == 17
@@ -94,9 +94,8 @@ def test_format_constants_are_pinned():
     assert codec.SCHEDULE_KINDS == ("quadratic", "uniform", "cubic")
     assert codec.VARIANCE_IDS == ("fixedsmall", "fitted", "fixedlarge")
     assert codec.SELECTION_IDS == ("pfr", "mrc", "trellis")
-    assert codec.COUNT_SPIKES == {0: 0.0, 1: 0.8, 2: 0.95}
-    assert codec.COUNT_MODEL_2 == dict(chunks_abs_scale=1.5, chunks_rel_scale=0.1, unit_zero=0.5, unit_spike=0.45,
-                                       snap_abs=3.0)
+    assert codec.COUNT_SPIKES == {0: 0.0, 1: 0.8, 2: 0.85}
+    assert codec.COUNT_MODEL_2 == dict(chunks_abs_scale=2.0, chunks_rel_scale=0.05, unit_zero=0.5, unit_spike=0.45)
     assert codec.TRELLIS_COUNT_SCALE == (0.6, 0.03)
     assert codec.X0_MODELS == {"model": (0, 0, 0, 0), "scale": (4, 0, 0, 0), "channels": (4, 3, 0, 0),
                                "neighbours": (4, 3, 1, 0), "context": (0, 0, 0, 1)}

@@ -560,10 +560,10 @@ def test_count_model_2_closed_form_where_one_segment_is_predicted():
     the geometric rho^(C-1) scaled to 1 - unit_zero - unit_spike - floor; so a free step costs
     -log2(0.5) = 1 bit, not the ~3.7 of count model 1. Elsewhere it is count model 1's shape."""
     dim = 60
-    cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=14, selection="trellis", chunks_abs_scale=1.5,
-                        chunks_rel_scale=0.1, count_spike=0.95, unit_zero=0.5, unit_spike=0.45)
+    cfg = rcc.RCCConfig(chunk_bits=4, log2_candidates=14, selection="trellis", chunks_abs_scale=2.0,
+                        chunks_rel_scale=0.05, count_spike=0.85, unit_zero=0.5, unit_spike=0.45)
     floor = 2.0**-10
-    scale = 1.5 + 0.1
+    scale = 2.0 + 0.05
     rho = scale / (scale + 1)
     g = np.array([0.0, 0.0] + [rho ** (c - 1) for c in range(2, dim + 1)])
     want = (1 - 0.5 - 0.45 - floor) * g / g.sum() + floor / (dim + 1)
@@ -572,9 +572,9 @@ def test_count_model_2_closed_form_where_one_segment_is_predicted():
     p = bitstream.chunk_count_probs(1.2, dim, cfg)
     np.testing.assert_allclose(p, want, rtol=1e-12)
     assert abs(-math.log2(p[0]) - 1.0) < 0.01 and abs(p.sum() - 1) < 1e-12
-    # at another centre the unit masses play no part: mass 0.95 on c0, none extra on 0
+    # at another centre the unit masses play no part: mass 0.85 on c0, none extra on 0
     c0 = 7
-    np.testing.assert_allclose(bitstream.chunk_count_probs(c0, dim, cfg), _spike_model(dim, c0, 1.5 + 0.1 * c0, 0.95),
+    np.testing.assert_allclose(bitstream.chunk_count_probs(c0, dim, cfg), _spike_model(dim, c0, 2.0 + 0.05 * c0, 0.85),
                                rtol=1e-12)
     # and counts coded under it round-trip through a range coder (c0 = 1 for every item)
     code = rcc.StepCode(num_chunks=np.array([0, 1, 0, 5, 1, 0], np.int64),

@@ -19,14 +19,14 @@ SELECTION_IDS = ("pfr", "mrc", "trellis")
 # count models (bits 4-5 of an explicit schedule's selection byte; bits 0-1: the selection, bits 6-7
 # and 2-3: the low and high bits of the trellis's reuse_bits): the mass the chunk-count model puts on
 # the decoder's prediction (coding.rcc.bitstream.chunk_count_probs); ids append only
-COUNT_SPIKES = {0: 0.0, 1: 0.8, 2: 0.95}
+COUNT_SPIKES = {0: 0.0, 1: 0.8, 2: 0.85}
 TRELLIS_COUNT_SCALE = (0.6, 0.03)   # (abs, rel) deviation of the trellis's chunk-count model (count models 0, 1)
 # Count model 2 (issue 28; fitted to the counts of CIFAR-10 test images 100-179, docs/results/file-overhead.md):
 # its own (abs, rel) deviation; where one segment is predicted, half the mass on a free step (0 segments,
-# coding.rcc.bitstream.chunk_count_probs); the prior step x_T coded against a prediction of 0 (not the
-# Elias-gamma code: 3.7 bits for a step that is always free); and the encoder's snap window widened to
-# +-3 segments (policy, not format: coding.rcc.search.snap_chunks).
-COUNT_MODEL_2 = dict(chunks_abs_scale=1.5, chunks_rel_scale=0.1, unit_zero=0.5, unit_spike=0.45, snap_abs=3.0)
+# coding.rcc.bitstream.chunk_count_probs); and the prior step x_T coded against a prediction of 0 (not the
+# Elias-gamma code: 3.7 bits for a step that is always free). The encoder's counts are those of count model 1
+# (the same snap window), so the chain, its samples and x_0 are profile 12's: only the count bits change.
+COUNT_MODEL_2 = dict(chunks_abs_scale=2.0, chunks_rel_scale=0.05, unit_zero=0.5, unit_spike=0.45)
 # Per-tile scale of the x_0 decoder (x0_scale_bits = 4): tile b codes x_0 with the decoder's scale
 # times X0_SCALE_FACTORS[i_b], i_b sent in 4 raw bits. The factors are 2^((i - 10)/16) written out
 # (not computed: libm's pow may differ in the last bit between machines; the decoder must build the
@@ -65,7 +65,7 @@ class CodecSettings:
     selection: str = "trellis"              # the reverse channel coder (coding.rcc)
     rate_percent: int = 105                 # bits sent per 100 bits of KL (trellis)
     count_model: int = 2                    # chunk counts: 0 geometric; 1 with 80 % at the prediction; 2 with
-                                            # 95 %, free steps where one segment is predicted ~1 bit
+                                            # 85 %, free steps where one segment is predicted ~1 bit
     reuse_bits: int = 7                     # trellis: 2^reuse_bits x the states on the same pool (coding.rcc)
     x0_scale_bits: int = 0                  # 4: each tile's x_0 decoder scale x X0_SCALE_FACTORS[i], i sent
     x0_channel_bits: int = 0                # 3: x_0's G and B means predicted from decoded R (G) residuals
