@@ -32,6 +32,7 @@ PINNED = {
     11: ("context", _TRELLIS + (1, 7, 0, 0, 0, 0, 1)),
     12: ("exact-context", _TRELLIS + (1, 7, 0, 0, 0, 1, 1)),
     13: ("exact-counts", _TRELLIS + (2, 7, 0, 0, 0, 1, 1)),
+    14: ("exact-counts-side", _TRELLIS + (2, 7, 4, 3, 1, 1, 0)),
 }
 # the explicit-schedule bytes each profile would write (container.Schedule fields), from FORMAT.md's
 # bit layout: variance byte = kind | x0_scale_bits << 4 | 0x80 channels | 0x20 neighbours | 0x10 exact
@@ -44,13 +45,14 @@ SCHEDULE_BYTES = {1: (0, 1, 0), 2: (0, 1, 0), 3: (2, 1, 2), 4: (2, 1, 2), 5: (2,
                   10: (2, 1 | 4 << 4 | 0x80 | 0x20 | 0x10, 2 | 1 << 2 | 1 << 4 | 3 << 6),
                   11: (2, 1 | 0x08, 2 | 1 << 2 | 1 << 4 | 3 << 6),
                   12: (2, 1 | 0x10 | 0x08, 2 | 1 << 2 | 1 << 4 | 3 << 6),
-                  13: (2, 1 | 0x10 | 0x08, 2 | 1 << 2 | 2 << 4 | 3 << 6)}
+                  13: (2, 1 | 0x10 | 0x08, 2 | 1 << 2 | 2 << 4 | 3 << 6),
+                  14: (2, 1 | 4 << 4 | 0x80 | 0x20 | 0x10, 2 | 1 << 2 | 2 << 4 | 3 << 6)}
 
 
 def test_every_profile_is_pinned_field_by_field():
     assert sorted(codec.PROFILES) == sorted(PINNED)
-    assert codec.DEFAULT_PROFILE == 13 and codec.PLAIN_DEFAULT_PROFILE == 10   # exact: portable by default
-    assert codec.PROFILES[13].arithmetic is EXACT and codec.PROFILES[10].arithmetic is EXACT
+    assert codec.DEFAULT_PROFILE == 13 and codec.PLAIN_DEFAULT_PROFILE == 14   # exact: portable by default
+    assert codec.PROFILES[13].arithmetic is EXACT and codec.PROFILES[14].arithmetic is EXACT
     assert tuple(f.name for f in codec.CodecSettings.__dataclass_fields__.values()) == FIELDS
     for pid, (name, values) in PINNED.items():
         s = codec.PROFILES[pid]

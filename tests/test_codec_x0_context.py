@@ -201,13 +201,13 @@ def test_x0_context_travels_in_an_explicit_schedule_and_excludes_side_informatio
 
 
 def test_the_default_profile_follows_the_model(model, base):
-    """Profile 12 (exact) for a model with a context model; 10 (exact, side information) for one
+    """Profile 13 (exact) for a model with a context model; 14 (exact, side information) for one
     without, so that a user's own model encodes with no options, portably; their float twins (11, 9)
     only for a model exact arithmetic cannot run (a cosine schedule is built with libm)."""
-    assert codec.default_profile(model) == 13 and codec.default_profile(base) == 10
+    assert codec.default_profile(model) == 13 and codec.default_profile(base) == 14
     assert codec.default_settings(model).x0_context == 1 and codec.default_settings(base).x0_context == 0
     assert codec.default_settings(model).arithmetic.exact and codec.default_settings(base).arithmetic.exact
-    assert codec.settings_with(model=base, rate_percent=107) == replace(codec.PROFILES[10], rate_percent=107)
+    assert codec.settings_with(model=base, rate_percent=107) == replace(codec.PROFILES[14], rate_percent=107)
     cosine = replace(base, config={**base.config, "diffusion": {**base.config.get("diffusion", {}),
                                                                  "schedule": "cosine"}})
     assert codec.default_profile(cosine) == 9

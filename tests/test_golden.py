@@ -5,9 +5,9 @@ Profiles 1-9 and 11 are float files: they decode where PyTorch's float kernels g
 project's AMD EPYC machines, one thread; docs/results/gpu-2026-11-26.md). On a machine whose kernels differ
 (this project's Intel Xeon machines, 2026-12-06) they fail with a checksum error, which is what those files
 promise, and the test is skipped there;
-profiles 10, 12 and 13 (exact arithmetic) must decode everywhere (tests/test_portable.py). Profiles 11-13 code
-x_0 with the shipped x_0 context model (models/weights/x0-context/). Profile 13's file is in format version 3
-(the default since 2026-12-07), the others in the version their profile's default was then."""
+profiles 10, 12, 13 and 14 (exact arithmetic) must decode everywhere (tests/test_portable.py). Profiles 11-13 code
+x_0 with the shipped x_0 context model (models/weights/x0-context/). The files of profiles 13 and 14 are in format
+version 3 (the default since 2026-12-07), the others in version 2 (the default when they were made)."""
 from __future__ import annotations
 
 import hashlib

@@ -58,7 +58,7 @@ _ALL = (
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=0, x0_context=0)),
-    Profile(10, "exact", "profile 9's coding in exact arithmetic: files decode on any machine; default without a context model",
+    Profile(10, "exact", "profile 9's coding in exact arithmetic: files decode on any machine; default without a context model until 2026-12-06",
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=1, reuse_bits=7,
                           x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=1, x0_context=0)),
@@ -74,13 +74,17 @@ _ALL = (
             CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
                           variance="fitted", selection="trellis", rate_percent=105, count_model=2, reuse_bits=7,
                           x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0, exact=1, x0_context=1)),
+    Profile(14, "exact-counts-side", "profile 10 with count model 2: the default for a model without a context model",
+            CodecSettings(num_steps=48, t_end=1, schedule_kind="cubic", chunk_bits=4, log2_candidates=14,
+                          variance="fitted", selection="trellis", rate_percent=105, count_model=2, reuse_bits=7,
+                          x0_scale_bits=4, x0_channel_bits=3, x0_neighbours=1, exact=1, x0_context=0)),
 )
 PROFILE_INFO: dict[int, Profile] = {p.id: p for p in _ALL}
 PROFILES: dict[int, CodecSettings] = {p.id: p.settings for p in _ALL}
 # Defaults are exact arithmetic: a lossless codec's default file must decode anywhere (issue 25).
 DEFAULT_PROFILE = 13         # exact-counts: x_0 by the learned context model, count model 2, portable
-PLAIN_DEFAULT_PROFILE = 10   # exact: the default for a model without a learned x_0 context model
-FLOAT_FALLBACK = {13: 11, 12: 11, 10: 9}   # for a model the exact arithmetic cannot run (a non-linear beta schedule)
+PLAIN_DEFAULT_PROFILE = 14   # exact-counts-side: the default for a model without a learned x_0 context model
+FLOAT_FALLBACK = {13: 11, 12: 11, 14: 9, 10: 9}   # for a model exact arithmetic cannot run (a non-linear beta schedule)
 
 
 def exact_capable(model) -> bool:
