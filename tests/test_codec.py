@@ -329,6 +329,30 @@ def test_trellis_round_trip_and_every_segment_boundary_decodes(model, exact):
     assert codec.decode(res.data[:pos - 1], model).steps_decoded == cuts[0][1]
 
 
+def test_no_short_last_segment_and_the_estimate_follows_the_file(monkeypatch):
+    """A lossy file's last segment holds at least ``min_segment_bytes`` (64): a short tail joins the segment
+    before it, since its table entry, the header CRC-8 and format 4's implied length (4 bytes here) cost more
+    than a preview a few bytes earlier is worth. Shipped model, default profile, ``--steps 900``, CIFAR-10 test
+    images 0, 1 and 3, whose streams would otherwise end 19, 9 and 1 bytes after a cut. The encoder's size
+    estimate of the file (``cum_bpd`` of its last step, what rd-curve reads) stays within a byte of it."""
+    from ddpm_codec.codec import stream
+    from ddpm_codec.data import load_images_or_sample
+    from ddpm_codec.models.registry import resolve_model
+
+    shipped = resolve_model()
+    imgs = load_images_or_sample("cifar10-sample", "test")[0][[0, 1, 3]]
+    merged = [codec.encode(img, shipped, max_reverse_time=900, metrics=False) for img in imgs]
+    monkeypatch.setattr(stream.StepStream, "_kept",
+                        lambda self, cuts, end, at: [c for c in cuts if c[0][0] < len(self.written)])
+    every_cut = [codec.encode(img, shipped, max_reverse_time=900, metrics=False) for img in imgs]
+    for img, a, b in zip(imgs, merged, every_cut):
+        segs_a, segs_b = container.unpack(a.data).file.segments, container.unpack(b.data).file.segments
+        assert len(segs_a) == 1 and len(segs_b) == 2 and len(segs_b[-1].payload) < 64
+        assert len(b.data) - len(a.data) == 4 and segs_a[0].payload == segs_b[0].payload + segs_b[1].payload
+        assert abs(a.steps[-1].cum_bpd * img.size / 8 - len(a.data)) <= 1
+        assert codec.decode(a.data, shipped).reverse_time == 900
+
+
 def test_count_model_2_walks_count_model_1s_chain_for_fewer_count_bits(model):
     """Count model 2 changes how the counts are coded, not which are sent: the same chunk counts, paths and
     x_0 code as count model 1 (profile 13 against 12), fewer count bits in all, and the file decodes."""

@@ -18,7 +18,8 @@ class StepStream:
 
     A segment ends after the step where the stream has grown since the last cut by
     ``min_segment_bytes`` and by ``SEGMENT_GROWTH`` times the previous segment: fine steps at low
-    rates (previews), few table entries in all. Each cut is placed at the shortest prefix of the stream from which the decoder,
+    rates (previews), few table entries in all; and the last segment holds at least ``min_segment_bytes``
+    too (else it joins the one before: a lossy file ending a few bytes after a cut). Each cut is placed at the shortest prefix of the stream from which the decoder,
     padding with zero bytes, reads exactly the steps before it (checked by reading them back),
     so a file truncated at a segment boundary decodes to that segment's last step, and segments
     cost only their table entry: no range-coder flush per segment (~0.03 bits/dim at 32x32).
@@ -41,12 +42,23 @@ class StepStream:
     def num_bits(self) -> int:
         return int(self.enc.num_bits())
 
+    def _kept(self, cuts: list, end: float, at) -> list:
+        """The cuts before the last step written, less the last of them if the segment after it would hold
+        fewer than ``min_segment_bytes``: a short tail segment costs its table entry (and, in format 3 or
+        4, the header CRC-8 and format 4's implied length: 3-4 bytes) for a preview a few bytes earlier.
+        ``at(cut)``: where a cut lies on the scale of ``end`` (stream bits, or code bits)."""
+        kept = [c for c in cuts if c[0][0] < len(self.written)]
+        if kept and end - at(kept[-1]) < self.min_bits:
+            kept.pop()
+        return kept
+
     def prefix_table(self) -> list[tuple[int, int]]:
         """The segment table ``(steps, bytes)`` of a file cut after the last step written, estimated from
         the steps' model code lengths: a cut after ``c`` bits of code at byte ``ceil(c / 8)`` (the range
         coder's rounding takes about what the rounded-up last byte saves; ``benchmarks/overhead.py``
         compares the estimate with the files: 0 to +1 byte)."""
-        ends = [(steps, c) for (steps, _), c in zip(self.cuts, self.cut_code) if steps < len(self.written)]
+        kept = self._kept(list(zip(self.cuts, self.cut_code)), self.code_bits, lambda c: c[1])
+        ends = [(steps, c) for (steps, _), c in kept]
         ends.append((len(self.written), self.code_bits))
         table, prev_steps, prev_pos = [], 0, 0
         for steps, c in ends:
@@ -81,9 +93,7 @@ class StepStream:
         data = data[: self._prefix_len(data, len(self.written), len(data) - 4, x0=self.x0 is not None)]  # unread tail
         data = self._round_up_end(data)
         out, start, steps_before = [], 0, 0
-        for steps, bits in self.cuts:
-            if steps >= len(self.written):
-                break
+        for (steps, bits), _ in self._kept([(c, None) for c in self.cuts], 8 * len(data), lambda c: c[0][1]):
             end = self._prefix_len(data, steps, max(start, bits // 8 - 4))
             out.append(container.Segment(num_steps=steps - steps_before, payload=data[start:end]))
             start, steps_before = end, steps
