@@ -872,7 +872,7 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, mode
               help="Images per independent chunk (extracting one image decodes part of its chunk; each "
                    "chunk pays its initial bits once).")
 @click.option("--seed-images", type=click.IntRange(0, 255), default=3, show_default=True,
-              help="Each chunk's first images as per-image files (exact profile 12) at the bottom of its stack: "
+              help="Each chunk's first images as per-image files (exact profile 13) at the bottom of its stack: "
                    "the next images' initial bits (0: pseudo-random words, which cost their bits).")
 @click.option("--split", default="test", show_default=True, help="Which array of an .npz input (<split>_images).")
 @_max_pixels_option

@@ -25,7 +25,7 @@ U-Net: an archive extracts bit-exactly on any machine.
 
 Chunks of ``chunk_images`` images are independent stacks: extracting one image decodes its
 chunk's images from the last down to it. Initial bits: a chunk's first ``seed_images`` images are
-coded by the per-image codec (exact profile 12) and their files form the stack's bottom, which the
+coded by the per-image codec (exact profile 13; 12 before 2026-12-07) and their files form the stack's bottom, which the
 next images pop (~35 kbit of the ~38 kbit a chunk needs at the default grid); whatever is missing
 comes from virtual words (``AnsStack.virtual_used``), which cost their bits. Format:
 ``docs/FORMAT.md``, "Archives"; measurements: ``docs/results/archive.md``.
@@ -527,7 +527,7 @@ def archive(images: Iterable[tuple[str, np.ndarray]], model: LoadedModel, *,
     """Code named uint8 RGB images ``(name, [H, W, 3])`` into one archive (bytes). ``measure``:
     fill :class:`ImageStats`' ideal bits and KLs (float reports, a little slower). Each chunk's
     first ``settings.seed_images`` images are coded by :func:`.api.encode` with ``seed_profile``
-    (default: profile 12, exact arithmetic; the files name their settings) and put at the bottom of
+    (default: profile 13, exact arithmetic; the files name their settings) and put at the bottom of
     the chunk's stack, where the next images' pops read them as their initial bits."""
     settings = settings or ArchiveSettings()
     coder = ChunkCoder(model, settings, seed_profile)
@@ -558,7 +558,7 @@ class ChunkCoder:
 
     def __init__(self, model: LoadedModel, settings: ArchiveSettings, seed_profile: CodecSettings | None = None):
         self.model, self.settings = model, settings
-        self.seed_profile = seed_profile or PROFILES[12]
+        self.seed_profile = seed_profile or PROFILES[13]
         if settings.seed_images and not self.seed_profile.exact:
             raise InputError("the seed images' profile must be exact (portable), as the archive is")
         self.fingerprint = _fingerprint(model)
