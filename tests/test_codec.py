@@ -422,6 +422,43 @@ def test_corrupted_or_cut_trellis_files_fail_cleanly(model):
             assert np.array_equal(dec.image, img)
 
 
+def test_fuzzed_format_4_files_with_repaired_checksums_reach_the_decoder(model):
+    """A lossy format-4 file with a stop, its payload bytes, its stop or its step count changed and the file
+    re-packed (the CRC-16 right again, so the decoder runs on the damage): a format or decode error, or a
+    picture of the right size from the reverse time the header names; never another exception."""
+    import random
+
+    img = smooth_images(1, seed=17)[0]
+    T = model.diffusion.num_timesteps
+    ts = list(TRELLIS.timesteps(T))
+    t_stop = (ts[3] + ts[4]) // 2
+    f = container.unpack(codec.encode(img, model, settings=TRELLIS, max_reverse_time=T - t_stop + 1).data).file
+    assert f.header.stop == t_stop
+    rng = random.Random(5)
+    errors = decoded = 0
+    for trial in range(30):
+        g = replace(f, header=replace(f.header), segments=[replace(x) for x in f.segments])
+        if trial % 3 == 0:
+            g.header.stop = rng.randrange(1, T + 1)
+        elif trial % 3 == 1:
+            g.segments[-1].num_steps = rng.randrange(1, 3 * g.segments[-1].num_steps)
+        else:
+            pay = bytearray(g.segments[-1].payload)
+            for _ in range(rng.randint(1, 3)):
+                pay[rng.randrange(len(pay))] ^= rng.randrange(1, 256)
+            g.segments[-1].payload = bytes(pay)
+        try:
+            dec = codec.decode(container.pack(g), model)
+        except (container.DdpmFormatError, codec.DecodeError):
+            errors += 1
+            continue
+        decoded += 1
+        assert dec.image.shape == img.shape and not dec.lossless
+        # a step of the chain the (changed) header names: a schedule time above its stop, or the stop itself
+        assert dec.reverse_time in {T - t + 1 for t in ts if t > g.header.stop} | {T - g.header.stop + 1}
+    assert errors >= 5 and decoded >= 5   # both outcomes reached
+
+
 def test_encoding_on_an_accelerator_warns(model, monkeypatch):
     """GPU-encoded files failed to decode across processes on an H200 (2026-11-26): say so."""
     import warnings
