@@ -35,12 +35,15 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=8)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--profile", type=int, default=None, help="default: the model's default profile")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE: a setting changed from the profile's")
     ap.add_argument("--counts", default=None, help="write every step's counts and predictions here (JSON)")
     ap.add_argument("--data", default=str(DATA))
     a = ap.parse_args()
     torch.set_num_threads(1)
     model = resolve_model(None)
-    settings = codec.PROFILES[a.profile] if a.profile else codec.default_settings(model)
+    over = {k: (v if k in ("selection", "schedule_kind", "variance") else int(v))
+            for k, v in (kv.split("=", 1) for kv in a.set)}
+    settings = codec.settings_with(a.profile, model=model, **over)
     imgs = np.load(Path(a.data) / "cifar10-subset.npz")["test_images"][a.start:a.start + a.n]
     reports, counts, natural = [], [], {}
     encode_step, snap, write_counts = rcc.encode_step, search.snap_chunks, bitstream.write_counts
