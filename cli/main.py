@@ -212,7 +212,8 @@ def profiles():
         x0 = (f"x0 +{s.x0_side_bits_per_tile()} bits/tile" if s.x0_side_bits_per_tile()
               else "x0 context model" if s.x0_context else "x0 plain")
         star = "*" if pid == DEFAULT_PROFILE else " "
-        click.echo(f"{star} {pid:2d} {p.name:15s} {coder:22s} {x0:18s} {p.summary}")
+        width = max(len(q.name) for q in PROFILE_INFO.values())
+        click.echo(f"{star} {pid:2d} {p.name:{width}s} {coder:22s} {x0:18s} {p.summary}")
 
 
 @main.command()
