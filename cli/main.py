@@ -802,7 +802,7 @@ def info(file, bits, model_spec, threads):
               help="Redraw the table and plots from an existing HDF5 without computing.")
 @click.option("--download", is_flag=True)
 @click.option("--format", "format_version", type=click.IntRange(1, 3), default=None,
-              help="The files' format version, whose framing the rates count: default 3 (as encode).")
+              help="The files' format version, whose framing the rates count: default the codec's (as encode).")
 @_schedule_options
 @_batch_option
 @_workers_option

@@ -58,15 +58,13 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     in image order, so the store holds what a one-process run writes (the ``seconds`` column aside)
     and resumes the same way. ``batch > 1``: each rank codes its images ``batch`` at a time, their
     network calls batched (:func:`ddpm_codec.codec.encode_many`; the same files). ``format_version``: the
-    files' format (default the codec's, 3): the framing that the rates count."""
+    files' format, whose framing the rates count (default the codec's: a lossy cut in format 4)."""
     from tqdm.auto import tqdm
-
-    from ..coding.container import FORMAT_VERSION
 
     from .. import codec, distributed
 
     settings = settings or codec.default_settings(model)
-    fmt = format_version or FORMAT_VERSION
+    fmt = format_version or 0   # 0: the codec's default formats
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
     mode = "theoretical" if theoretical else "actual"
     rank, _ = distributed.rank_world()
@@ -91,9 +89,10 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
             results = [codec.trace_theoretical(images[i], model, settings=settings, seed=seed + i) for i in ids]
         elif batch > 1 and len(ids) > 1:
             results = codec.encode_many([images[i] for i in ids], model, settings=settings, seed=seed, batch=batch,
-                                        format_version=fmt)
+                                        format_version=format_version)
         else:
-            results = [codec.encode(images[i], model, settings=settings, seed=seed, format_version=fmt) for i in ids]
+            results = [codec.encode(images[i], model, settings=settings, seed=seed, format_version=format_version)
+                       for i in ids]
         return [_record(images[i], int(indices[i]), res, model, settings, reconstruct, seed, theoretical)
                 for i, res in zip(ids, results)]
 
@@ -106,7 +105,7 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     return len(images)
 
 
-def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed, fmt=3) -> int:
+def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed, fmt=0) -> int:
     """Check (or start) the store for this run; the number of complete rows it holds (a record a crash
     left half-written is cut off)."""
     import torch

@@ -367,6 +367,8 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
     try:
         chain = Chain(model, settings, shape, threads, net, stop=h.stop)
     except ValueError as e:
+        if h.stop is None:
+            raise
         raise container.CorruptFileError(f"{e}: the file is corrupted") from None
     T = chain.T
     start = time.perf_counter()
