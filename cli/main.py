@@ -511,10 +511,11 @@ def _schedule_options(f):
 @_schedule_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No per-step table.")
-@click.option("--format", "format_version", type=click.IntRange(1, 3), default=None,
-              help="File format version for older readers: by default 3, the compact framing (docs/FORMAT.md), "
-                   "or 4 where --steps N stops between two schedule steps; 3, 2 or 1 stop --steps at the last "
-                   "schedule step <= N, and 2 and 1 cost 4-5 bytes more per file.")
+@click.option("--format", "format_version", type=click.IntRange(1, 5), default=None,
+              help="File format version for older readers: by default 5 (docs/FORMAT.md: one fingerprint byte, "
+                   "keyed checksums); 4 writes lossless files in 3 and lossy ones in 4 (read since 2026-12-07, "
+                   "3 bytes more); 3, 2 or 1 stop --steps at the last schedule step <= N, and 2 and 1 cost 4-5 "
+                   "bytes more again.")
 @_max_pixels_option
 @_threads_option
 @_batch_option
@@ -801,7 +802,7 @@ def info(file, bits, model_spec, threads):
 @click.option("--from", "from_h5", default=None, type=click.Path(dir_okay=False, exists=True),
               help="Redraw the table and plots from an existing HDF5 without computing.")
 @click.option("--download", is_flag=True)
-@click.option("--format", "format_version", type=click.IntRange(1, 3), default=None,
+@click.option("--format", "format_version", type=click.IntRange(1, 5), default=None,
               help="The files' format version, whose framing the rates count: default the codec's (as encode).")
 @_schedule_options
 @_batch_option

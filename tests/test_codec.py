@@ -99,7 +99,7 @@ def test_lossy_encode_stops_early_and_is_smaller(model):
 
 
 def test_steps_stop_exactly_where_asked(model):
-    """``max_reverse_time=N`` between two of the schedule's times a > b: the file (format version 4) holds the
+    """``max_reverse_time=N`` between two of the schedule's times a > b: the file (format version 5) holds the
     schedule's steps down to a and one step straight to t = T - N + 1, and decodes to reverse time N, to the
     encoder's own reconstruction there; at a schedule time, or in format 2, no stop (the schedule's steps)."""
     from ddpm_codec.eval.metrics import psnr
@@ -113,7 +113,7 @@ def test_steps_stop_exactly_where_asked(model):
     n = T - t_stop + 1
     res = codec.encode(img, model, settings=SETTINGS, max_reverse_time=n)
     parsed = container.unpack(res.data)
-    assert res.data[2] >> 4 == 4 and parsed.file.header.stop == t_stop and not res.lossless
+    assert res.data[2] >> 4 == 5 and parsed.file.header.stop == t_stop and not res.lossless
     assert [r.t for r in res.steps] == [T] + ts[1:i + 1] + [t_stop] and res.steps[-1].reverse_time == n
     dec = codec.decode(res.data, model)
     assert dec.reverse_time == n and dec.steps_decoded == len(res.steps)
@@ -122,17 +122,23 @@ def test_steps_stop_exactly_where_asked(model):
     from ddpm_codec.codec.describe import describe_file
 
     assert any(f"stops exactly at t = {t_stop} " in line for line in describe_file(res.data, "f"))
-    # at a schedule time: version 4 without a stop; format 2 (lossy: version 1): the old stop at the last time a
+    # at a schedule time: version 5 without a stop (flag bit 3); format 2 (lossy: version 1): the old stop at
+    # the last time a
     at = codec.encode(img, model, settings=SETTINGS, max_reverse_time=T - a + 1)
-    assert at.data[2] >> 4 == 4 and not at.data[2] & 1 and container.unpack(at.data).file.header.stop is None
-    assert codec.encode(img, model, settings=SETTINGS).data[2] >> 4 == 3   # a lossless file: version 3
+    assert at.data[2] >> 4 == 5 and not at.data[2] & 8 and container.unpack(at.data).file.header.stop is None
+    assert codec.encode(img, model, settings=SETTINGS).data[2] >> 4 == 5   # a lossless file: version 5 too
+    v4 = codec.encode(img, model, settings=SETTINGS, max_reverse_time=n, format_version=4)
+    assert v4.data[2] >> 4 == 4 and container.unpack(v4.data).file.header.stop == t_stop
     old = codec.encode(img, model, settings=SETTINGS, max_reverse_time=n, format_version=2)
     assert old.data[2] >> 4 == 1 and old.steps[-1].t == a
     assert [g.payload for g in container.unpack(old.data).file.segments] == \
         [g.payload for g in container.unpack(at.data).file.segments]   # the same steps, framed otherwise
     assert old.steps[-1].reverse_time == codec.decode(old.data, model).reverse_time == T - a + 1
-    # a version-4 file whose stop is a schedule time (or outside the chain) is refused as corrupt
-    bad = container.pack(replace(parsed.file, header=replace(parsed.file.header, stop=a)))
+    # a file whose stop is a schedule time (or outside the chain) is refused as corrupt
+    from ddpm_codec.codec.api import crc_key
+
+    bad = container.pack(replace(parsed.file, header=replace(parsed.file.header, stop=a,
+                                                             crc_key=crc_key(model, SETTINGS))))
     with pytest.raises(container.CorruptFileError, match="stop"):
         codec.decode(bad, model)
 
@@ -422,18 +428,24 @@ def test_corrupted_or_cut_trellis_files_fail_cleanly(model):
             assert np.array_equal(dec.image, img)
 
 
-def test_fuzzed_format_4_files_with_repaired_checksums_reach_the_decoder(model):
-    """A lossy format-4 file with a stop, its payload bytes, its stop or its step count changed and the file
-    re-packed (the CRC-16 right again, so the decoder runs on the damage): a format or decode error, or a
-    picture of the right size from the reverse time the header names; never another exception."""
+@pytest.mark.parametrize("version", [4, 5])
+def test_fuzzed_format_4_files_with_repaired_checksums_reach_the_decoder(model, version):
+    """A lossy format-4 or 5 file with a stop, its payload bytes, its stop or its step count changed and the
+    file re-packed (the CRC-16 right again, keyed by the model's fingerprint in version 5, so the decoder runs on
+    the damage): a format or decode error, or a picture of the right size from the reverse time the header
+    names; never another exception."""
     import random
 
     img = smooth_images(1, seed=17)[0]
     T = model.diffusion.num_timesteps
     ts = list(TRELLIS.timesteps(T))
     t_stop = (ts[3] + ts[4]) // 2
-    f = container.unpack(codec.encode(img, model, settings=TRELLIS, max_reverse_time=T - t_stop + 1).data).file
-    assert f.header.stop == t_stop
+    from ddpm_codec.codec.api import crc_key
+
+    data = codec.encode(img, model, settings=TRELLIS, max_reverse_time=T - t_stop + 1, format_version=version).data
+    f = container.unpack(data).file
+    f.header.crc_key = crc_key(model, TRELLIS)
+    assert f.header.stop == t_stop and container.unpack(data).version == version and container.pack(f) == data
     rng = random.Random(5)
     errors = decoded = 0
     for trial in range(30):
@@ -684,12 +696,42 @@ def test_compact_format_round_trips_and_is_smaller(model):
     from ddpm_codec.errors import InputError
     with pytest.raises(InputError, match="version 2"):   # exact arithmetic codes x_0 in the stream
         codec.encode(img, model, settings=replace(SETTINGS, exact=1), format_version=1)
-    with pytest.raises(InputError, match="format version 4"):
-        codec.encode(img, model, settings=SETTINGS, format_version=4)
+    with pytest.raises(InputError, match="unknown format version 6"):
+        codec.encode(img, model, settings=SETTINGS, format_version=6)
     bad = bytearray(lossless.data)
     bad[-20] ^= 0x10   # inside x_0's part of the stream: decodes, but fails the merged CRC-32
     with pytest.raises(codec.DecodeError, match="checksum"):
         codec.decode(bytes(bad), model)
+
+
+def test_format_5_is_smaller_and_its_keyed_checksum_checks_the_model(model):
+    """Version 5 (the default): the payloads of versions 3/4 with a one-byte fingerprint and checksums keyed by
+    the coding fingerprint. A model whose fingerprint shares that byte passes the byte check but fails the
+    checksum: a lossy file before its first step, a lossless one at its pixels; never a picture."""
+    img = smooth_images(1, seed=35)[0]
+    other = with_stats(fresh_model(get_preset("tiny")), model.diffusion.x0_mse)
+    other.fingerprint = model.fingerprint[:2] + other.fingerprint[2:]   # the same first byte, another model
+    assert other.fingerprint != model.fingerprint
+    for kw in ({}, {"max_reverse_time": 900}):
+        v4 = codec.encode(img, model, settings=SETTINGS, format_version=4, **kw)
+        v5 = codec.encode(img, model, settings=SETTINGS, **kw)
+        p4, p5 = container.unpack(v4.data), container.unpack(v5.data)
+        assert p5.version == 5 and p4.version == (4 if kw else 3)
+        assert [s.payload for s in p5.file.segments] == [s.payload for s in p4.file.segments]
+        f4, f5 = dict(p4.fields), dict(p5.fields)
+        # 2 fingerprint bytes less; an explicit schedule costs version 5 its settings byte 0 and, where version 4
+        # left them out (selection 0, rate 100: this PFR one), its coder fields
+        extra = 1 + (0 if SETTINGS.to_schedule().has_coder_fields else 2)
+        assert (f4["fingerprint"], f5["fingerprint"], f5["schedule"] - f4["schedule"]) == (3, 1, extra)
+        assert len(v4.data) - len(v5.data) == 2 - extra
+        d4, d5 = codec.decode(v4.data, model), codec.decode(v5.data, model)
+        assert np.array_equal(d4.image, d5.image) and d5.lossless == (not kw) and d5.reverse_time == d4.reverse_time
+        with pytest.raises((codec.DecodeError, container.CorruptFileError), match="checksum"):
+            codec.decode(v5.data, other)
+        bad = bytearray(v5.data)
+        bad[-3] ^= 0x01   # inside the payload (lossy) or x_0's part of the stream (lossless)
+        with pytest.raises((codec.DecodeError, container.CorruptFileError), match="checksum"):
+            codec.decode(bytes(bad), model)
 
 
 def test_bit_accounting_adds_up_to_the_file(model):

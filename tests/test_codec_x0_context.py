@@ -74,7 +74,11 @@ def test_context_x0_round_trips_and_names_both_models(model, settings):
         assert parsed.file.header.schedule.variance_kind & 0x08
         # the file names the model together with its context model: sha256("<fingerprint>:<context hash>")
         both = hashlib.sha256(f"{model.fingerprint}:{context_hash(model.x0_context)}".encode()).hexdigest()
-        assert parsed.file.header.fingerprint.hex() == both[:6] != model.fingerprint[:6]   # format 3: 3 bytes
+        # format 5: its first byte, and the checksums keyed by its first 8 bytes
+        from ddpm_codec.codec.api import crc_key
+
+        assert parsed.version == 5 and parsed.file.header.fingerprint.hex() == both[:2]
+        assert crc_key(model, settings) == bytes.fromhex(both[:16]) != bytes.fromhex(model.fingerprint[:16])
         assert res.x0_side_bits == 0 and res.x0_bits > 0
         dec = codec.decode(res.data, model)
         assert dec.lossless and np.array_equal(dec.image, img)

@@ -15,6 +15,8 @@ from ddpm_codec.coding.container import (
     CorruptFileError,
     DdpmFile,
     DdpmFormatError,
+    IMPLIED_PROFILE,
+    KEYED_VERSION,
     ForeignFileError,
     Header,
     Schedule,
@@ -43,6 +45,15 @@ def ref_crc8(data: bytes) -> int:  # CRC-8/SMBUS
         for _ in range(8):
             crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
     return crc
+
+
+def ref_crc32(data: bytes, value: int = 0) -> int:  # CRC-32 (ISO-HDLC), continued from a finished value
+    crc = value ^ 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
 
 
 def ref_crc16(data: bytes) -> int:  # CRC-16/CCITT-FALSE
@@ -274,12 +285,25 @@ def test_truncation_messages():
 # ---------------------------------------------------------------------------------------
 
 
+ANY_KEY = bytes(range(8))
+
+
+def _passes_keyed(parsed, pixels: bytes, key: bytes) -> bool:
+    """Whether a complete version-5 file passes what its decoder checks with ``key``: the CRC-16 of a lossy
+    file, the CRC-32 with the decoded pixels of a lossless one."""
+    if parsed.file.header.lossless:
+        return parsed.pixels_match(pixels, key)
+    return parsed.keyed_crc_matches(key)
+
+
 def test_every_single_byte_change_of_a_tiny_file_is_caught():
     # Exhaustive: every position, every new value. A change inside the payloads or
     # checksums is always caught (CRC-16 catches every burst of <= 16 bits); a change in
     # the header is caught by the CRC-8 unless it also moves the header's end, in which
     # case the CRC-8 is read from another byte and matches with probability 1/256. Such a
-    # file can at worst pass as *truncated* (unverified), never as a complete file.
+    # file can at worst pass as *truncated* (unverified), never as a complete file. A version nibble
+    # changed to 5 reads as a version-5 file, whose checksums are keyed by the model's fingerprint and
+    # checked by the decoder: they must fail there.
     head = header_length(TINY, TINY_BYTES)
     missed = 0
     for pos in range(len(TINY_BYTES)):
@@ -289,6 +313,9 @@ def test_every_single_byte_change_of_a_tiny_file_is_caught():
             try:
                 parsed = unpack(bytes(bad))
             except DdpmFormatError:
+                continue
+            if parsed.version == KEYED_VERSION and not parsed.truncated:
+                assert pos < head and not parsed.verified and not _passes_keyed(parsed, PIXELS, ANY_KEY)
                 continue
             assert parsed.truncated and pos < head
             missed += 1
@@ -391,8 +418,8 @@ def test_foreign_and_unsupported():
         unpack(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(ForeignFileError):
         unpack(b"x")
-    with pytest.raises(UnsupportedVersionError, match="version 5"):
-        unpack(MAGIC + b"\x51" + TINY_BYTES[3:])
+    with pytest.raises(UnsupportedVersionError, match="version 6"):
+        unpack(MAGIC + b"\x61" + TINY_BYTES[3:])
     with pytest.raises(TypeError):
         unpack("8ddd")
     for cls in (ForeignFileError, UnsupportedVersionError, CorruptFileError, TruncatedFileError):
@@ -674,3 +701,113 @@ def test_version_4_round_trips_and_framing_size():
         assert parsed.file.header == f.header and parsed.file.segments == segs and parsed.version == 4
         assert parsed.framing_bytes() + sum(len(s.payload) for s in segs) == len(data)
         assert framing_size(f.header, [(s.num_steps, len(s.payload)) for s in segs]) == parsed.framing_bytes()
+
+
+# ---------------------------------------------------------------------------------------
+# Version 5: one fingerprint byte, checksums keyed by the whole fingerprint, profile 13 implied
+# (docs/FORMAT.md, issue 28)
+# ---------------------------------------------------------------------------------------
+
+KEY = bytes.fromhex("05120844aabbccdd")   # the first 8 bytes of a coding fingerprint
+
+
+def test_pinned_bytes_version_5_lossy():
+    """Version 4's lossy file in 3 bytes less: fingerprint 1 byte, no profile byte for profile 13 (flag bit 1
+    clear), flags bit 3 stop, bit 2 seed; the CRC-16 covers the key before the file's bytes."""
+    assert KEYED_VERSION == 5 and IMPLIED_PROFILE == 13
+    f = DdpmFile(header=Header(fingerprint=b"\x05", height=32, width=32, seed=0, profile=13, one_stream=True,
+                               compact=True, keyed=True, stop=101, crc_key=KEY), segments=[Segment(27, b"\x55" * 60)])
+    head = bytes.fromhex("8ddd" "58" "05" "3f" "65" "01" "1b")  # version 5, stop; 1 segment of 27 steps
+    body = head + b"\x55" * 60
+    want = body + ref_crc16(KEY + body).to_bytes(2, "little")
+    assert pack(f) == want and len(want) - 60 == 10   # version 4: 13 with its stop
+    parsed = unpack(want)
+    assert parsed.version == 5 and parsed.file == f and not parsed.verified and parsed.framing_bytes() == 10
+    assert [n for n, _ in parsed.fields] == ["magic", "version and flags", "fingerprint", "dimensions", "stop",
+                                            "segment count", "segment table", "file crc16"]
+    # the checksum is the decoder's to check, with its model's key: any other key fails it
+    assert parsed.keyed_crc_matches(KEY)
+    assert not parsed.keyed_crc_matches(KEY[:7] + b"\xde") and not parsed.keyed_crc_matches(b"")
+    # another profile: flag bit 1 and its byte; a seed: flag bit 2 and a varint after the settings
+    g = replace(f, header=replace(f.header, profile=14, seed=5))
+    head = bytes.fromhex("8ddd" "5e" "05" "3f" "0e" "05" "65" "01" "1b")
+    body = head + b"\x55" * 60
+    assert pack(g) == body + ref_crc16(KEY + body).to_bytes(2, "little")
+    assert unpack(pack(g)).file.header == g.header
+    # a damaged byte or a cut: the keyed checksum fails (the one segment's size is not declared)
+    for bad in (want[:-1], want[:20] + bytes([want[20] ^ 1]) + want[21:]):
+        try:
+            assert not unpack(bad).keyed_crc_matches(KEY)
+        except CorruptFileError:
+            pass
+    with pytest.raises(ValueError, match="version 5"):
+        pack(replace(f, header=replace(f.header, compact=False)))
+    with pytest.raises(ValueError, match="profile"):
+        pack(replace(f, header=replace(f.header, profile=0)))   # byte 0 says an explicit schedule follows
+
+
+def test_pinned_bytes_version_5_lossless():
+    """Three segments (lengths and the header CRC-8 as in version 3), and ONE CRC-32 of the pixels, then
+    the key, then every byte before it."""
+    segs = [Segment(28, b"\x11" * 69), Segment(10, b"\x22" * 196), Segment(10, b"\x33" * 1059)]
+    f = DdpmFile(header=Header(fingerprint=b"\x05", height=32, width=32, seed=0, profile=13, lossless=True,
+                               one_stream=True, x0_in_stream=True, compact=True, keyed=True, crc_key=KEY),
+                 segments=segs, pixel_crc=zlib.crc32(PIXELS))
+    head = bytes.fromhex("8ddd" "51" "05" "3f" "03" "1c45" "0ac401" "0aa308")
+    head += bytes([ref_crc8(head)])
+    body = head + b"".join(s.payload for s in segs)
+    crc = ref_crc32(body, ref_crc32(KEY, ref_crc32(PIXELS)))
+    want = body + crc.to_bytes(4, "little")
+    assert pack(f) == want and len(want) - 69 - 196 - 1059 == 19   # version 3: 22
+    parsed = unpack(want)
+    assert parsed.version == 5 and parsed.file.header == f.header and parsed.file.segments == segs
+    assert parsed.pixels_present and parsed.pixels_match(PIXELS, KEY)
+    assert not parsed.pixels_match(PIXELS, KEY[::-1]) and not parsed.pixels_match(PIXELS[::-1], KEY)
+    # a cut inside the last segment: the first two segments, truncated (a progressive prefix)
+    part = unpack(want[:-100])
+    assert part.truncated and part.complete_segments == 2
+    # one segment: its length is implied, lossless too
+    one = replace(f, segments=[Segment(48, b"\x44" * 300)])
+    data = pack(one)
+    assert data[3 + 1 + 1:3 + 1 + 1 + 2] == b"\x01\x30" and unpack(data).file.segments == one.segments
+    assert unpack(data).pixels_match(PIXELS, KEY)
+    # a stop is for lossy files only
+    with pytest.raises(ValueError, match="stop"):
+        pack(replace(f, header=replace(f.header, stop=101)))
+    bad = bytearray(want)
+    bad[2] |= 0x8
+    with pytest.raises(CorruptFileError, match="stop"):
+        unpack(bytes(bad))
+
+
+def test_version_5_explicit_schedule_has_its_coder_fields():
+    s = Schedule(kind=2, num_steps=48, t_end=1, chunk_bits=4, log2_candidates=14, variance_kind=0x19)  # 0 / 100
+    f = DdpmFile(header=Header(fingerprint=b"\x05", height=32, width=32, seed=0, schedule=s, one_stream=True,
+                               compact=True, keyed=True, crc_key=KEY), segments=[Segment(3, b"\x01\x02")])
+    data = pack(f)
+    assert data[:14] == bytes.fromhex("8ddd" "52" "05" "3f" "00" "02" "30" "01" "04" "0e" "19" "00" "64")
+    assert unpack(data).file.header.schedule == s
+
+
+def test_version_5_round_trips_and_framing_size():
+    rng = random.Random(5)
+    for _ in range(300):
+        h, w = rng.choice([(32, 32), (1, 1), (7, 300), (512, 768)])
+        lossless = rng.random() < 0.5
+        segs = [Segment(rng.randint(1, 300), rng.randbytes(rng.randint(0, 200))) for _ in range(rng.randint(0, 4))]
+        sched = None if rng.random() < 0.8 else Schedule(
+            kind=rng.randint(0, 2), num_steps=rng.randint(1, 1000), t_end=rng.randint(0, 5), chunk_bits=4,
+            log2_candidates=14, variance_kind=rng.randint(0, 255), selection=rng.randint(0, 255),
+            rate_percent=rng.randint(1, 255))
+        key = rng.randbytes(8)
+        f = DdpmFile(header=Header(fingerprint=rng.randbytes(1), height=h, width=w, seed=rng.choice([0, 7, 2**64 - 1]),
+                                   schedule=sched, profile=None if sched else rng.choice([13, 12, 1, 255]),
+                                   lossless=lossless, one_stream=True, x0_in_stream=lossless, compact=True,
+                                   keyed=True, stop=None if lossless else rng.choice([None, 1, 101, 2**20]),
+                                   crc_key=key), segments=segs, pixel_crc=zlib.crc32(PIXELS) if lossless else None)
+        data = pack(f)
+        parsed = unpack(data)
+        assert parsed.file.header == f.header and parsed.file.segments == segs and parsed.version == 5
+        assert parsed.framing_bytes() + sum(len(s.payload) for s in segs) == len(data)
+        assert framing_size(f.header, [(s.num_steps, len(s.payload)) for s in segs]) == parsed.framing_bytes()
+        assert _passes_keyed(parsed, PIXELS, key) and not _passes_keyed(parsed, PIXELS, bytes(8) if key != bytes(8) else b"x")

@@ -7,7 +7,8 @@ project's AMD EPYC machines, one thread; docs/results/gpu-2026-11-26.md). On a m
 promise, and the test is skipped there;
 profiles 10, 12, 13 and 14 (exact arithmetic) must decode everywhere (tests/test_portable.py). Profiles 11-13 code
 x_0 with the shipped x_0 context model (models/weights/x0-context/). The files of profiles 13 and 14 are in format
-version 3 (the default since 2026-12-07), the others in version 2 (the default when they were made)."""
+version 3 (the default on 2026-12-07 before version 5), the others in version 2 (the default when they were made);
+p13-format5*.ddpm are profile 13 in version 5 (the default since), lossless and --steps 900."""
 from __future__ import annotations
 
 import hashlib
@@ -79,6 +80,27 @@ def test_format_3_golden_file_decodes_to_its_pixels(shipped):
     assert parsed.file.header.fingerprint.hex() == shipped.context_fingerprint[:6]
     res = codec.decode(data, shipped)
     assert res.lossless and np.array_equal(res.image, make_golden.golden_image())
+
+
+def test_format_5_golden_files_decode_to_their_pixels(shipped):
+    """Format version 5 (the default since 2026-12-07): profile 13 lossless (1753 bytes; p13.ddpm in version 3:
+    1756) and ``--steps 900`` (a stop at t = 101; 50 bytes), each decoding on any machine (exact arithmetic)."""
+    data = (GOLDEN / "p13-format5.ddpm").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == TABLE["p13-format5"]
+    parsed, settings = codec.read_header(data)
+    assert parsed.version == 5 and parsed.file.header.profile == 13 and settings == codec.PROFILES[13]
+    assert dict(parsed.fields).get("profile") is None   # profile 13 is implied
+    assert parsed.file.header.fingerprint.hex() == shipped.context_fingerprint[:2]
+    assert len(data) == len((GOLDEN / "p13.ddpm").read_bytes()) - 3
+    res = codec.decode(data, shipped)
+    assert res.lossless and np.array_equal(res.image, make_golden.golden_image())
+    lossy = (GOLDEN / "p13-format5-900.ddpm").read_bytes()
+    assert hashlib.sha256(lossy).hexdigest() == TABLE["p13-format5-900"]
+    parsed = codec.read_header(lossy)[0]
+    assert parsed.version == 5 and parsed.file.header.stop == 101 and not parsed.file.header.lossless
+    res = codec.decode(lossy, shipped)
+    assert res.reverse_time == 900 and not res.lossless
+    assert hashlib.sha256(res.image.tobytes()).hexdigest() == TABLE["p13-format5-900-pixels"]
 
 
 ARCHIVES = sorted(k for k in TABLE if k.endswith(".ddpma"))

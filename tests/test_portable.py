@@ -94,7 +94,7 @@ def test_exact_files_decode_under_other_kernels_and_thread_counts(small, tmp_pat
     context_file = tmp_path / "context.ddpm"
     context_file.write_bytes(codec.encode(img, load_model(cpath), settings=replace(
         EXACT, x0_context=1, x0_scale_bits=0, x0_channel_bits=0, x0_neighbours=0)).data)
-    # a lossy file that stops between two schedule times (format 4: one step straight to the stop): its picture
+    # a lossy file that stops between two schedule times (format 5: one step straight to the stop): its picture
     ts = list(EXACT.timesteps(model.diffusion.num_timesteps))
     stop_file = tmp_path / "stop.ddpm"
     t_stop = (ts[2] + ts[3]) // 2
@@ -102,12 +102,17 @@ def test_exact_files_decode_under_other_kernels_and_thread_counts(small, tmp_pat
     assert codec.read_header(res.data)[0].file.header.stop == t_stop
     stop_file.write_bytes(res.data)
     stop_hash = "lossy " + hashlib.sha256(codec.decode(res.data, model).image.tobytes()).hexdigest()
-    golden = json.loads((GOLDEN / "golden.json").read_text())["pixels_sha256"]
+    table = json.loads((GOLDEN / "golden.json").read_text())
+    golden = table["pixels_sha256"]
+    # the golden files of the default profile in format 5 (lossless, and --steps 900 with its stop)
+    v5, v5_900 = str(GOLDEN / "p13-format5.ddpm"), str(GOLDEN / "p13-format5-900.ddpm")
     jobs = [(str(exact_file), str(mpath)), (str(context_file), str(cpath)), (str(GOLDEN / "p10.ddpm"), None),
-            (str(GOLDEN / "p12.ddpm"), None), (str(GOLDEN / "p13.ddpm"), None), (str(stop_file), str(mpath))]
+            (str(GOLDEN / "p12.ddpm"), None), (str(GOLDEN / "p13.ddpm"), None), (str(stop_file), str(mpath)),
+            (v5, None), (v5_900, None)]
     want = {str(stop_file): stop_hash, str(exact_file): hashlib.sha256(img.tobytes()).hexdigest(),
             str(context_file): hashlib.sha256(img.tobytes()).hexdigest(),
-            str(GOLDEN / "p10.ddpm"): golden, str(GOLDEN / "p12.ddpm"): golden, str(GOLDEN / "p13.ddpm"): golden}
+            str(GOLDEN / "p10.ddpm"): golden, str(GOLDEN / "p12.ddpm"): golden, str(GOLDEN / "p13.ddpm"): golden,
+            v5: golden, v5_900: "lossy " + table["p13-format5-900-pixels"]}
     for name, env in VARIANTS.items():
         r = subprocess.run([sys.executable, "-c", DECODER, json.dumps(jobs)], capture_output=True, text=True,
                            timeout=600, env={**os.environ, **env})

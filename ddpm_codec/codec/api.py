@@ -158,6 +158,12 @@ def coding_fingerprint(model: LoadedModel, settings: CodecSettings) -> str:
     return model.context_fingerprint
 
 
+def crc_key(model: LoadedModel, settings: CodecSettings) -> bytes:
+    """What a version-5 file's checksums cover before its bytes: the start of its coding fingerprint, so that a
+    decoder with another model fails them even where the file's one fingerprint byte matches."""
+    return bytes.fromhex(coding_fingerprint(model, settings)[:2 * container.CRC_KEY_BYTES])
+
+
 def check_model(parsed: container.ParsedFile, model: LoadedModel, settings: CodecSettings | None = None) -> None:
     """Refuse (:class:`DecodeError`) a model that is not the one the file names (with ``settings``'s
     x_0 context model, where the file uses one)."""
@@ -172,6 +178,10 @@ def check_model(parsed: container.ParsedFile, model: LoadedModel, settings: Code
     if not have.startswith(fp):
         raise DecodeError(f"the file was encoded with model {fp}, but the model given is {model.name} "
                           f"({have[:8]}): decode with the same model (--model)")
+    if settings is not None and not parsed.keyed_crc_matches(crc_key(model, settings)):
+        raise container.CorruptFileError(
+            f"checksum mismatch: the file is corrupted or truncated, or was encoded with another model whose "
+            f"fingerprint also begins {fp}")
 
 
 # ----------------------------------------------------------------------------- encode
@@ -201,10 +211,11 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     grows with the size), before anything is allocated for them. ``threads``: for an exact file's
     network (default: torch's count, all cores) and the search (default 1); a float file's network
     always runs on one thread. Any count gives the same file. ``format_version``: None (the default)
-    writes the compact framing (``docs/FORMAT.md``): version 3 for a lossless file (4-5 bytes less than
-    version 2), version 4 for a lossy one (one byte less again where it has one segment, and the exact
-    stop), or version 1 where ``x0_in_stream`` is False; 3, 2 and 1 write those versions (no exact stop),
-    for older readers (3: since 2026-12-06; 2: since 2026-11-26).
+    writes version 5 (``docs/FORMAT.md``: one fingerprint byte, checksums keyed by the whole fingerprint,
+    no profile byte for profile 13, no length for a single segment; the exact stop), or version 1 where
+    ``x0_in_stream`` is False; 4 writes the framing of 2026-12-07 (version 3 lossless, version 4 lossy,
+    with the exact stop); 3, 2 and 1 write those versions (no exact stop), for older readers (3: since
+    2026-12-06; 2: since 2026-11-26).
     ``net``: the network to call (default the model's own; :func:`.batch.encode_many` passes one
     shared by several images).
     """
@@ -223,22 +234,22 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
         raise InputError("min_psnr needs the per-step metrics (metrics=True)")
     if settings.variance == "fitted" and diffusion.x0_mse is None:
         raise InputError("this model has no fitted statistics (x0_mse); use --variance fixedsmall or run calibrate")
-    if format_version not in (None, 1, 2, container.COMPACT_VERSION):
-        raise InputError(f"unknown format version {format_version}; expected 1, 2 or 3")
-    default_format = format_version is None   # (a version named by the caller: files its readers know)
+    if format_version not in (None, 1, 2, 3, 4, 5):
+        raise InputError(f"unknown format version {format_version}; expected 1 to 5")
     if format_version is None:
         format_version = container.FORMAT_VERSION if x0_in_stream else 1
     x0_in_stream = format_version != 1
-    compact = format_version == container.COMPACT_VERSION
-    lossy_compact = compact and default_format   # lossy files in version 4 (and with it an exact stop)
-    fp_bytes = container.COMPACT_FINGERPRINT_BYTES if compact else 4
+    compact = format_version >= container.COMPACT_VERSION
+    keyed = format_version == container.KEYED_VERSION
+    lossy_compact = format_version == container.LOSSY_VERSION   # 4: lossless in 3, lossy in 4
+    fp_bytes = container.KEYED_FINGERPRINT_BYTES if keyed else container.COMPACT_FINGERPRINT_BYTES if compact else 4
     needs_v2 = settings.x0_scale_bits or settings.x0_channel_bits or settings.arithmetic.exact or settings.x0_context
     if lossless and needs_v2 and not x0_in_stream:
         raise InputError("per-tile x_0 side information, the context model or exact arithmetic needs format "
                          "version 2 (x0_in_stream=True)")
     fingerprint = coding_fingerprint(model, settings)
     stop = None   # --steps N between two of the schedule's times: one step straight to t = T - N + 1 (version 4)
-    if max_reverse_time is not None and not lossless and lossy_compact:
+    if max_reverse_time is not None and not lossless and (lossy_compact or keyed):
         t_stop = diffusion.num_timesteps - int(max_reverse_time) + 1
         ts = settings.timesteps(diffusion.num_timesteps)
         if ts[-1] < t_stop < diffusion.num_timesteps and t_stop not in ts:
@@ -254,7 +265,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
                               seed=seed, schedule=None if profile is not None else settings.to_schedule(),
                               profile=profile, lossless=lossless, one_stream=True,
                               x0_in_stream=lossless and x0_in_stream, compact=compact,
-                              lossy_compact=lossy_compact and not lossless, stop=stop)
+                              lossy_compact=lossy_compact and not lossless, stop=stop, keyed=keyed,
+                              crc_key=crc_key(model, settings) if keyed else b"")
     lossy_header = replace(header, lossless=False, x0_in_stream=False, lossy_compact=lossy_compact, stop=None)
 
     stream = StepStream(B, chain.dims_tile, chain.cfg, min_segment_bytes)
@@ -423,7 +435,7 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         x0_present = parsed.file.x0 is not None or (h.x0_in_stream and parsed.pixels_present)
         if full_chain and x0_present:
             exact = _decode_x0(parsed, settings, chain, one_dec, height, width, size,
-                               x0_bits if account else None)
+                               x0_bits if account else None, crc_key(model, settings))
         image = exact if exact is not None else recon(reconstruct)
     accounting = None
     if account:
@@ -447,7 +459,7 @@ def _step_bits(code, link: Link, chain: Chain) -> StepBits:
 
 
 def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, chain: Chain, one_dec,
-               height: int, width: int, size: int, x0_bits: list | None = None) -> np.ndarray:
+               height: int, width: int, size: int, x0_bits: list | None = None, key: bytes = b"") -> np.ndarray:
     """The exact image from the end of a complete chain (checksum verified). ``x0_bits``: a list to
     append x_0's model code length to (the context model's or Eq. 13's as adapted, with the side
     information's raw bits)."""
@@ -474,7 +486,7 @@ def _decode_x0(parsed: container.ParsedFile, settings: CodecSettings, chain: Cha
         exact = from_tiles(tiles.transpose(0, 2, 3, 1), height, width)
         if x0_bits is not None:
             x0_bits.append(_x0_code_bits(settings, chain, tiles, means, scales, mask))
-    if exact is None or not parsed.pixels_match(exact.tobytes()):
+    if exact is None or not parsed.pixels_match(exact.tobytes(), key):
         raise DecodeError("decoded pixels fail the file's checksum: this machine's network outputs differ "
                           "from the encoder's (other hardware or library version?), or the file is damaged")
     return exact

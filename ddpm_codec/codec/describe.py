@@ -35,7 +35,7 @@ def describe_file(data: bytes, name: str) -> list[str]:
                  f"t_end {settings.t_end}, variance {settings.variance}{x0_scale}; {coder}"
                  + ("; exact arithmetic (decodes bit-exactly on any machine)" if settings.exact else ""))
     if h.stop is not None:
-        lines.append(f"stops exactly at t = {h.stop} (format version 4): the schedule's steps above it, then one "
+        lines.append(f"stops exactly at t = {h.stop} (format version {parsed.version}): the schedule's steps above it, then one "
                      f"step straight to it")
     payload = sum(len(s.payload) for s in f.segments) + (len(f.x0) if f.x0 else 0)
     lines.append(f"header and framing: {len(data) - payload} bytes")
@@ -52,8 +52,12 @@ def describe_file(data: bytes, name: str) -> list[str]:
         lines.append(f"  x0 (lossless): coded at the end of the last segment (format version 2), "
                      f"pixel crc32 {f.pixel_crc:08x}")
     elif parsed.merged_crc is not None:
-        lines.append(f"  x0 (lossless): coded at the end of the last segment (format version 3), one crc32 "
-                     f"{parsed.merged_crc[1]:08x} over the pixels and the file: checked when decoded")
+        keyed = " and the model's fingerprint" if parsed.version == 5 else ""
+        lines.append(f"  x0 (lossless): coded at the end of the last segment (format version {parsed.version}), one "
+                     f"crc32 {parsed.merged_crc[1]:08x} over the pixels{keyed} and the file: checked when decoded")
+    elif parsed.keyed_crc16 is not None:
+        lines.append(f"  crc16 {parsed.keyed_crc16[1]:04x} over the model's fingerprint and the file (format version "
+                     f"5): checked when decoded")
     if parsed.truncated:
         lines.append(f"  (truncated: {parsed.complete_segments} of {parsed.declared_segments} segments complete)")
     return lines

@@ -31,6 +31,14 @@ Version 4 (the default for lossy files since 2026-12-07) is version 3 for lossy 
 flag bit 0 (lossless in the other versions) says that a ``stop`` uv follows the seed: the diffusion time
 the chain's last step goes to, between two of its schedule's times (``encode --steps N``); and a file of
 one segment leaves that segment's length out (it is what the file holds before its CRC-16).
+Version 5 (the default for every file since 2026-12-07, issue 28) is version 3/4 with a one-byte
+fingerprint and checksums keyed by the full one: the CRC-32 (lossless) or CRC-16 (lossy) covers the
+first 8 bytes of the coding fingerprint before the file's bytes, so a decoder holding another model
+fails it even where the one fingerprint byte matches (1 in 256); both are checked by the decoder, which
+knows the key (:meth:`ParsedFile.pixels_match`, :meth:`ParsedFile.keyed_crc_matches`). Flags: bit 0
+lossless, bit 1 a settings byte follows the dimensions (a profile id 1-255, or 0 and an explicit schedule
+with its coder fields; without it the file uses profile ``IMPLIED_PROFILE``), bit 2 a seed, bit 3 a stop
+(lossy only). A file of one segment leaves that segment's length out, lossless or not.
 
 The lengths sit in the header, under their own checksum, so that a reader knows the exact
 size of the complete file before it reads any payload: a file shorter than that was
@@ -78,12 +86,15 @@ __all__ = [
     "pack_fields",
     "to_compact",
     "framing_size",
+    "KEYED_VERSION",
+    "IMPLIED_PROFILE",
 ]
 
 MAGIC = b"\x8d\xdd"
 """0x8D is not printable in Latin-1/cp1252 and cannot start a UTF-8 character; "DD" for DDPM."""
-FORMAT_VERSION = 3
-"""The version the codec writes by default (since 2026-12-07; 2 before). Version 2 differs from 1 only in
+FORMAT_VERSION = 5
+"""The version the codec writes by default (5 since 2026-12-07, issue 28; 3 for lossless and 4 for lossy files
+on 2026-12-07 before it; 2 before). Version 2 differs from 1 only in
 lossless files: x_0 is coded at the end of the one segment stream (no ``x0_length``, no x0 payload of its
 own); version 3 is version 2's content in compact framing. All are read."""
 COMPACT_VERSION = 3
@@ -93,7 +104,19 @@ LOSSY_VERSION = 4
 """Compact framing for lossy files: version 3, plus an optional exact ``stop`` (flag bit 0) and no length
 for a single segment; see the module docstring and docs/FORMAT.md."""
 FLAG_STOP = 0x1  # version 4 (always lossy): a `stop` follows the seed
-_VERSIONS = (1, 2, 3, 4)
+KEYED_VERSION = 5
+"""Version 5 (the default since 2026-12-07): versions 3/4's framing with a one-byte fingerprint, checksums
+keyed by the full fingerprint and the profile byte left out for profile ``IMPLIED_PROFILE``; see the module
+docstring and docs/FORMAT.md."""
+IMPLIED_PROFILE = 13
+"""The profile of a version-5 file without a settings byte (the default profile when version 5 was made;
+fixed by the format, not by the codec's later defaults)."""
+KEYED_FINGERPRINT_BYTES = 1
+CRC_KEY_BYTES = 8   # version 5: the checksums cover this many bytes of the coding fingerprint first
+FLAG5_SETTINGS = 0x2  # version 5: a settings byte follows the dimensions (else IMPLIED_PROFILE)
+FLAG5_SEED = 0x4  # version 5: a seed follows (else 0)
+FLAG5_STOP = 0x8  # version 5, lossy only: a stop follows the seed
+_VERSIONS = (1, 2, 3, 4, 5)
 
 FLAG_LOSSLESS = 0x1
 FLAG_EXPLICIT_SCHEDULE = 0x2
@@ -257,10 +280,15 @@ class Header:
     x0_in_stream: bool = False  # version 2: x0 is coded at the end of the one stream (lossless only)
     compact: bool = False  # version 3: compact framing (one stream; x0 in the stream if lossless)
     lossy_compact: bool = False  # version 4: a lossy file in the compact framing (optional stop, implied length)
-    stop: int | None = None  # version 4 only: the diffusion time the chain's last step goes to
+    stop: int | None = None  # versions 4 and 5 (lossy): the diffusion time the chain's last step goes to
+    keyed: bool = False  # version 5: 1-byte fingerprint, checksums keyed by crc_key (compact=True as well)
+    crc_key: bytes = field(default=b"", compare=False)  # version 5, writing: the key its checksums cover
+                                                        # (CRC_KEY_BYTES of the coding fingerprint; not stored)
 
     @property
     def version(self) -> int:
+        if self.keyed:
+            return KEYED_VERSION
         if self.lossy_compact:
             return LOSSY_VERSION
         return COMPACT_VERSION if self.compact else 2 if self.x0_in_stream else 1
@@ -290,20 +318,31 @@ class ParsedFile:
     fields: list[tuple[str, int]] = field(default_factory=list)  # framing: (field, bytes) in file order
     verified: bool = False  # a checksum over the whole file was verified (never for a truncated file, nor
                             # for a version-3 lossless file before its pixels are decoded)
-    merged_crc: tuple[bytes, int] | None = None  # version 3, lossless, complete: (the bytes it covers, its value)
+    merged_crc: tuple[bytes, int] | None = None  # versions 3 and 5, lossless, complete: (the bytes it covers, its value)
+    keyed_crc16: tuple[bytes, int] | None = None  # version 5, lossy, complete: (the bytes it covers, its value)
 
     @property
     def pixels_present(self) -> bool:
         """A complete lossless file (its x_0 and its pixel check are all there)."""
         return self.file.pixel_crc is not None or self.merged_crc is not None
 
-    def pixels_match(self, pixels: bytes) -> bool:
+    def pixels_match(self, pixels: bytes, key: bytes = b"") -> bool:
         """Whether decoded raw RGB pixels (uint8, row-major HWC) pass the file's pixel check: the
-        pixel CRC-32, or in version 3 the CRC-32 of the pixels and then every byte before it."""
+        pixel CRC-32, or in versions 3 and 5 the CRC-32 of the pixels, then (version 5) the ``key``, then
+        every byte before it."""
         if self.merged_crc is not None:
             covered, value = self.merged_crc
-            return zlib.crc32(covered, zlib.crc32(pixels)) == value
+            key = key if self.version == KEYED_VERSION else b""
+            return zlib.crc32(covered, zlib.crc32(key, zlib.crc32(pixels))) == value
         return self.file.pixel_crc is not None and zlib.crc32(pixels) == self.file.pixel_crc
+
+    def keyed_crc_matches(self, key: bytes) -> bool:
+        """A complete lossy version-5 file: whether its CRC-16 of ``key`` and every byte before it holds
+        (True for every other file: their checksums are checked by :func:`unpack` or by the pixels)."""
+        if self.keyed_crc16 is None:
+            return True
+        covered, value = self.keyed_crc16
+        return crc16(bytes(key) + covered) == value
 
     def framing_bytes(self) -> int:
         return sum(n for _, n in self.fields)
@@ -337,12 +376,14 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
     h = f.header
     if h.lossy_compact and (not h.compact or h.lossless):
         raise ValueError("version 4 holds lossy files in the compact framing (compact=True, lossless=False)")
+    if h.keyed and (not h.compact or h.lossy_compact):
+        raise ValueError("version 5 is a compact framing of its own (compact=True, lossy_compact=False)")
     if h.stop is not None:
         _int("stop", h.stop, 1, MAX_STEPS)
-        if not h.lossy_compact:
-            raise ValueError("a stop needs format version 4 (lossy_compact=True)")
+        if not (h.lossy_compact or (h.keyed and not h.lossless)):
+            raise ValueError("a stop needs a lossy file in format version 4 or 5")
     fingerprint = bytes(h.fingerprint)
-    fp_len = COMPACT_FINGERPRINT_BYTES if h.compact else 4
+    fp_len = KEYED_FINGERPRINT_BYTES if h.keyed else COMPACT_FINGERPRINT_BYTES if h.compact else 4
     if len(fingerprint) != fp_len:
         raise ValueError(f"fingerprint must be {fp_len} bytes, got {len(fingerprint)}")
     height = _int("height", h.height, 1, MAX_DIM)
@@ -372,7 +413,11 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
     ) | (FLAG_CODER_FIELDS if h.schedule is not None and h.schedule.has_coder_fields else 0)
     if h.lossy_compact:
         flags = (flags & ~FLAG_LOSSLESS) | (FLAG_STOP if h.stop is not None else 0)
-    if h.compact:
+    if h.keyed:
+        implied = h.schedule is None and h.profile == IMPLIED_PROFILE
+        flags = (FLAG_LOSSLESS if h.lossless else 0) | (0 if implied else FLAG5_SETTINGS) \
+            | (FLAG5_SEED if seed else 0) | (FLAG5_STOP if h.stop is not None else 0)
+    elif h.compact:
         flags |= FLAG_SEED if seed else 0
     else:
         flags |= FLAG_ONE_STREAM if h.one_stream else 0
@@ -393,10 +438,13 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
         sched.append(_int("schedule.chunk_bits", s.chunk_bits, 0, 255))
         sched.append(_int("schedule.log2_candidates", s.log2_candidates, 0, 255))
         sched.append(_int("schedule.variance_kind", s.variance_kind, 0, 255))
-        if s.has_coder_fields:
+        if s.has_coder_fields or h.keyed:   # version 5: always (its settings byte 0 says: a schedule follows)
             sched.append(_int("schedule.selection", s.selection, 0, 255))
             sched.append(_int("schedule.rate_percent", s.rate_percent, 1, 255))
-        out.append(("schedule", bytes(sched)))
+        out.append(("schedule", (b"\x00" if h.keyed else b"") + bytes(sched)))
+    elif h.keyed:
+        if h.profile != IMPLIED_PROFILE:
+            out.append(("profile", bytes([_int("profile", h.profile, 1, 255)])))
     else:
         out.append(("profile", bytes([_int("profile", h.profile, 0, 255)])))
     if seed or not h.compact:
@@ -413,7 +461,7 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
             raise ValueError(f"segments hold more than {MAX_STEPS} steps in total")
         _int(f"len(segments[{i}].payload)", len(seg.payload), 0, MAX_PAYLOAD)
         table += varint_encode(steps)
-        if not (h.lossy_compact and len(f.segments) == 1):   # version 4, one segment: the length is implied
+        if not ((h.lossy_compact or h.keyed) and len(f.segments) == 1):   # versions 4, 5: one segment's length is implied
             table += varint_encode(len(seg.payload))
     out.append(("segment table", bytes(table)))
     if f.x0 is not None:
@@ -425,13 +473,14 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
     out.append(("segment payloads", b"".join(seg.payload for seg in f.segments)))
     if f.x0 is not None:
         out.append(("x0 payload", bytes(f.x0)))
+    key = bytes(h.crc_key) if h.keyed else b""
     if h.compact and h.lossless:
         body = b"".join(p for _, p in out)
-        out.append(("pixel and file crc32", zlib.crc32(body, pixel_crc).to_bytes(4, "little")))
+        out.append(("pixel and file crc32", zlib.crc32(body, zlib.crc32(key, pixel_crc)).to_bytes(4, "little")))
         return out
     if h.lossless:
         out.append(("pixel crc32", pixel_crc.to_bytes(4, "little")))
-    out.append(("file crc16", crc16(b"".join(p for _, p in out)).to_bytes(2, "little")))
+    out.append(("file crc16", crc16(key + b"".join(p for _, p in out)).to_bytes(2, "little")))
     return out
 
 
@@ -441,7 +490,7 @@ def framing_size(header: Header, table: list[tuple[int, int]]) -> int:
     f = DdpmFile(header=header, segments=[Segment(steps, b"") for steps, _ in table],
                  pixel_crc=0 if header.lossless else None)
     n = sum(len(p) for name, p in pack_fields(f) if name not in ("segment payloads", "x0 payload"))
-    if header.lossy_compact and len(table) == 1:   # version 4, one segment: no length field
+    if (header.lossy_compact or header.keyed) and len(table) == 1:   # versions 4, 5, one segment: no length field
         return n
     return n - len(table) + sum(len(varint_encode(length)) for _, length in table)
 
@@ -534,14 +583,17 @@ def unpack(data: bytes) -> ParsedFile:
             f"reserved flag bits set (0x{flags:x}): written by a newer format revision"
         )
     lossy_compact = version == LOSSY_VERSION
-    compact = version in (COMPACT_VERSION, LOSSY_VERSION)
+    keyed = version == KEYED_VERSION
+    compact = version in (COMPACT_VERSION, LOSSY_VERSION, KEYED_VERSION)
     lossless = bool(flags & FLAG_LOSSLESS) and not lossy_compact
+    if keyed and lossless and flags & FLAG5_STOP:
+        raise CorruptFileError("a lossless file with a stop: the file is corrupted")
     one_stream = compact or bool(flags & FLAG_ONE_STREAM)
     x0_in_stream = version == 2 or (compact and lossless)
     if version == 2 and not (lossless and flags & FLAG_ONE_STREAM):
         raise CorruptFileError("a version-2 file must be lossless and one-stream: the file is corrupted")
     at = r.pos
-    fingerprint = r.take(COMPACT_FINGERPRINT_BYTES if compact else 4, "fingerprint")
+    fingerprint = r.take(KEYED_FINGERPRINT_BYTES if keyed else COMPACT_FINGERPRINT_BYTES if compact else 4, "fingerprint")
     r.field("fingerprint", at)
     at = r.pos
     if compact:
@@ -558,7 +610,15 @@ def unpack(data: bytes) -> ParsedFile:
         )
     schedule = profile = None
     at = r.pos
-    if flags & FLAG_EXPLICIT_SCHEDULE:
+    explicit = bool(flags & FLAG_EXPLICIT_SCHEDULE)
+    if keyed:   # a settings byte: a profile id, or 0 and an explicit schedule; none: IMPLIED_PROFILE
+        settings_byte = r.u8("profile") if flags & FLAG5_SETTINGS else IMPLIED_PROFILE
+        explicit = settings_byte == 0
+        if not explicit:
+            profile = settings_byte
+            if flags & FLAG5_SETTINGS:
+                r.field("profile", at)
+    if explicit:
         kind = r.u8("schedule.kind")
         num_steps = r.uv("schedule.num_steps", 1, MAX_STEPS)
         t_end = r.uv("schedule.t_end", 0, MAX_STEPS)
@@ -570,24 +630,24 @@ def unpack(data: bytes) -> ParsedFile:
             log2_candidates=r.u8("schedule.log2_candidates"),
             variance_kind=r.u8("schedule.variance_kind"),
         )
-        if flags & FLAG_CODER_FIELDS:
+        if keyed or flags & FLAG_CODER_FIELDS:
             schedule.selection = r.u8("schedule.selection")
             schedule.rate_percent = r.u8("schedule.rate_percent")
             if schedule.rate_percent == 0:
                 raise CorruptFileError("schedule.rate_percent is 0: the file is corrupted")
         r.field("schedule", at)
-    else:
+    elif not keyed:
         if flags & FLAG_CODER_FIELDS:
             raise CorruptFileError("coder fields flagged without an explicit schedule: the file is corrupted")
         profile = r.u8("profile")
         r.field("profile", at)
     seed = 0
-    if not compact or flags & FLAG_SEED:
+    if not compact or flags & (FLAG5_SEED if keyed else FLAG_SEED):
         at = r.pos
         seed = r.uv("seed", 0, MAX_SEED)
         r.field("seed", at)
     stop = None
-    if lossy_compact and flags & FLAG_STOP:
+    if (lossy_compact and flags & FLAG_STOP) or (keyed and flags & FLAG5_STOP):
         at = r.pos
         stop = r.uv("stop", 1, MAX_STEPS)
         r.field("stop", at)
@@ -610,8 +670,8 @@ def unpack(data: bytes) -> ParsedFile:
             raise CorruptFileError(
                 f"segments declare more than {MAX_STEPS} steps in total: the file is corrupted"
             )
-        if lossy_compact and num_segments == 1:   # version 4: the one segment is what precedes the CRC-16
-            length = len(data) - r.pos - _TRAILER_BYTES
+        if (lossy_compact or keyed) and num_segments == 1:   # versions 4, 5: one segment, what precedes the CRC
+            length = len(data) - r.pos - (_MERGED_CRC_BYTES if lossless else _TRAILER_BYTES)
             if length < 0:
                 raise TruncatedFileError("the file ends inside its header: it is truncated or corrupted")
             table.append((steps, length))
@@ -639,9 +699,11 @@ def unpack(data: bytes) -> ParsedFile:
             f"the file is {len(data)} bytes, its header declares {expected}: it is corrupted"
         )
     truncated = len(data) < expected
-    merged_crc = None
+    merged_crc = keyed_crc16 = None
     if not truncated and merged:
         merged_crc = (data[:-_MERGED_CRC_BYTES], int.from_bytes(data[-_MERGED_CRC_BYTES:], "little"))
+    elif not truncated and keyed:   # its key is the model's: checked by the decoder (keyed_crc_matches)
+        keyed_crc16 = (data[:-_TRAILER_BYTES], int.from_bytes(data[-_TRAILER_BYTES:], "little"))
     elif not truncated:
         stored = int.from_bytes(data[-_TRAILER_BYTES:], "little")
         if stored != crc16(data[:-_TRAILER_BYTES]):
@@ -676,6 +738,7 @@ def unpack(data: bytes) -> ParsedFile:
         compact=compact,
         lossy_compact=lossy_compact,
         stop=stop,
+        keyed=keyed,
     )
     return ParsedFile(
         file=DdpmFile(header=header, segments=segments, x0=x0, pixel_crc=pixel_crc),
@@ -684,8 +747,9 @@ def unpack(data: bytes) -> ParsedFile:
         declared_segments=num_segments,
         version=version,
         fields=r.fields + trailer,
-        verified=not truncated and not merged,
+        verified=not truncated and not merged and not keyed,
         merged_crc=merged_crc,
+        keyed_crc16=keyed_crc16,
     )
 
 

@@ -2,6 +2,7 @@
 
     python tests/golden/make_golden.py            # every profile, shipped default model
     python tests/golden/make_golden.py format3    # profile 12 in format version 3 (p12-format3.ddpm)
+    python tests/golden/make_golden.py format5    # profile 13 in format version 5, lossless and --steps 900
     python tests/golden/make_golden.py archive    # the archive of the current archive format version
 
 Each profile gets ``p<ID>.ddpm``: the synthetic image of :func:`golden_image` coded losslessly with
@@ -99,9 +100,31 @@ def main_format3() -> None:
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
 
 
+def main_format5() -> None:
+    """``p13-format5.ddpm`` (lossless) and ``p13-format5-900.ddpm`` (``--steps 900``: a stop at t = 101), the
+    default profile's files in format version 5, and the sha256 of the picture the lossy one decodes to."""
+    from ddpm_codec import codec
+    from ddpm_codec.models.registry import resolve_model
+
+    model = resolve_model()
+    path = HERE / "golden.json"
+    table = json.loads(path.read_text())
+    for name, kw in (("p13-format5", {}), ("p13-format5-900", {"max_reverse_time": 900})):
+        data = codec.encode(golden_image(), model, settings=codec.PROFILES[13], metrics=False, format_version=5,
+                            **kw).data
+        (HERE / f"{name}.ddpm").write_bytes(data)
+        table[name] = hashlib.sha256(data).hexdigest()
+        if kw:
+            table[f"{name}-pixels"] = hashlib.sha256(codec.decode(data, model).image.tobytes()).hexdigest()
+        print(f"{name}: {len(data)} bytes")
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["format3"]:
         main_format3()
+    elif sys.argv[1:] == ["format5"]:
+        main_format5()
     elif sys.argv[1:] == ["archive"]:
         make_archive()
     else:
