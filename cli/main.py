@@ -514,7 +514,7 @@ def _schedule_options(f):
 @click.option("--format", "format_version", type=click.IntRange(1, 5), default=None,
               help="File format version for older readers: by default 5 (docs/FORMAT.md: one fingerprint byte, "
                    "keyed checksums); 4 writes lossless files in 3 and lossy ones in 4 (read since 2026-12-07, "
-                   "3 bytes more); 3, 2 or 1 stop --steps at the last schedule step <= N, and 2 and 1 cost 4-5 "
+                   "4 bytes more); 3, 2 or 1 stop --steps at the last schedule step <= N, and 2 and 1 cost 4-5 "
                    "bytes more again.")
 @_max_pixels_option
 @_threads_option

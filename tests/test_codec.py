@@ -122,11 +122,14 @@ def test_steps_stop_exactly_where_asked(model):
     from ddpm_codec.codec.describe import describe_file
 
     assert any(f"stops exactly at t = {t_stop} " in line for line in describe_file(res.data, "f"))
-    # at a schedule time: version 5 without a stop (flag bit 3); format 2 (lossy: version 1): the old stop at
-    # the last time a
+    # at a schedule time: no stop (flag bit 3), the last segment's step count instead; format 2 (lossy:
+    # version 1): the old stop at the last time a
     at = codec.encode(img, model, settings=SETTINGS, max_reverse_time=T - a + 1)
     assert at.data[2] >> 4 == 5 and not at.data[2] & 8 and container.unpack(at.data).file.header.stop is None
-    assert codec.encode(img, model, settings=SETTINGS).data[2] >> 4 == 5   # a lossless file: version 5 too
+    assert sum(g.num_steps for g in container.unpack(at.data).file.segments) == i + 1   # the prior step, ts[1..i]
+    assert codec.decode(at.data, model).reverse_time == T - a + 1
+    lossless = codec.encode(img, model, settings=SETTINGS).data
+    assert lossless[2] >> 4 == 5 and not lossless[2] & 8   # a lossless file: version 5 too, no stop
     v4 = codec.encode(img, model, settings=SETTINGS, max_reverse_time=n, format_version=4)
     assert v4.data[2] >> 4 == 4 and container.unpack(v4.data).file.header.stop == t_stop
     old = codec.encode(img, model, settings=SETTINGS, max_reverse_time=n, format_version=2)
@@ -134,13 +137,17 @@ def test_steps_stop_exactly_where_asked(model):
     assert [g.payload for g in container.unpack(old.data).file.segments] == \
         [g.payload for g in container.unpack(at.data).file.segments]   # the same steps, framed otherwise
     assert old.steps[-1].reverse_time == codec.decode(old.data, model).reverse_time == T - a + 1
-    # a file whose stop is a schedule time (or outside the chain) is refused as corrupt
+    # a file whose stop is a schedule time or lies outside the chain is refused as corrupt (versions 4, 5)
     from ddpm_codec.codec.api import crc_key
 
-    bad = container.pack(replace(parsed.file, header=replace(parsed.file.header, stop=a,
-                                                             crc_key=crc_key(model, SETTINGS))))
+    p4 = container.unpack(v4.data).file
     with pytest.raises(container.CorruptFileError, match="stop"):
-        codec.decode(bad, model)
+        codec.decode(container.pack(replace(p4, header=replace(p4.header, stop=a))), model)
+    for bad_stop in (a, ts[-1] - 1):
+        bad = container.pack(replace(parsed.file, header=replace(parsed.file.header, stop=bad_stop,
+                                                                 crc_key=crc_key(model, SETTINGS))))
+        with pytest.raises(container.CorruptFileError, match="stop"):
+            codec.decode(bad, model)
 
 
 @pytest.mark.parametrize("version", [3, 2, 1])
@@ -452,8 +459,10 @@ def test_fuzzed_format_4_files_with_repaired_checksums_reach_the_decoder(model, 
         g = replace(f, header=replace(f.header), segments=[replace(x) for x in f.segments])
         if trial % 3 == 0:
             g.header.stop = rng.randrange(1, T + 1)
-        elif trial % 3 == 1:
+        elif trial % 3 == 1 and g.segments[-1].num_steps:
             g.segments[-1].num_steps = rng.randrange(1, 3 * g.segments[-1].num_steps)
+        elif trial % 3 == 1:   # version 5: the last segment's steps are implied by the stop: move the stop
+            g.header.stop = rng.choice(ts + [rng.randrange(1, T + 1)])
         else:
             pay = bytearray(g.segments[-1].payload)
             for _ in range(rng.randint(1, 3)):
@@ -723,7 +732,9 @@ def test_format_5_is_smaller_and_its_keyed_checksum_checks_the_model(model):
         # left them out (selection 0, rate 100: this PFR one), its coder fields
         extra = 1 + (0 if SETTINGS.to_schedule().has_coder_fields else 2)
         assert (f4["fingerprint"], f5["fingerprint"], f5["schedule"] - f4["schedule"]) == (3, 1, extra)
-        assert len(v4.data) - len(v5.data) == 2 - extra
+        # the last segment's step count (1 byte here) is implied by the end of the chain or by the stop
+        assert f4["segment table"] - f5["segment table"] == 1 and ("stop" in f5) == ("stop" in f4) != v5.lossless
+        assert len(v4.data) - len(v5.data) == 2 - extra + 1 - (f5.get("stop", 0) - f4.get("stop", 0))
         d4, d5 = codec.decode(v4.data, model), codec.decode(v5.data, model)
         assert np.array_equal(d4.image, d5.image) and d5.lossless == (not kw) and d5.reverse_time == d4.reverse_time
         with pytest.raises((codec.DecodeError, container.CorruptFileError), match="checksum"):

@@ -712,17 +712,19 @@ KEY = bytes.fromhex("05120844aabbccdd")   # the first 8 bytes of a coding finger
 
 
 def test_pinned_bytes_version_5_lossy():
-    """Version 4's lossy file in 3 bytes less: fingerprint 1 byte, no profile byte for profile 13 (flag bit 1
-    clear), flags bit 3 stop, bit 2 seed; the CRC-16 covers the key before the file's bytes."""
+    """Version 4's lossy file in 4 bytes less: fingerprint 1 byte, no profile byte for profile 13 (flag bit 1
+    clear), with a stop (flag bit 3) no step count for the last segment (the rest of the chain, to the stop),
+    bit 2 seed; the CRC-16 covers the key before the file's bytes."""
     assert KEYED_VERSION == 5 and IMPLIED_PROFILE == 13
     f = DdpmFile(header=Header(fingerprint=b"\x05", height=32, width=32, seed=0, profile=13, one_stream=True,
                                compact=True, keyed=True, stop=101, crc_key=KEY), segments=[Segment(27, b"\x55" * 60)])
-    head = bytes.fromhex("8ddd" "58" "05" "3f" "65" "01" "1b")  # version 5, stop; 1 segment of 27 steps
+    head = bytes.fromhex("8ddd" "58" "05" "3f" "65" "01")  # version 5, a stop at t = 101; 1 segment
     body = head + b"\x55" * 60
     want = body + ref_crc16(KEY + body).to_bytes(2, "little")
-    assert pack(f) == want and len(want) - 60 == 10   # version 4: 13 with its stop
+    assert pack(f) == want and len(want) - 60 == 9   # version 4: 13 with its stop
     parsed = unpack(want)
-    assert parsed.version == 5 and parsed.file == f and not parsed.verified and parsed.framing_bytes() == 10
+    assert parsed.version == 5 and parsed.file.header == f.header and not parsed.verified
+    assert parsed.file.segments == [Segment(0, b"\x55" * 60)] and parsed.framing_bytes() == 9   # 0: the rest
     assert [n for n, _ in parsed.fields] == ["magic", "version and flags", "fingerprint", "dimensions", "stop",
                                             "segment count", "segment table", "file crc16"]
     # the checksum is the decoder's to check, with its model's key: any other key fails it
@@ -730,7 +732,7 @@ def test_pinned_bytes_version_5_lossy():
     assert not parsed.keyed_crc_matches(KEY[:7] + b"\xde") and not parsed.keyed_crc_matches(b"")
     # another profile: flag bit 1 and its byte; a seed: flag bit 2 and a varint after the settings
     g = replace(f, header=replace(f.header, profile=14, seed=5))
-    head = bytes.fromhex("8ddd" "5e" "05" "3f" "0e" "05" "65" "01" "1b")
+    head = bytes.fromhex("8ddd" "5e" "05" "3f" "0e" "05" "65" "01")
     body = head + b"\x55" * 60
     assert pack(g) == body + ref_crc16(KEY + body).to_bytes(2, "little")
     assert unpack(pack(g)).file.header == g.header
@@ -744,6 +746,19 @@ def test_pinned_bytes_version_5_lossy():
         pack(replace(f, header=replace(f.header, compact=False)))
     with pytest.raises(ValueError, match="profile"):
         pack(replace(f, header=replace(f.header, profile=0)))   # byte 0 says an explicit schedule follows
+    # without a stop (a cut at one of the schedule's times) the last segment gives its step count
+    nostop = replace(f, header=replace(f.header, stop=None))
+    body = bytes.fromhex("8ddd" "50" "05" "3f" "01" "1b") + b"\x55" * 60
+    assert pack(nostop) == body + ref_crc16(KEY + body).to_bytes(2, "little")
+    assert unpack(pack(nostop)).file.segments == nostop.segments
+    # two segments: the first with its steps and length, the last with its length only (and the CRC-8)
+    two = replace(f, segments=[Segment(20, b"\x11" * 70), Segment(0, b"\x22" * 30)])
+    data = pack(two)
+    head2 = bytes.fromhex("8ddd" "58" "05" "3f" "65" "02" "14" "46" "1e")   # 2 segments: 20 steps, 70 bytes; 30 bytes
+    assert data[:11] == head2 + bytes([ref_crc8(head2)])
+    assert unpack(data).file.segments == two.segments
+    part = unpack(data[:-5])
+    assert part.truncated and part.file.segments == [Segment(20, b"\x11" * 70)]
 
 
 def test_pinned_bytes_version_5_lossless():
@@ -753,14 +768,15 @@ def test_pinned_bytes_version_5_lossless():
     f = DdpmFile(header=Header(fingerprint=b"\x05", height=32, width=32, seed=0, profile=13, lossless=True,
                                one_stream=True, x0_in_stream=True, compact=True, keyed=True, crc_key=KEY),
                  segments=segs, pixel_crc=zlib.crc32(PIXELS))
-    head = bytes.fromhex("8ddd" "51" "05" "3f" "03" "1c45" "0ac401" "0aa308")
+    head = bytes.fromhex("8ddd" "51" "05" "3f" "03" "1c45" "0ac401" "a308")   # the last: its length only
     head += bytes([ref_crc8(head)])
     body = head + b"".join(s.payload for s in segs)
     crc = ref_crc32(body, ref_crc32(KEY, ref_crc32(PIXELS)))
     want = body + crc.to_bytes(4, "little")
-    assert pack(f) == want and len(want) - 69 - 196 - 1059 == 19   # version 3: 22
+    assert pack(f) == want and len(want) - 69 - 196 - 1059 == 18   # version 3: 22
     parsed = unpack(want)
-    assert parsed.version == 5 and parsed.file.header == f.header and parsed.file.segments == segs
+    assert parsed.version == 5 and parsed.file.header == f.header
+    assert parsed.file.segments == segs[:2] + [Segment(0, segs[2].payload)]   # 0: the rest of the chain
     assert parsed.pixels_present and parsed.pixels_match(PIXELS, KEY)
     assert not parsed.pixels_match(PIXELS, KEY[::-1]) and not parsed.pixels_match(PIXELS[::-1], KEY)
     # a cut inside the last segment: the first two segments, truncated (a progressive prefix)
@@ -769,7 +785,7 @@ def test_pinned_bytes_version_5_lossless():
     # one segment: its length is implied, lossless too
     one = replace(f, segments=[Segment(48, b"\x44" * 300)])
     data = pack(one)
-    assert data[3 + 1 + 1:3 + 1 + 1 + 2] == b"\x01\x30" and unpack(data).file.segments == one.segments
+    assert data[5:7] == b"\x01\x44" and unpack(data).file.segments == [Segment(0, b"\x44" * 300)]
     assert unpack(data).pixels_match(PIXELS, KEY)
     # a stop is for lossy files only
     with pytest.raises(ValueError, match="stop"):
@@ -783,9 +799,9 @@ def test_pinned_bytes_version_5_lossless():
 def test_version_5_explicit_schedule_has_its_coder_fields():
     s = Schedule(kind=2, num_steps=48, t_end=1, chunk_bits=4, log2_candidates=14, variance_kind=0x19)  # 0 / 100
     f = DdpmFile(header=Header(fingerprint=b"\x05", height=32, width=32, seed=0, schedule=s, one_stream=True,
-                               compact=True, keyed=True, crc_key=KEY), segments=[Segment(3, b"\x01\x02")])
+                               compact=True, keyed=True, stop=5, crc_key=KEY), segments=[Segment(3, b"\x01\x02")])
     data = pack(f)
-    assert data[:14] == bytes.fromhex("8ddd" "52" "05" "3f" "00" "02" "30" "01" "04" "0e" "19" "00" "64")
+    assert data[:15] == bytes.fromhex("8ddd" "5a" "05" "3f" "00" "02" "30" "01" "04" "0e" "19" "00" "64" "05")
     assert unpack(data).file.header.schedule == s
 
 
@@ -807,7 +823,10 @@ def test_version_5_round_trips_and_framing_size():
                                    crc_key=key), segments=segs, pixel_crc=zlib.crc32(PIXELS) if lossless else None)
         data = pack(f)
         parsed = unpack(data)
-        assert parsed.file.header == f.header and parsed.file.segments == segs and parsed.version == 5
+        want = segs[:-1] + [Segment(0, segs[-1].payload)] if segs else []   # the last one's steps: the rest
+        if not lossless and f.header.stop is None:
+            want = segs   # a lossy file without a stop gives every segment's steps
+        assert parsed.file.header == f.header and parsed.file.segments == want and parsed.version == 5
         assert parsed.framing_bytes() + sum(len(s.payload) for s in segs) == len(data)
         assert framing_size(f.header, [(s.num_steps, len(s.payload)) for s in segs]) == parsed.framing_bytes()
         assert _passes_keyed(parsed, PIXELS, key) and not _passes_keyed(parsed, PIXELS, bytes(8) if key != bytes(8) else b"x")

@@ -83,15 +83,15 @@ def test_format_3_golden_file_decodes_to_its_pixels(shipped):
 
 
 def test_format_5_golden_files_decode_to_their_pixels(shipped):
-    """Format version 5 (the default since 2026-12-07): profile 13 lossless (1753 bytes; p13.ddpm in version 3:
-    1756) and ``--steps 900`` (a stop at t = 101; 50 bytes), each decoding on any machine (exact arithmetic)."""
+    """Format version 5 (the default since 2026-12-07): profile 13 lossless (1752 bytes; p13.ddpm in version 3:
+    1756) and ``--steps 900`` (a stop at t = 101; 49 bytes), each decoding on any machine (exact arithmetic)."""
     data = (GOLDEN / "p13-format5.ddpm").read_bytes()
     assert hashlib.sha256(data).hexdigest() == TABLE["p13-format5"]
     parsed, settings = codec.read_header(data)
     assert parsed.version == 5 and parsed.file.header.profile == 13 and settings == codec.PROFILES[13]
     assert dict(parsed.fields).get("profile") is None   # profile 13 is implied
     assert parsed.file.header.fingerprint.hex() == shipped.context_fingerprint[:2]
-    assert len(data) == len((GOLDEN / "p13.ddpm").read_bytes()) - 3
+    assert len(data) == len((GOLDEN / "p13.ddpm").read_bytes()) - 4
     res = codec.decode(data, shipped)
     assert res.lossless and np.array_equal(res.image, make_golden.golden_image())
     lossy = (GOLDEN / "p13-format5-900.ddpm").read_bytes()

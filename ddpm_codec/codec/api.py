@@ -212,7 +212,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     network (default: torch's count, all cores) and the search (default 1); a float file's network
     always runs on one thread. Any count gives the same file. ``format_version``: None (the default)
     writes version 5 (``docs/FORMAT.md``: one fingerprint byte, checksums keyed by the whole fingerprint,
-    no profile byte for profile 13, no length for a single segment; the exact stop), or version 1 where
+    no profile byte for profile 13, no step count for the last segment where the file is lossless or has a
+    stop, no length for a single segment; the exact stop), or version 1 where
     ``x0_in_stream`` is False; 4 writes the framing of 2026-12-07 (version 3 lossless, version 4 lossy,
     with the exact stop); 3, 2 and 1 write those versions (no exact stop), for older readers (3: since
     2026-12-06; 2: since 2026-11-26).
@@ -295,7 +296,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
             if metrics:
                 rmse, psnr = tile_metrics(diffusion.denoise(chain.x, link.s, chain.eps), image, height, width)
             table = stream.prefix_table()
-            cut_bytes = container.framing_size(lossy_header, table) + sum(n for _, n in table)
+            cut = replace(lossy_header, stop=link.s) if link.s == stop else lossy_header   # (the exact stop's file)
+            cut_bytes = container.framing_size(cut, table) + sum(n for _, n in table)
             rec = StepRecord(reverse_time=T - link.s + 1, t=link.s, kl_bits=kl,
                              actual_bits=step_bits[-1].count_bits + step_bits[-1].index_bits,
                              cum_kl_bpd=cum_kl / num_dims, cum_bpd=8.0 * cut_bytes / num_dims,
@@ -395,7 +397,12 @@ def decode(data: bytes, model: LoadedModel, *, steps: int | None = None, reconst
         for seg in parsed.file.segments:
             if not h.one_stream:
                 dec = constriction.stream.queue.RangeDecoder(np.frombuffer(pad4(seg.payload), dtype=np.uint32).copy())
-            for _ in range(seg.num_steps):
+            n = seg.num_steps
+            if n == 0 and h.keyed:
+                n = len(chain) - i   # version 5: the last segment holds the rest of the chain (to its end or stop)
+                if n < 1:
+                    raise container.CorruptFileError("the file's segments hold more coding steps than its chain")
+            for _ in range(n):
                 if i >= len(chain):
                     raise container.CorruptFileError("the file holds more coding steps than its schedule")
                 yield dec

@@ -146,7 +146,7 @@ class Chain:
     the network to call, default a :class:`Net` of its own; :mod:`.batch` passes a shared one).
 
     ``stop``: a lossy file that stops exactly at diffusion time ``stop`` between two of the schedule's
-    times (format version 4): the schedule's times above it, then one step straight to ``stop``."""
+    times (format versions 4 and 5): the schedule's times above it, then one step straight to ``stop``."""
 
     def __init__(self, model: LoadedModel, settings: CodecSettings, shape: tuple[int, ...],
                  threads: int | None = None, net: Net | None = None, stop: int | None = None):

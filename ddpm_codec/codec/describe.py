@@ -44,6 +44,10 @@ def describe_file(data: bytes, name: str) -> list[str]:
     step = 0
     for i, s in enumerate(f.segments):
         tail = " (ending with x0)" if h.x0_in_stream and i == parsed.declared_segments - 1 else ""
+        if s.num_steps == 0:   # version 5's last segment: the rest of the chain
+            rest = "the end" if h.lossless else f"the stop (t = {h.stop})"
+            lines.append(f"  segment {i}: steps {step + 1} to {rest}, {len(s.payload)} bytes{tail}")
+            continue
         lines.append(f"  segment {i}: steps {step + 1}-{step + s.num_steps}, {len(s.payload)} bytes{tail}")
         step += s.num_steps
     if f.x0 is not None:

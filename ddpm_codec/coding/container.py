@@ -38,7 +38,9 @@ fails it even where the one fingerprint byte matches (1 in 256); both are checke
 knows the key (:meth:`ParsedFile.pixels_match`, :meth:`ParsedFile.keyed_crc_matches`). Flags: bit 0
 lossless, bit 1 a settings byte follows the dimensions (a profile id 1-255, or 0 and an explicit schedule
 with its coder fields; without it the file uses profile ``IMPLIED_PROFILE``), bit 2 a seed, bit 3 a stop
-(lossy only). A file of one segment leaves that segment's length out, lossless or not.
+(lossy files only, as in version 4). In a lossless file and a file with a stop the last segment's
+``num_steps`` is left out (the rest of the chain: to the end, or to the stop; :class:`Segment` reads 0), and
+a file of one segment leaves its length out too, lossless or not.
 
 The lengths sit in the header, under their own checksum, so that a reader knows the exact
 size of the complete file before it reads any payload: a file shorter than that was
@@ -296,7 +298,8 @@ class Header:
 
 @dataclass
 class Segment:
-    num_steps: int  # >= 1 reverse steps coded in this payload
+    num_steps: int  # >= 1 reverse steps coded in this payload; 0 in the last segment of a version-5 file that is
+                    # lossless or has a stop: the rest of the chain (to its end, or to the stop)
     payload: bytes
 
 
@@ -454,13 +457,16 @@ def pack_fields(f: DdpmFile) -> list[tuple[str, bytes]]:
     out.append(("segment count", varint_encode(len(f.segments))))
     table = bytearray()
     total_steps = 0
+    implied_steps = h.keyed and (h.lossless or h.stop is not None)   # version 5: to the chain's end, or its stop
     for i, seg in enumerate(f.segments):
-        steps = _int(f"segments[{i}].num_steps", seg.num_steps, 1, MAX_STEPS)
+        implied = implied_steps and i == len(f.segments) - 1   # the last segment holds the rest of the chain
+        steps = _int(f"segments[{i}].num_steps", seg.num_steps, 0 if implied else 1, MAX_STEPS)
         total_steps += steps
         if total_steps > MAX_STEPS:
             raise ValueError(f"segments hold more than {MAX_STEPS} steps in total")
         _int(f"len(segments[{i}].payload)", len(seg.payload), 0, MAX_PAYLOAD)
-        table += varint_encode(steps)
+        if not implied:
+            table += varint_encode(steps)
         if not ((h.lossy_compact or h.keyed) and len(f.segments) == 1):   # versions 4, 5: one segment's length is implied
             table += varint_encode(len(seg.payload))
     out.append(("segment table", bytes(table)))
@@ -663,8 +669,10 @@ def unpack(data: bytes) -> ParsedFile:
     table = []
     total_steps = 0
     at = r.pos
+    implied_steps = keyed and (lossless or stop is not None)
     for i in range(num_segments):
-        steps = r.uv(f"segments[{i}].num_steps", 1, MAX_STEPS)
+        # version 5: the last segment's steps are implied (the rest of the chain, to the end or to the stop): 0
+        steps = 0 if implied_steps and i == num_segments - 1 else r.uv(f"segments[{i}].num_steps", 1, MAX_STEPS)
         total_steps += steps
         if total_steps > MAX_STEPS:
             raise CorruptFileError(
