@@ -193,9 +193,13 @@ def _model_for_file(data: bytes, model_spec, device):
     from ddpm_codec.models.registry import find_by_fingerprint
     from ddpm_codec.train import select_device
 
+    from ddpm_codec.codec.api import model_fits_file
+
     try:
-        fp = codec.read_header(data)[0].file.header.fingerprint.hex()
-        return find_by_fingerprint(fp, device=select_device(device)) or _load(None, device)
+        parsed, settings = codec.read_header(data)
+        fp = parsed.file.header.fingerprint.hex()
+        return find_by_fingerprint(fp, device=select_device(device),
+                                   accept=lambda m: model_fits_file(parsed, settings, m)) or _load(None, device)
     except _errors() as e:
         raise CliError(str(e)) from None
 

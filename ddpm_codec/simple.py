@@ -101,12 +101,18 @@ def model_for(data: bytes) -> LoadedModel:
     from .codec import read_header
     from .models.registry import find_by_fingerprint
 
-    parsed, _ = read_header(bytes(data))
+    from .codec.api import model_fits_file
+
+    parsed, settings = read_header(bytes(data))
     fp = parsed.file.header.fingerprint.hex()
+
+    def fits(m: LoadedModel) -> bool:   # version 5 names the model by one byte: its keyed checksum decides
+        return model_fits_file(parsed, settings, m)
+
     default = _shipped(None)   # cached: most files name it
-    if default.fingerprint.startswith(fp) or (default.context_fingerprint or "").startswith(fp):
+    if fits(default):
         return default
-    found = find_by_fingerprint(fp)
+    found = find_by_fingerprint(fp, accept=fits)
     if found is None:
         raise ModelNotFoundError(f"the file names model {fp}, which is neither shipped nor registered: pass the "
                                  f"model that encoded it, or register it (ddpm_codec.register_model)")

@@ -88,16 +88,18 @@ def _matches(model: LoadedModel, prefix_hex: str) -> bool:
     return model.fingerprint.startswith(prefix_hex) or (model.context_fingerprint or "").startswith(prefix_hex)
 
 
-def find_by_fingerprint(prefix_hex: str, *, device="cpu") -> LoadedModel | None:
+def find_by_fingerprint(prefix_hex: str, *, device="cpu", accept=None) -> LoadedModel | None:
     """The registered (:func:`register_model`) or shipped model whose fingerprint, or whose fingerprint
-    with its x_0 context model, starts with ``prefix_hex`` (as written in .ddpm files)."""
+    with its x_0 context model, starts with ``prefix_hex`` (as written in .ddpm files), and that ``accept``
+    (if given) accepts: a version-5 file names its model by one byte, so the caller checks the file's keyed
+    checksum against each candidate (:func:`ddpm_codec.codec.api.model_fits_file`)."""
     for r in _REGISTERED:
         model = r if isinstance(r, LoadedModel) else load_model(r, device=device)
-        if _matches(model, prefix_hex):
+        if _matches(model, prefix_hex) and (accept is None or accept(model)):
             return model
     for m in shipped_models():
         if m.fingerprint.startswith(prefix_hex) or m.context_fingerprint.startswith(prefix_hex):
             model = load_model(m.path, device=device, name=m.name)
-            if _matches(model, prefix_hex):
+            if _matches(model, prefix_hex) and (accept is None or accept(model)):
                 return model
     return None

@@ -112,3 +112,31 @@ def test_the_shipped_sample_is_the_cifar10_test_split_prefix(tmp_path):
     import os
     if os.path.exists(shared):
         assert np.array_equal(np.load(shared)["test_images"][:100], images)
+
+
+def test_a_model_sharing_the_fingerprint_byte_is_told_apart_by_the_keyed_checksum(monkeypatch):
+    """Format 5 names the model by one byte. A registered model whose coding fingerprint begins with the same
+    byte as the shipped default's: ``decode(data)`` without a model must still pick the model that wrote the
+    file (its lossy file's CRC-16 is keyed by the whole fingerprint), not the default that matches the byte."""
+    import torch
+    from dataclasses import replace
+
+    from ddpm_codec import codec, simple
+    from ddpm_codec.models import registry
+    from ddpm_codec.models.checkpoint import fresh_model, with_stats
+    from ddpm_codec.models.presets import get_preset
+
+    shipped = dc.load_model()
+    torch.manual_seed(0)
+    tiny = with_stats(fresh_model(get_preset("tiny")), np.concatenate([[0.0], np.geomspace(3e-4, 0.3, 1000)]))
+    tiny.fingerprint = shipped.fingerprint[:2] + tiny.fingerprint[2:]   # the default's byte (x_0 without context)
+    settings = replace(PROFILES[14], num_steps=6, t_end=2, log2_candidates=8, chunk_bits=2, reuse_bits=0)
+    image = example_image(1)
+    res = codec.encode(image, tiny, settings=settings, max_reverse_time=900)
+    assert res.data[3] == int(shipped.fingerprint[:2], 16) and not res.lossless
+    with pytest.raises(dc.Error, match="checksum"):
+        dc.decode(res.data, shipped)   # the byte matches; the keyed checksum does not
+    monkeypatch.setattr(registry, "_REGISTERED", [])
+    dc.register_model(tiny)
+    assert simple.model_for(res.data) is tiny
+    assert np.array_equal(dc.decode(res.data).image, codec.decode(res.data, tiny).image)

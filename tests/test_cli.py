@@ -26,7 +26,7 @@ def test_decode_without_model_looks_the_model_up_on_the_chosen_device(tmp_path, 
     path, _ = _file(tmp_path)
     seen = {}
 
-    def fake(prefix_hex, *, device="cpu"):
+    def fake(prefix_hex, *, device="cpu", accept=None):
         seen.update(prefix=prefix_hex, device=device)
         raise ModelNotFoundError("looked up")
 
@@ -114,7 +114,7 @@ def test_info_bits_prints_the_library_accounting(tmp_path, monkeypatch):
                             truncated=False, steps_decoded=48, accounting=acc)
 
     monkeypatch.setattr(codec, "decode", fake_decode)
-    monkeypatch.setattr(registry, "find_by_fingerprint", lambda prefix, device="cpu": f"model {prefix}")
+    monkeypatch.setattr(registry, "find_by_fingerprint", lambda prefix, device="cpu", accept=None: f"model {prefix}")
     r = CliRunner().invoke(main, ["info", str(path), "--bits", "--threads", "2"])
     assert r.exit_code == 0, r.output
     assert r.output.splitlines() == describe_file(data, str(path)) + bit_lines(acc)

@@ -164,6 +164,17 @@ def crc_key(model: LoadedModel, settings: CodecSettings) -> bytes:
     return bytes.fromhex(coding_fingerprint(model, settings)[:2 * container.CRC_KEY_BYTES])
 
 
+def model_fits_file(parsed: container.ParsedFile, settings: CodecSettings, model: LoadedModel) -> bool:
+    """Whether ``model`` can be the one that wrote the file, from its header alone: the fingerprint it names
+    and, for a complete lossy version-5 file, the checksum keyed by the model's fingerprint (a lossless
+    file's is checked with its pixels, after decoding)."""
+    try:
+        check_model(parsed, model, settings)
+    except (DecodeError, container.DdpmFormatError, InputError):
+        return False
+    return True
+
+
 def check_model(parsed: container.ParsedFile, model: LoadedModel, settings: CodecSettings | None = None) -> None:
     """Refuse (:class:`DecodeError`) a model that is not the one the file names (with ``settings``'s
     x_0 context model, where the file uses one)."""
