@@ -190,10 +190,9 @@ def _model_for_file(data: bytes, model_spec, device):
     if model_spec is not None:
         return _load(model_spec, device)
     from ddpm_codec import codec
+    from ddpm_codec.codec.api import model_fits_file
     from ddpm_codec.models.registry import find_by_fingerprint
     from ddpm_codec.train import select_device
-
-    from ddpm_codec.codec.api import model_fits_file
 
     try:
         parsed, settings = codec.read_header(data)

@@ -320,7 +320,8 @@ class ParsedFile:
     version: int = 2
     fields: list[tuple[str, int]] = field(default_factory=list)  # framing: (field, bytes) in file order
     verified: bool = False  # a checksum over the whole file was verified (never for a truncated file, nor
-                            # for a version-3 lossless file before its pixels are decoded)
+                            # for a version-3 or 5 lossless file before its pixels are decoded, nor for a
+                            # version-5 lossy one: its keyed CRC-16 is the decoder's, keyed_crc_matches)
     merged_crc: tuple[bytes, int] | None = None  # versions 3 and 5, lossless, complete: (the bytes it covers, its value)
     keyed_crc16: tuple[bytes, int] | None = None  # version 5, lossy, complete: (the bytes it covers, its value)
 
