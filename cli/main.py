@@ -513,6 +513,9 @@ def _schedule_options(f):
                    "in dB (lossless if none does).")
 @_schedule_options
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--effort", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Encode with E seeds (--seed .. --seed+E-1) and keep the smallest file (with --bpd: the best "
+                   "PSNR), in E times the time; lossless files come out ~0.014 bits/dim smaller at 4.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-step table.")
 @click.option("--format", "format_version", type=click.IntRange(1, 5), default=None,
               help="File format version for older readers: by default 5 (docs/FORMAT.md: one fingerprint byte, "
@@ -524,7 +527,7 @@ def _schedule_options(f):
 @_batch_option
 @_workers_option
 @_device_option
-def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, format_version,
+def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, effort, quiet, format_version,
            max_pixels, threads, batch, workers, device):
     """Encode IMAGES (PNG etc., or folders of them) to .ddpm files: lossless by default, lossy with
     --steps, --bpd or --psnr.
@@ -545,13 +548,13 @@ def encode(images, output, model_spec, max_steps, max_bpd, min_psnr, schedule, s
         if _launch(workers):
             return None
         return _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels,
-                            device, threads, format_version, _batch(batch))
+                            device, threads, format_version, _batch(batch), effort)
     _encode_one(paths[0], output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels,
-                device, threads, format_version)
+                device, threads, format_version, effort)
 
 
 def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, max_pixels, device,
-                 threads=None, format_version=None, batch=1):
+                 threads=None, format_version=None, batch=1, effort=1):
     """``encode`` of several images: all read and checked first, then coded with one model load,
     ``batch`` at a time (batched network calls), shared out over the ranks of a launch."""
     from tqdm.auto import tqdm
@@ -588,7 +591,7 @@ def _encode_many(paths, output, model_spec, max_steps, max_bpd, min_psnr, schedu
 
         settings = settings_for(model=model, **schedule)
         kw = dict(settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd, min_psnr=min_psnr, seed=seed,
-                  max_pixels=max_pixels, threads=threads, format_version=format_version)
+                  max_pixels=max_pixels, threads=threads, format_version=format_version, effort=effort)
 
         def work(ids):   # this rank's images of the round: what rank 0 needs to write and report
             imgs = [inputs[i][0] for i in ids]
@@ -632,7 +635,7 @@ def _remove_if_empty(folder: Path | None) -> None:
 
 
 def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedule, seed, quiet, max_pixels, device,
-                threads=None, format_version=None):
+                threads=None, format_version=None, effort=1):
     """``encode`` of one image, with its per-step table."""
     from ddpm_codec import codec
     from ddpm_codec.imageio import check_writable, read_image, write_bytes_atomic
@@ -655,18 +658,21 @@ def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedul
 
         settings = settings_for(model=model, **schedule)   # default: the model's default profile
 
-        bar = tqdm(total=settings.num_steps, unit="step", desc="encoding", disable=True if not quiet else None,
-                   file=sys.stderr)   # None: shown on a terminal only
+        live = not quiet and effort == 1   # the table as the steps go; with --effort, the kept file's after
+        bar = tqdm(total=settings.num_steps * effort, unit="step", desc="encoding",
+                   disable=True if live else None, file=sys.stderr)   # None: shown on a terminal only
         if not quiet:
             click.echo("\n".join(step_table_header()))
 
         def show(r):
-            bar.update(1) if quiet else click.echo(step_table_row(r))
+            click.echo(step_table_row(r)) if live else bar.update(1)
 
         res = codec.encode(img, model, settings=settings, max_reverse_time=max_steps, max_bpd=max_bpd,
                            min_psnr=min_psnr, seed=seed, progress=show, max_pixels=max_pixels, threads=threads,
-                           format_version=format_version)
+                           format_version=format_version, effort=effort)
         bar.close()
+        if not quiet and not live:
+            click.echo("\n".join(step_table_row(r) for r in res.steps))
         write_bytes_atomic(out, res.data)
     except errors as e:
         raise CliError(str(e)) from None
@@ -678,6 +684,8 @@ def _encode_one(image, output, model_spec, max_steps, max_bpd, min_psnr, schedul
     click.echo(f"wrote {out}: {len(res.data)} bytes, {res.bits_per_dim:.4f} bits/dim, {kind}; "
                f"model bound {res.model_bound_bpd:.4f}, {x0_line} bits/dim; {res.seconds:.2f} s "
                f"({res.network_seconds:.2f} s in the network)")
+    if res.seeds_tried > 1:
+        click.echo(f"kept seed {res.seed} of {res.seeds_tried} tried ({seed} to {seed + res.seeds_tried - 1})")
     note = portability_note(settings, res.lossless)
     if note:
         click.echo(f"note: {note}", err=True)

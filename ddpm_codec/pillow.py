@@ -4,7 +4,7 @@
     from PIL import Image
     Image.open("img.ddpm").save("out.png")       # decodes: exact for a lossless file
     Image.open("photo.png").save("img.ddpm")     # encodes losslessly with the default profile
-    im.save("small.ddpm", steps=900)             # or profile=, bpd=, psnr=, model= (as ddpm_codec.encode)
+    im.save("small.ddpm", steps=900)             # or profile=, bpd=, psnr=, model=, effort= (as ddpm_codec.encode)
 
 Opening reads only the header (size, mode "RGB"); the pixels are decoded on ``load()``, with the
 model the file names (found by its fingerprint among the shipped and registered models): exactly
@@ -21,7 +21,7 @@ from .coding.container import MAGIC
 
 FORMAT = "DDPM"
 EXTENSION = ".ddpm"
-SAVE_OPTIONS = ("model", "profile", "steps", "bpd", "psnr")
+SAVE_OPTIONS = ("model", "profile", "steps", "bpd", "psnr", "effort")
 
 
 def _accept(prefix: bytes) -> bool:

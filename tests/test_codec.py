@@ -798,3 +798,65 @@ def test_stream_end_rounded_up_is_never_longer_and_decodes(model, monkeypatch):
             assert dec.steps_decoded == len(res.steps) and not dec.truncated
             sizes[rounded].append(len(res.data))
     assert all(a <= b for a, b in zip(sizes[True], sizes[False])) and sum(sizes[True]) < sum(sizes[False])
+
+
+def test_effort_keeps_the_smallest_of_its_seeds(model):
+    """``effort=E`` codes with seeds s .. s+E-1 and keeps the smallest file: each try is an ordinary file of
+    that seed (the header names it, it decodes exactly), so the kept one is the minimum of E one-seed encodes;
+    a seed other than 0 costs its varint byte, inside the length compared."""
+    img = smooth_images(1, seed=23)[0]
+    one = {s: codec.encode(img, model, settings=SETTINGS, seed=s, metrics=False).data for s in range(2, 6)}
+    assert len(set(one.values())) == 4   # four codebooks, four files
+    res = codec.encode(img, model, settings=SETTINGS, seed=2, effort=4, metrics=False)
+    assert res.seeds_tried == 4 and res.data == min(one.values(), key=len)
+    assert container.unpack(res.data).file.header.seed == res.seed and one[res.seed] == res.data
+    assert np.array_equal(codec.decode(res.data, model).image, img)
+    # a lossy file at a stop: the smallest of the tries too, at the same reverse time
+    lossy = codec.encode(img, model, settings=SETTINGS, max_reverse_time=700, effort=3, metrics=False)
+    sizes = [len(codec.encode(img, model, settings=SETTINGS, max_reverse_time=700, seed=s, metrics=False).data)
+             for s in range(3)]
+    assert len(lossy.data) == min(sizes) and lossy.steps[-1].reverse_time == 700
+    for bad in (0, codec.api.MAX_EFFORT + 1):
+        with pytest.raises(codec.api.InputError, match="effort must be 1 to"):
+            codec.encode(img, model, settings=SETTINGS, effort=bad)
+
+
+def test_effort_key_at_a_rate_prefers_further_then_sharper():
+    """With ``max_bpd`` every try stops near the same rate: the one that reaches further wins, then the better
+    PSNR, then the shorter file; a lossless try (x_0 itself) reaches furthest. Hand-made results."""
+    def res(rt, psnr, n, lossless=False):
+        rec = codec.StepRecord(reverse_time=rt, t=1001 - rt, kl_bits=0.0, actual_bits=0.0, cum_kl_bpd=0.0,
+                               cum_bpd=0.0, rmse=0.0, psnr=psnr, chunks=0)
+        return codec.EncodeResult(data=b"x" * n, steps=[rec], lossless=lossless)
+    key = codec.api.effort_key
+    tries = [res(900, 30.0, 10), res(950, 20.0, 12), res(950, 25.0, 14), res(950, 25.0, 13)]
+    assert min(tries, key=lambda r: key(r, True)) is tries[3]
+    assert min(tries, key=lambda r: key(r, False)) is tries[0]
+    assert min(tries + [res(1000, float("inf"), 99, lossless=True)], key=lambda r: key(r, True)).lossless
+    assert key(res(950, float("nan"), 5), True) > key(res(950, 1.0, 9), True)   # no metrics: PSNR unknown, last
+
+
+def test_cli_effort_option(model, tmp_path):
+    """``encode --effort 3``: one file, the smallest of seeds 0-2 (what three ``--seed`` encodes write), the kept
+    file's per-step table after the tries, and a line naming the seed kept."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from ddpm_codec.cli.main import main
+
+    mpath = save_model(tmp_path / "m.safetensors", model.net, model.config)
+    Image.fromarray(smooth_images(1, seed=6)[0]).save(tmp_path / "in.png")
+    base = ["encode", str(tmp_path / "in.png"), "--model", str(mpath), "--coding-steps", "12", "--t-end", "2",
+            "--chunk-bits", "2", "--candidates", "8"]
+    sizes = []
+    for s in range(3):
+        r = CliRunner().invoke(main, base + ["-q", "-o", str(tmp_path / f"s{s}.ddpm"), "--seed", str(s)])
+        assert r.exit_code == 0, r.output
+        sizes.append((tmp_path / f"s{s}.ddpm").read_bytes())
+    r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "e.ddpm"), "--effort", "3"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "e.ddpm").read_bytes() == min(sizes, key=len)
+    kept = sizes.index(min(sizes, key=len))
+    assert f"kept seed {kept} of 3 tried (0 to 2)" in r.output and r.output.count("|      999 |") == 1   # t_end = 2
+    r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "bad.ddpm"), "--effort", "0"])
+    assert r.exit_code == 2 and not (tmp_path / "bad.ddpm").exists()

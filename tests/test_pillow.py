@@ -34,6 +34,11 @@ def test_save_encodes_as_the_api_does(example_file, tmp_path):
         assert not im.info["lossless"] and im.size == (32, 32)
         lossy = np.asarray(im)
     assert np.array_equal(lossy, dc.decode(buf.getvalue()).image)
+    # effort=2: the smaller of the seed-0 and seed-1 files
+    seeds = [dc.encode(image, steps=900, seed=s).data for s in (0, 1)]
+    tried = io.BytesIO()
+    Image.fromarray(image).save(tried, format="DDPM", steps=900, effort=2)
+    assert tried.getvalue() == min(seeds, key=len)
 
 
 def test_save_refuses_what_it_cannot_code_exactly_and_leaves_no_file(tmp_path):

@@ -135,6 +135,21 @@ def test_batched_encode_with_images_stopping_early(model):
     assert [r.data for r in many] == [r.data for r in one]
 
 
+def test_effort_tries_batched_and_inside_encode_many(model, monkeypatch):
+    """``effort=2`` on its own runs its two seeds' chains in lock-step (one call of 2 tiles a step, lanes=1
+    by one thread) and keeps what the smallest one-seed file is; inside ``encode_many`` (a shared network) the
+    tries run one after another with the same result."""
+    images = made_up_images(2, seed=4)
+    one = [[codec.encode(im, model, settings=EXACT, seed=s).data for s in range(2)] for im in images]
+    monkeypatch.setattr(batch_mod, "Net", _CountingNet)
+    _CountingNet.sizes = []
+    res = codec.encode(images[0], model, settings=EXACT, effort=2, threads=1)
+    assert res.data == min(one[0], key=len) and res.seeds_tried == 2
+    assert _CountingNet.sizes == [2] * EXACT.num_steps
+    many = codec.encode_many(images, model, settings=EXACT, effort=2, batch=2, lanes=1)
+    assert [r.data for r in many] == [min(o, key=len) for o in one]
+
+
 def test_a_failing_image_fails_the_batch_without_hanging(model):
     images = list(made_up_images(2))
     images.insert(1, np.zeros((32, 32, 5), np.uint8))   # refused by encode's input check (5 channels)

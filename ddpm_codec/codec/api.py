@@ -64,6 +64,8 @@ class EncodeResult:
     network_seconds: float = 0.0
     num_dims: int = 0
     accounting: "BitAccounting | None" = None   # where the file's bits go (as decode(..., account=True) finds)
+    seed: int = 0                   # the file's seed (its codebook)
+    seeds_tried: int = 1            # encode(..., effort=E): the files made (seed, seed + 1, ...); seconds: all of them
 
     @property
     def bits_per_dim(self) -> float:
@@ -196,13 +198,28 @@ def check_model(parsed: container.ParsedFile, model: LoadedModel, settings: Code
 
 
 # ----------------------------------------------------------------------------- encode
+MAX_EFFORT = 64   # encode(..., effort=E): at most this many seeds
+
+
+def effort_key(result: "EncodeResult", to_rate: bool) -> tuple:
+    """What ``encode(..., effort=E)`` minimises over its tries: the file's length; for a file cut at a rate
+    (``to_rate``: ``max_bpd``, so every try is about as long), the furthest step reached, then the best PSNR
+    of its reconstruction, then the length."""
+    if not to_rate:
+        return (len(result.data),)
+    last = result.steps[-1] if result.steps else None
+    psnr = last.psnr if last is not None and math.isfinite(last.psnr) else -math.inf
+    reached = (last.reverse_time if last else 0) + (1 if result.lossless else 0)   # x_0 itself: one further
+    return (-reached, -psnr, len(result.data))
+
+
 def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | None = None,
            max_reverse_time: int | None = None, max_bpd: float | None = None, min_psnr: float | None = None,
            lossless: bool | None = None,
            seed: int = 0, min_segment_bytes: int = 64, progress: Callable[[StepRecord], None] | None = None,
            metrics: bool = True, x0_in_stream: bool = True, max_pixels: int | None = None,
            threads: int | None = None, format_version: int | None = None,
-           net: Net | None = None) -> EncodeResult:
+           net: Net | None = None, effort: int = 1) -> EncodeResult:
     """Encode a uint8 RGB image ``[H, W, 3]`` to ``.ddpm`` bytes.
 
     Lossless (default) codes the whole chain and then x_0 exactly. ``max_reverse_time=N`` stops
@@ -230,7 +247,29 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     2026-12-06; 2: since 2026-11-26).
     ``net``: the network to call (default the model's own; :func:`.batch.encode_many` passes one
     shared by several images).
+    ``effort=E``: encode with the seeds ``seed`` .. ``seed + E - 1`` (each a different codebook, so each file
+    a different length) and return the best (:func:`effort_key`: the smallest file; with ``max_bpd``, the one
+    that reaches furthest, then the best PSNR): E times the work, the tries' network calls batched and run side
+    by side on the threads (:func:`.batch.encode_tries`; ``progress`` sees every try's steps, from their
+    threads; ``seconds``: the wall time of them all, ``network_seconds`` their network shares'). A seed other than 0 costs the file one byte (up to 127), counted.
     """
+    if effort != 1:
+        if not 1 <= int(effort) <= MAX_EFFORT:
+            raise InputError(f"effort must be 1 to {MAX_EFFORT} (seeds to try), not {effort}")
+        if not 0 <= seed <= container.MAX_SEED - effort + 1:
+            raise InputError(f"seed {seed} + effort {effort} leaves the seed range")
+        kw = dict(settings=settings, max_reverse_time=max_reverse_time, max_bpd=max_bpd, min_psnr=min_psnr,
+                  lossless=lossless, min_segment_bytes=min_segment_bytes, progress=progress, metrics=metrics,
+                  x0_in_stream=x0_in_stream, max_pixels=max_pixels, threads=threads, format_version=format_version)
+        seeds, began = range(seed, seed + int(effort)), time.perf_counter()
+        if net is None:   # the tries' network calls batched, in lanes (the same bytes)
+            from .batch import encode_tries
+            tries = encode_tries(image, model, seeds, **kw)
+        else:             # inside encode_many: its shared network, one try after another
+            tries = [encode(image, model, seed=s, net=net, **kw) for s in seeds]
+        best = min(tries, key=lambda r: effort_key(r, max_bpd is not None))
+        return replace(best, seeds_tried=len(tries), seconds=time.perf_counter() - began,
+                       network_seconds=sum(r.network_seconds for r in tries))
     settings = settings or default_settings(model)
     image = check_image(image, max_pixels)
     if not settings.arithmetic.exact:
@@ -362,7 +401,7 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
                                payload_bytes=len(data) - parsed.framing_bytes(), num_dims=num_dims)
     return EncodeResult(data=data, steps=records, lossless=lossless, x0_bits=x0_bits, x0_ideal_bits=x0_ideal,
                         x0_model_bits=x0_own, x0_side_bits=x0_side, seconds=time.perf_counter() - start,
-                        network_seconds=chain.net.seconds, num_dims=num_dims, accounting=accounting)
+                        network_seconds=chain.net.seconds, num_dims=num_dims, accounting=accounting, seed=seed)
 
 
 # ----------------------------------------------------------------------------- decode

@@ -211,6 +211,22 @@ def encode_many(images: Sequence, model: LoadedModel, *, settings=None, batch: i
     return _in_groups(jobs, tiles, model, settings.arithmetic, threads, batch, lanes_for(lanes, threads, len(jobs)))
 
 
+def encode_tries(image, model: LoadedModel, seeds: Sequence[int], *, settings=None, batch: int = DEFAULT_BATCH,
+                 threads: int | None = None, lanes: int | None = None, **kw) -> list:
+    """:func:`.api.encode` of one image once with each of ``seeds`` (what ``encode(..., effort=E)`` chooses
+    among), their network calls batched and run in lanes as :func:`encode_many`'s; each file byte-identical
+    to a one-seed encode."""
+    from .api import encode
+    from .profiles import default_settings
+
+    settings = settings or default_settings(model)
+    _warm(model, settings, encoder=True)
+    jobs = [lambda net, s=s: encode(image, model, settings=settings, threads=threads, net=net, seed=s, **kw)
+            for s in seeds]
+    tiles = [_num_tiles(*image.shape[:2], model.image_size)] * len(jobs)
+    return _in_groups(jobs, tiles, model, settings.arithmetic, threads, batch, lanes_for(lanes, threads, len(jobs)))
+
+
 def decode_many(files: Sequence[bytes], model: LoadedModel, *, batch: int = DEFAULT_BATCH,
                 threads: int | None = None, lanes: int | None = None, **kw) -> list:
     """:func:`.api.decode` of each file (same keywords), their network calls batched as
