@@ -71,7 +71,7 @@ def encode(image: np.ndarray, model: LoadedModel | str | None = None, *, profile
     ``profile``: a built-in profile's id or name (``ddpm-codec profiles``; default: the model's
     default). Lossless unless one of these stops the chain early: ``steps`` (reverse-process time
     T - t + 1), ``bpd`` (cumulative bits/dim), ``psnr`` (the first step whose reconstruction reaches
-    it, in dB). ``options`` go to :func:`ddpm_codec.codec.encode` (``seed``, ``progress``,
+    it, in dB). ``options`` go to :func:`ddpm_codec.codec.encode` (``seed``, ``effort``, ``progress``,
     ``max_pixels``, ...). Returns an :class:`~ddpm_codec.codec.EncodeResult`; ``.data`` is the file.
     """
     from . import codec

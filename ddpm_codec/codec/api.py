@@ -251,7 +251,8 @@ def encode(image: np.ndarray, model: LoadedModel, *, settings: CodecSettings | N
     a different length) and return the best (:func:`effort_key`: the smallest file; with ``max_bpd``, the one
     that reaches furthest, then the best PSNR): E times the work, the tries' network calls batched and run side
     by side on the threads (:func:`.batch.encode_tries`; ``progress`` sees every try's steps, from their
-    threads; ``seconds``: the wall time of them all, ``network_seconds`` their network shares'). A seed other than 0 costs the file one byte (up to 127), counted.
+    threads; ``seconds``: the wall time of them all, ``network_seconds`` their network shares'). A seed other
+    than 0 costs the file one byte (up to 127), counted.
     """
     if effort != 1:
         if not 1 <= int(effort) <= MAX_EFFORT:
