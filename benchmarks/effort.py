@@ -3,6 +3,7 @@
     python benchmarks/effort.py collect -n 20 --start 0 --seeds 8 --out e0.json     # two of these side by side
     python benchmarks/effort.py summary e0.json e20.json                              # E = 1, 2, 4, 8
     python benchmarks/effort.py time -n 6 --efforts 1,2,4                            # wall time, interleaved
+    python benchmarks/effort.py split -n 8 --seeds 4                                  # what moves between seeds
 
 ``collect``: for each shared CIFAR-10 test image, the default lossless file and the default ``--steps 900``
 file (exact stop) with each seed 0..M-1 (one thread): bytes, and for the lossy file its realised KL (Σ KL(q‖p)
@@ -78,6 +79,34 @@ def summary(a) -> None:
         e *= 2
 
 
+def split(a) -> None:
+    """Which parts of a lossless file move from seed to seed: per image and seed, the accounting's x_0 bits,
+    the path bits of the large steps (KL > 100 bits) and of the others, and the counts; printed, each part's
+    standard deviation across seeds within an image (pooled over the images) and the correlation of x_0 with
+    the large steps' indices."""
+    torch.set_num_threads(1)
+    model = resolve_model(None)
+    parts = {k: [] for k in ("file", "x0", "large-step indices", "small-step indices", "counts")}
+    for img in _images(a):
+        rows = {k: [] for k in parts}
+        for s in range(a.seeds):
+            r = codec.encode(img, model, seed=s, metrics=False)
+            large = {rec.t for rec in r.steps if rec.kl_bits > 100}
+            rows["file"].append(8 * len(r.data))
+            rows["x0"].append(r.accounting.x0_bits)
+            rows["large-step indices"].append(sum(b.index_bits for b in r.accounting.steps if b.t in large))
+            rows["small-step indices"].append(sum(b.index_bits for b in r.accounting.steps if b.t not in large))
+            rows["counts"].append(sum(b.count_bits for b in r.accounting.steps))
+        for k, v in rows.items():
+            parts[k].append(np.array(v) - np.mean(v))   # within the image
+    n = len(parts["file"])
+    for k, v in parts.items():
+        sd = math.sqrt(np.concatenate(v).var() * a.seeds / (a.seeds - 1))
+        print(f"{k}: ±{sd:.1f} bits across seeds ({n} images, {a.seeds} seeds)")
+    c = np.corrcoef(np.concatenate(parts["x0"]), np.concatenate(parts["large-step indices"]))[0, 1]
+    print(f"correlation of x_0 with the large steps' indices: {c:+.2f}")
+
+
 def timing(a) -> None:
     model = resolve_model(None)
     efforts = [int(x) for x in a.efforts.split(",")]
@@ -101,7 +130,9 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect")
     t = sub.add_parser("time")
-    for p in (c, t):
+    sp = sub.add_parser("split")
+    sp.add_argument("--seeds", type=int, default=4)
+    for p in (c, t, sp):
         p.add_argument("-n", type=int, default=6)
         p.add_argument("--start", type=int, default=0)
         p.add_argument("--data", default=str(DATA))
@@ -112,7 +143,7 @@ def main() -> None:
     s = sub.add_parser("summary")
     s.add_argument("files", nargs="+")
     a = ap.parse_args()
-    {"collect": collect, "summary": summary, "time": timing}[a.cmd](a)
+    {"collect": collect, "summary": summary, "time": timing, "split": split}[a.cmd](a)
 
 
 if __name__ == "__main__":
