@@ -815,12 +815,14 @@ def info(file, bits, model_spec, threads):
 @click.option("--download", is_flag=True)
 @click.option("--format", "format_version", type=click.IntRange(1, 5), default=None,
               help="The files' format version, whose framing the rates count: default the codec's (as encode).")
+@click.option("--effort", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Each image's file is the smallest of E seeds' (as encode --effort); the rows are its cuts.")
 @_schedule_options
 @_batch_option
 @_workers_option
 @_device_option
 def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, modes, theoretical, no_baselines,
-             from_h5, download, format_version, schedule, batch, workers, device):
+             from_h5, download, format_version, effort, schedule, batch, workers, device):
     """The paper's rate-distortion study (Fig. 5 / Table 4) with real bits, beside PNG, WebP,
     JPEG XL, JPEG, AVIF and JPEG 2000 on the same images.
 
@@ -860,7 +862,8 @@ def rd_curve(dataset, data_path, split, num, model_spec, output, plot_path, mode
             raise CliError(f"rd-curve expects {model.image_size}x{model.image_size} images, got "
                            f"{images.shape[2]}x{images.shape[1]}")
         rd.run(images, model, output, settings=settings_for(model=model, **schedule), theoretical=theoretical,
-               reconstruct=modes, dataset=str(spec), batch=_batch(batch), format_version=format_version)
+               reconstruct=modes, dataset=str(spec), batch=_batch(batch), format_version=format_version,
+               effort=effort)
         if rank0:
             if not no_baselines:
                 rd.run_baselines(images, output)

@@ -50,7 +50,8 @@ def row_index(reverse_times: np.ndarray, row: int) -> int | None:
 
 def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, theoretical: bool = False,
         reconstruct: tuple[str, ...] = (), indices: np.ndarray | None = None, dataset: str = "",
-        progress: bool = True, seed: int = 0, batch: int = 1, format_version: int | None = None) -> int:
+        progress: bool = True, seed: int = 0, batch: int = 1, format_version: int | None = None,
+        effort: int = 1) -> int:
     """Encode each image (resuming after the rows already in ``store_path``); returns rows done.
 
     Under torchrun (:mod:`ddpm_codec.distributed`) every rank runs this with the same arguments: the
@@ -58,7 +59,9 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     in image order, so the store holds what a one-process run writes (the ``seconds`` column aside)
     and resumes the same way. ``batch > 1``: each rank codes its images ``batch`` at a time, their
     network calls batched (:func:`ddpm_codec.codec.encode_many`; the same files). ``format_version``: the
-    files' format, whose framing the rates count (default the codec's: a lossy cut in format 4)."""
+    files' format, whose framing the rates count (default the codec's: a lossy cut in format 4). ``effort=E``:
+    each image's lossless file is the smallest of E seeds' (``encode(..., effort=E)``), and its rows are that
+    file's cuts; the store's ``effort`` attribute says so."""
     from tqdm.auto import tqdm
 
     from .. import codec, distributed
@@ -67,11 +70,13 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     fmt = format_version or 0   # 0: the codec's default formats
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
     mode = "theoretical" if theoretical else "actual"
+    if theoretical and effort != 1:
+        raise ResultsError("effort chooses among real files: it does nothing in the theoretical (KL-only) mode")
     rank, _ = distributed.rank_world()
     done, error = None, None
     if rank == 0:
         try:
-            done = _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed, fmt)
+            done = _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed, fmt, effort)
         except ResultsError as e:
             error = str(e)
     done, error = distributed.broadcast((done, error))
@@ -89,10 +94,10 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
             results = [codec.trace_theoretical(images[i], model, settings=settings, seed=seed + i) for i in ids]
         elif batch > 1 and len(ids) > 1:
             results = codec.encode_many([images[i] for i in ids], model, settings=settings, seed=seed, batch=batch,
-                                        format_version=format_version)
+                                        format_version=format_version, effort=effort)
         else:
-            results = [codec.encode(images[i], model, settings=settings, seed=seed, format_version=format_version)
-                       for i in ids]
+            results = [codec.encode(images[i], model, settings=settings, seed=seed, format_version=format_version,
+                                    effort=effort) for i in ids]
         return [_record(images[i], int(indices[i]), res, model, settings, reconstruct, seed, theoretical)
                 for i, res in zip(ids, results)]
 
@@ -105,7 +110,7 @@ def run(images: np.ndarray, model, store_path: str | Path, *, settings=None, the
     return len(images)
 
 
-def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed, fmt=0) -> int:
+def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct, seed, fmt=0, effort=1) -> int:
     """Check (or start) the store for this run; the number of complete rows it holds (a record a crash
     left half-written is cut off)."""
     import torch
@@ -120,13 +125,17 @@ def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct
         if attrs.get("fingerprint") != model.fingerprint or attrs.get("mode") != mode \
                 or attrs.get("settings") != repr(settings) or int(attrs.get("format_version", 2)) != fmt:
             raise ResultsError(f"{store_path} holds results of another model/mode/settings: use a new -o file")
+        if int(attrs.get("effort", 1)) != effort:
+            raise ResultsError(f"{store_path} holds results of effort {int(attrs.get('effort', 1))}, not {effort}: "
+                               "use a new -o file")
     else:
         import constriction
         import PIL
 
         store.set_attrs(GROUP, fingerprint=model.fingerprint, model=model.name, mode=mode, settings=repr(settings),
                         dataset=dataset, torch=torch.__version__, constriction=getattr(constriction, "__version__", "?"),
-                        pillow=PIL.__version__, reconstruct=",".join(reconstruct), seed=seed, format_version=fmt)
+                        pillow=PIL.__version__, reconstruct=",".join(reconstruct), seed=seed, format_version=fmt,
+                        effort=effort)
     # image_index is appended last: rows beyond it belong to a record a crash left half-written
     done = store.num_rows(GROUP, "image_index")
     for key in store.keys(GROUP):
@@ -336,7 +345,11 @@ def write_report(store_path: str | Path, plot_path: str | Path | None, image_sha
 
     agg = aggregate(store_path)
     dims = int(np.prod(image_shape))
-    out = [f"{agg.num_images} images", "", markdown_table(agg), ""]
+    from .store import ResultStore
+
+    effort = int(ResultStore(store_path).get_attrs(GROUP).get("effort", 1))
+    out = [f"{agg.num_images} images" + (f", each file the smallest of {effort} seeds' (--effort {effort})"
+                                         if effort > 1 else ""), "", markdown_table(agg), ""]
     lossless, lossy = baseline_summary(store_path)
     if lossless:
         out.append("| lossless codec | bits/dim |\n|---|---|")

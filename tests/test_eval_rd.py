@@ -206,6 +206,41 @@ def test_theoretical_mode_has_kl_but_no_file(model, tmp_path):
                                   st.read(rd.GROUP, "lossless_model_bound_bpd"))
 
 
+def test_effort_rows_are_the_cuts_of_the_smallest_seeds_file(model, tmp_path):
+    """``effort=2``: each image's lossless total is the smaller of the seed-0 and seed-1 files (encoded here one
+    seed at a time), its per-step rows that file's; the store says so, refuses to resume at another effort, and
+    the theoretical mode (no files) refuses an effort; the CLI passes ``--effort`` through and the report names it."""
+    imgs = made_up_images(2, seed=5)
+    path = tmp_path / "e.h5"
+    rd.run(imgs, model, path, settings=SETTINGS, progress=False, effort=2)
+    st = ResultStore(path)
+    assert int(st.get_attrs(rd.GROUP)["effort"]) == 2
+    for i, img in enumerate(imgs):
+        tries = [codec.encode(img, model, settings=SETTINGS, seed=s) for s in (0, 1)]
+        assert len(tries[0].data) != len(tries[1].data)   # two codebooks, two lengths: the choice matters
+        kept = min(tries, key=lambda r: len(r.data))
+        assert st.read(rd.GROUP, "lossless_bpd")[i] == pytest.approx(8 * len(kept.data) / img.size)
+        np.testing.assert_allclose(st.read(rd.GROUP, "cum_bpd")[i], [r.cum_bpd for r in kept.steps])
+    with pytest.raises(ValueError, match="effort 2, not 1"):
+        rd.run(imgs, model, path, settings=SETTINGS, progress=False)
+    with pytest.raises(ValueError, match="theoretical"):
+        rd.run(imgs, model, tmp_path / "t.h5", settings=SETTINGS, theoretical=True, progress=False, effort=2)
+    assert "the smallest of 2 seeds'" in rd.write_report(path, None)
+
+    ckpt = save_model(tmp_path / "m.safetensors", model.net, model.config)
+    np.savez(tmp_path / "d.npz", test_images=imgs[:1])
+    from ddpm_codec.cli.main import main
+
+    out = tmp_path / "c.h5"
+    r = CliRunner().invoke(main, ["rd-curve", str(tmp_path / "d.npz"), "-n", "1", "--model", str(ckpt), "-o", str(out),
+                                  "--no-baselines", "--profile", "2", "--coding-steps", "12", "--t-end", "2", "--chunk-bits", "6",
+                                  "--log2-candidates", "8", "--effort", "2"])
+    assert r.exit_code == 0, r.output
+    assert "(--effort 2)" in r.output
+    assert ResultStore(out).read(rd.GROUP, "lossless_bpd")[0] == pytest.approx(
+        st.read(rd.GROUP, "lossless_bpd")[0], rel=1e-12)
+
+
 def test_cli_runs_resumes_and_redraws(model, tmp_path):
     ckpt = save_model(tmp_path / "m.safetensors", model.net, model.config)
     np.savez(tmp_path / "d.npz", test_images=made_up_images(2))
