@@ -125,9 +125,9 @@ def _open_store(store_path, model, settings, mode, indices, dataset, reconstruct
         if attrs.get("fingerprint") != model.fingerprint or attrs.get("mode") != mode \
                 or attrs.get("settings") != repr(settings) or int(attrs.get("format_version", 2)) != fmt:
             raise ResultsError(f"{store_path} holds results of another model/mode/settings: use a new -o file")
-        if int(attrs.get("effort", 1)) != effort:
-            raise ResultsError(f"{store_path} holds results of effort {int(attrs.get('effort', 1))}, not {effort}: "
-                               "use a new -o file")
+        held = int(attrs.get("effort", 1))
+        if held != effort:
+            raise ResultsError(f"{store_path} holds results of effort {held}, not {effort}: use a new -o file")
     else:
         import constriction
         import PIL
@@ -342,11 +342,10 @@ def baseline_summary(store_path: str | Path) -> tuple[dict[str, float], dict[str
 def write_report(store_path: str | Path, plot_path: str | Path | None, image_shape=(32, 32, 3)) -> str:
     """Markdown: the Table-4 table, baselines, and DDPM vs WebP/AVIF at equal PSNR; draws the plots."""
     from . import baselines as bl
+    from .store import ResultStore
 
     agg = aggregate(store_path)
     dims = int(np.prod(image_shape))
-    from .store import ResultStore
-
     effort = int(ResultStore(store_path).get_attrs(GROUP).get("effort", 1))
     out = [f"{agg.num_images} images" + (f", each file the smallest of {effort} seeds' (--effort {effort})"
                                          if effort > 1 else ""), "", markdown_table(agg), ""]
